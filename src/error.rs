@@ -1,0 +1,615 @@
+//! The crate's one error type.
+//!
+//! Every failure the crate reports is an [`Error`]. Its [`ErrorKind`] says what happened in the
+//! same vocabulary as [`classify`](crate::classify); its `Display` says what went wrong and what
+//! to do; [`std::error::Error::source`] gives the underlying cause. When DeepSeek answered with
+//! an error body, [`Error::api_error`] has it parsed (or its raw text when it was not JSON).
+//!
+//! The API key is never stored in an error: the client scrubs it from any upstream text it
+//! keeps (see [`Error::redact`]).
+//!
+//! ```
+//! use tower_deepseek::{Error, ErrorKind};
+//! use tower_deepseek::classify::AuthFailure;
+//!
+//! let body = br#"{"error":{"message":"Insufficient Balance","type":"unknown_error","param":null,"code":"invalid_request_error"}}"#;
+//! let error = Error::from_response(http::StatusCode::PAYMENT_REQUIRED, &http::HeaderMap::new(), body);
+//! assert_eq!(error.kind(), ErrorKind::Auth(AuthFailure::InsufficientBalance));
+//! assert_eq!(error.api_error().unwrap().message, "Insufficient Balance");
+//! assert!(error.to_string().contains("top up"));
+//! ```
+
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use crate::classify::{
+    self, AuthFailure, Classify, DeepSeekClassifier, NetworkFailure, Observation, Outcome,
+    StreamFailure, TimeoutPhase,
+};
+
+/// A boxed error from any layer or transport, as tower passes them around.
+pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// Upstream error text kept in an [`ApiError`] is capped at this many bytes.
+const MAX_RAW_BODY: usize = 4096;
+
+/// What went wrong. Mirrors [`Outcome`](crate::classify::Outcome)'s failure classes.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The connection could not be made or was lost.
+    Network(NetworkFailure),
+    /// A deadline passed; the phase says which.
+    Timeout(TimeoutPhase),
+    /// Rate limited, by DeepSeek (429) or by a local limiter. See [`Error::retry_after`].
+    RateLimited,
+    /// DeepSeek failed (5xx).
+    Server,
+    /// DeepSeek rejected the request as invalid (400, 422, other 4xx).
+    Client,
+    /// The key was refused (401) or the balance is empty (402).
+    Auth(AuthFailure),
+    /// The response body failed: cut short, malformed, or stopped for lack of resources.
+    Stream(StreamFailure),
+    /// The client or a layer is misconfigured (bad base URL, invalid setting).
+    Config,
+    /// The request failed validation before anything was sent.
+    InvalidRequest,
+}
+
+impl ErrorKind {
+    fn describe(self) -> &'static str {
+        match self {
+            ErrorKind::Network(NetworkFailure::Connect) => "could not connect to the upstream",
+            ErrorKind::Network(NetworkFailure::Reset) => "the connection to the upstream was lost",
+            ErrorKind::Network(NetworkFailure::Tls) => "TLS with the upstream failed",
+            ErrorKind::Network(_) => "network failure",
+            ErrorKind::Timeout(TimeoutPhase::Connect) => "timed out connecting",
+            ErrorKind::Timeout(TimeoutPhase::Headers) => "timed out waiting for response headers",
+            ErrorKind::Timeout(TimeoutPhase::FirstToken) => "timed out waiting for the first token",
+            ErrorKind::Timeout(TimeoutPhase::Idle) => "timed out waiting for the next chunk",
+            ErrorKind::Timeout(_) => "timed out",
+            ErrorKind::RateLimited => "rate limited",
+            ErrorKind::Server => "DeepSeek server error",
+            ErrorKind::Client => "DeepSeek rejected the request",
+            ErrorKind::Auth(AuthFailure::InvalidKey) => "authentication failed",
+            ErrorKind::Auth(_) => "insufficient balance",
+            ErrorKind::Stream(StreamFailure::Truncated) => "the response stream ended early",
+            ErrorKind::Stream(StreamFailure::Malformed) => "the response could not be decoded",
+            ErrorKind::Stream(StreamFailure::LineTooLong) => {
+                "a response line exceeded the length cap"
+            }
+            ErrorKind::Stream(_) => "DeepSeek ran out of capacity mid-generation",
+            ErrorKind::Config => "invalid configuration",
+            ErrorKind::InvalidRequest => "invalid request",
+        }
+    }
+
+    fn hint(self) -> &'static str {
+        match self {
+            ErrorKind::Network(NetworkFailure::Tls) => {
+                "check the base URL's scheme and the server certificate"
+            }
+            ErrorKind::Network(_) => "check the base URL and connectivity; the call may be retried",
+            ErrorKind::Timeout(_) => "the call may be retried, or the timeout raised",
+            ErrorKind::RateLimited => "slow down and retry after the indicated wait",
+            ErrorKind::Server => "DeepSeek is failing or overloaded; retry with backoff",
+            ErrorKind::Client => "fix the request; retrying it unchanged will fail again",
+            ErrorKind::Auth(AuthFailure::InvalidKey) => {
+                "check DEEPSEEK_API_KEY; retrying will not help"
+            }
+            ErrorKind::Auth(_) => "top up the DeepSeek account balance; retrying will not help",
+            ErrorKind::Stream(StreamFailure::LineTooLong) => {
+                "raise the line cap if the upstream is trusted"
+            }
+            ErrorKind::Stream(_) => "the answer is incomplete; the call may be retried",
+            ErrorKind::Config => "fix the configuration",
+            ErrorKind::InvalidRequest => "fix the request before sending it",
+        }
+    }
+
+    /// The HTTP status a server (such as the gateway) should answer with for this kind when no
+    /// upstream status is known.
+    pub fn http_status(self) -> StatusCode {
+        match self {
+            ErrorKind::Network(_) | ErrorKind::Stream(_) => StatusCode::BAD_GATEWAY,
+            ErrorKind::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Server => StatusCode::BAD_GATEWAY,
+            ErrorKind::Client | ErrorKind::InvalidRequest => StatusCode::BAD_REQUEST,
+            ErrorKind::Auth(AuthFailure::InvalidKey) => StatusCode::UNAUTHORIZED,
+            ErrorKind::Auth(_) => StatusCode::PAYMENT_REQUIRED,
+            ErrorKind::Config => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `type` field of an OpenAI-shaped error body for this kind.
+    fn openai_type(self) -> &'static str {
+        match self {
+            ErrorKind::Client | ErrorKind::InvalidRequest => "invalid_request_error",
+            ErrorKind::Auth(AuthFailure::InvalidKey) => "authentication_error",
+            ErrorKind::Auth(_) => "insufficient_quota",
+            ErrorKind::RateLimited => "rate_limit_error",
+            ErrorKind::Timeout(_) => "timeout_error",
+            _ => "api_error",
+        }
+    }
+}
+
+/// DeepSeek's (OpenAI-shaped) error body: `{"error":{"message","type","param","code"}}`.
+///
+/// Parsed leniently: `code` may be a string or a number, any field may be missing. When the body
+/// is not that JSON, `message` holds the raw text (capped at 4 KiB) and `raw` is `true`.
+#[non_exhaustive]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    /// The human-readable message.
+    #[serde(default)]
+    pub message: String,
+    /// The error type, e.g. `invalid_request_error`.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    /// The offending parameter, if named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub param: Option<String>,
+    /// A machine-readable code.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "string_or_number"
+    )]
+    pub code: Option<String>,
+    /// `true` when the body was not the JSON error shape and `message` is its raw text.
+    #[serde(skip)]
+    pub raw: bool,
+}
+
+fn string_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(match value {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::String(s)) => Some(s),
+        Some(other) => Some(other.to_string()),
+    })
+}
+
+impl ApiError {
+    /// Parses an error body. Never fails: a body that is not the JSON error shape is kept as raw
+    /// text (lossy UTF-8, leading and trailing whitespace trimmed, capped at 4 KiB).
+    pub fn parse(body: &[u8]) -> ApiError {
+        #[derive(Deserialize)]
+        struct Envelope {
+            error: ApiErrorOrText,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum ApiErrorOrText {
+            Object(ApiError),
+            Text(String),
+        }
+        match serde_json::from_slice::<Envelope>(body) {
+            Ok(Envelope {
+                error: ApiErrorOrText::Object(api),
+            }) => api,
+            Ok(Envelope {
+                error: ApiErrorOrText::Text(message),
+            }) => ApiError {
+                message,
+                ..ApiError::default()
+            },
+            Err(_) => {
+                let text = String::from_utf8_lossy(body);
+                let text = text.trim();
+                let mut end = text.len().min(MAX_RAW_BODY);
+                while !text.is_char_boundary(end) {
+                    end -= 1;
+                }
+                ApiError {
+                    message: text[..end].to_owned(),
+                    raw: true,
+                    ..ApiError::default()
+                }
+            }
+        }
+    }
+}
+
+/// The crate's error. Cheap to move (one pointer); see the [module docs](self).
+pub struct Error {
+    inner: Box<Inner>,
+}
+
+struct Inner {
+    kind: ErrorKind,
+    message: Cow<'static, str>,
+    status: Option<StatusCode>,
+    retry_after: Option<Duration>,
+    api: Option<ApiError>,
+    source: Option<BoxError>,
+}
+
+impl Error {
+    /// A new error of `kind` with a message saying what happened.
+    pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Error {
+        Error {
+            inner: Box::new(Inner {
+                kind,
+                message: message.into(),
+                status: None,
+                retry_after: None,
+                api: None,
+                source: None,
+            }),
+        }
+    }
+
+    /// Wraps any error from a transport or another layer, classifying it through its source
+    /// chain (see [`classify::classify_error`]). An [`Error`] inside a `BoxError` is returned
+    /// as it is, not wrapped twice.
+    pub fn from_boxed(error: BoxError) -> Error {
+        let error = match error.downcast::<Error>() {
+            Ok(own) => return *own,
+            Err(other) => other,
+        };
+        let kind = classify::classify_error(&*error)
+            .error_kind()
+            .unwrap_or(ErrorKind::Network(NetworkFailure::Other));
+        Error::new(kind, "transport error").with_source(error)
+    }
+
+    /// Builds the error for an unsuccessful upstream response from its status, headers and
+    /// body, using the [default classification](DeepSeekClassifier).
+    pub fn from_response(status: StatusCode, headers: &HeaderMap, body: &[u8]) -> Error {
+        let outcome = DeepSeekClassifier.classify(Observation::Head { status, headers });
+        Error::from_response_outcome(outcome, status, headers, body)
+    }
+
+    /// Like [`Error::from_response`] with an outcome already decided by a custom classifier.
+    pub fn from_response_outcome(
+        outcome: Outcome,
+        status: StatusCode,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Error {
+        let kind = outcome.error_kind().unwrap_or(ErrorKind::Server);
+        let retry_after = outcome
+            .retry_after()
+            .or_else(|| classify::retry_after(headers, SystemTime::now()));
+        let mut error = Error::new(kind, format!("upstream answered {status}"));
+        error.inner.status = Some(status);
+        error.inner.retry_after = retry_after;
+        error.inner.api = Some(ApiError::parse(body));
+        error
+    }
+
+    /// Adds the underlying cause.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Error {
+        self.inner.source = Some(source.into());
+        self
+    }
+
+    /// Records the HTTP status the error came with.
+    pub fn with_status(mut self, status: StatusCode) -> Error {
+        self.inner.status = Some(status);
+        self
+    }
+
+    /// Records how long the caller should wait before trying again.
+    pub fn with_retry_after(mut self, wait: Duration) -> Error {
+        self.inner.retry_after = Some(wait);
+        self
+    }
+
+    /// Removes every occurrence of `secret` from the text this error keeps from the upstream,
+    /// replacing it with `[REDACTED]`. The client calls this with its API key.
+    pub fn redact(mut self, secret: &str) -> Error {
+        if secret.is_empty() {
+            return self;
+        }
+        if let Some(api) = self.inner.api.as_mut() {
+            for field in [
+                Some(&mut api.message),
+                api.error_type.as_mut(),
+                api.param.as_mut(),
+                api.code.as_mut(),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if field.contains(secret) {
+                    *field = field.replace(secret, "[REDACTED]");
+                }
+            }
+        }
+        if self.inner.message.contains(secret) {
+            self.inner.message = self.inner.message.replace(secret, "[REDACTED]").into();
+        }
+        self
+    }
+
+    /// What happened.
+    pub fn kind(&self) -> ErrorKind {
+        self.inner.kind
+    }
+
+    /// The outcome class of this error, as [`classify`](crate::classify) names it.
+    pub fn outcome(&self) -> Outcome {
+        match self.inner.kind {
+            ErrorKind::Network(failure) => Outcome::Network(failure),
+            ErrorKind::Timeout(phase) => Outcome::Timeout(phase),
+            ErrorKind::RateLimited => Outcome::RateLimited {
+                retry_after: self.inner.retry_after,
+            },
+            ErrorKind::Server => {
+                Outcome::Server(self.inner.status.unwrap_or(StatusCode::BAD_GATEWAY))
+            }
+            ErrorKind::Client => {
+                Outcome::Client(self.inner.status.unwrap_or(StatusCode::BAD_REQUEST))
+            }
+            ErrorKind::Auth(reason) => Outcome::Auth(reason),
+            ErrorKind::Stream(failure) => Outcome::Stream(failure),
+            ErrorKind::Config | ErrorKind::InvalidRequest => Outcome::Invalid,
+        }
+    }
+
+    /// The upstream HTTP status, when the error came from a response.
+    pub fn status(&self) -> Option<StatusCode> {
+        self.inner.status
+    }
+
+    /// The wait before a retry makes sense, when known (`Retry-After`, a local limiter).
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.inner.retry_after
+    }
+
+    /// DeepSeek's error body, when the error came from a response.
+    pub fn api_error(&self) -> Option<&ApiError> {
+        self.inner.api.as_ref()
+    }
+
+    /// Whether DeepSeek's table says a retry may help (see [`Outcome::is_retryable`]).
+    pub fn is_retryable(&self) -> bool {
+        self.outcome().is_retryable()
+    }
+
+    /// The status a server should answer with: the upstream status when there was one,
+    /// otherwise the kind's ([`ErrorKind::http_status`]).
+    pub fn http_status(&self) -> StatusCode {
+        self.inner
+            .status
+            .unwrap_or_else(|| self.inner.kind.http_status())
+    }
+
+    /// The error as an OpenAI-shaped JSON body (`{"error":{"message","type","param","code"}}`),
+    /// keeping DeepSeek's own fields when it sent them, so OpenAI-compatible clients parse it.
+    pub fn to_openai_json(&self) -> serde_json::Value {
+        let api = self.inner.api.as_ref().filter(|api| !api.raw);
+        let message = match api {
+            Some(api) if !api.message.is_empty() => api.message.clone(),
+            _ => self.to_string(),
+        };
+        serde_json::json!({
+            "error": {
+                "message": message,
+                "type": api
+                    .and_then(|api| api.error_type.clone())
+                    .unwrap_or_else(|| self.inner.kind.openai_type().to_owned()),
+                "param": api.and_then(|api| api.param.clone()),
+                "code": api.and_then(|api| api.code.clone()),
+            }
+        })
+    }
+
+    /// The error as an HTTP response in the OpenAI error shape, with [`Error::http_status`]
+    /// and, when known, a `Retry-After` header in whole seconds (rounded up).
+    pub fn to_http_response(&self) -> http::Response<String> {
+        let mut response = http::Response::new(self.to_openai_json().to_string());
+        *response.status_mut() = self.http_status();
+        let headers = response.headers_mut();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        if let Some(wait) = self.inner.retry_after {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut debug = f.debug_struct("Error");
+        debug.field("kind", &self.inner.kind);
+        debug.field("message", &self.inner.message);
+        if let Some(status) = self.inner.status {
+            debug.field("status", &status);
+        }
+        if let Some(wait) = self.inner.retry_after {
+            debug.field("retry_after", &wait);
+        }
+        if let Some(api) = &self.inner.api {
+            debug.field("api", api);
+        }
+        if let Some(source) = &self.inner.source {
+            debug.field("source", source);
+        }
+        debug.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = self.inner.kind;
+        write!(f, "{}: {}", kind.describe(), self.inner.message)?;
+        if let Some(api) = &self.inner.api {
+            if !api.message.is_empty() {
+                write!(f, "; upstream says {:?}", api.message)?;
+            }
+            if let Some(code) = &api.code {
+                write!(f, " (code {code})")?;
+            }
+        }
+        if let Some(wait) = self.inner.retry_after {
+            write!(f, "; retry after {:.3}s", wait.as_secs_f64())?;
+        }
+        write!(f, " ({})", kind.hint())
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.inner
+            .source
+            .as_deref()
+            .map(|source| source as &(dyn StdError + 'static))
+    }
+}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for Error {
+    fn into_response(self) -> axum_core::response::Response {
+        self.to_http_response().map(axum_core::body::Body::from)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_deepseek_error_body() {
+        let body = br#"{"error":{"message":"Model Not Exist","type":"invalid_request_error","param":null,"code":"invalid_request_error"}}"#;
+        let api = ApiError::parse(body);
+        assert_eq!(api.message, "Model Not Exist");
+        assert_eq!(api.error_type.as_deref(), Some("invalid_request_error"));
+        assert_eq!(api.param, None);
+        assert_eq!(api.code.as_deref(), Some("invalid_request_error"));
+        assert!(!api.raw);
+    }
+
+    #[test]
+    fn numeric_codes_and_string_errors_are_accepted() {
+        let api = ApiError::parse(br#"{"error":{"message":"x","code":429}}"#);
+        assert_eq!(api.code.as_deref(), Some("429"));
+        let api = ApiError::parse(br#"{"error":"plain text error"}"#);
+        assert_eq!(api.message, "plain text error");
+    }
+
+    #[test]
+    fn non_json_body_is_kept_raw_and_capped() {
+        let api = ApiError::parse(b"  <html>502 Bad Gateway</html>\n");
+        assert!(api.raw);
+        assert_eq!(api.message, "<html>502 Bad Gateway</html>");
+        let long = "\u{e9}".repeat(5000);
+        let api = ApiError::parse(long.as_bytes());
+        assert!(api.message.len() <= MAX_RAW_BODY);
+        assert!(api.message.chars().all(|c| c == '\u{e9}'));
+    }
+
+    #[test]
+    fn from_response_classifies_and_keeps_retry_after() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", "3".parse().unwrap());
+        let error = Error::from_response(StatusCode::TOO_MANY_REQUESTS, &headers, b"busy");
+        assert_eq!(error.kind(), ErrorKind::RateLimited);
+        assert_eq!(error.retry_after(), Some(Duration::from_secs(3)));
+        assert_eq!(error.status(), Some(StatusCode::TOO_MANY_REQUESTS));
+        assert!(error.is_retryable());
+        let text = error.to_string();
+        assert!(
+            text.contains("rate limited") && text.contains("retry after 3"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn every_status_class_gets_its_kind() {
+        let empty = HeaderMap::new();
+        for (status, kind) in [
+            (400, ErrorKind::Client),
+            (422, ErrorKind::Client),
+            (401, ErrorKind::Auth(AuthFailure::InvalidKey)),
+            (402, ErrorKind::Auth(AuthFailure::InsufficientBalance)),
+            (429, ErrorKind::RateLimited),
+            (500, ErrorKind::Server),
+            (503, ErrorKind::Server),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap();
+            assert_eq!(Error::from_response(status, &empty, b"").kind(), kind);
+        }
+    }
+
+    #[test]
+    fn redact_scrubs_upstream_text() {
+        let secret = "sk-test-0123456789";
+        let body = format!(r#"{{"error":{{"message":"bad key {secret}","code":"{secret}"}}}}"#);
+        let error =
+            Error::from_response(StatusCode::UNAUTHORIZED, &HeaderMap::new(), body.as_bytes())
+                .redact(secret);
+        for text in [
+            format!("{error}"),
+            format!("{error:?}"),
+            error.to_openai_json().to_string(),
+        ] {
+            assert!(!text.contains(secret), "{text}");
+            assert!(text.contains("[REDACTED]"), "{text}");
+        }
+    }
+
+    #[test]
+    fn from_boxed_does_not_double_wrap() {
+        let original = Error::new(ErrorKind::Timeout(TimeoutPhase::Idle), "idle");
+        let boxed: BoxError = Box::new(original);
+        let error = Error::from_boxed(boxed);
+        assert_eq!(error.kind(), ErrorKind::Timeout(TimeoutPhase::Idle));
+        assert!(error.source().is_none());
+
+        let io: BoxError = Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        let error = Error::from_boxed(io);
+        assert_eq!(error.kind(), ErrorKind::Network(NetworkFailure::Connect));
+        assert!(error.source().is_some());
+    }
+
+    #[test]
+    fn openai_shape_keeps_upstream_fields_and_status() {
+        let body = br#"{"error":{"message":"Invalid max_tokens","type":"invalid_request_error","param":"max_tokens","code":"invalid_value"}}"#;
+        let error = Error::from_response(StatusCode::UNPROCESSABLE_ENTITY, &HeaderMap::new(), body);
+        let response = error.to_http_response();
+        assert_eq!(response.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let json: serde_json::Value = serde_json::from_str(response.body()).unwrap();
+        assert_eq!(json["error"]["message"], "Invalid max_tokens");
+        assert_eq!(json["error"]["param"], "max_tokens");
+        assert_eq!(json["error"]["code"], "invalid_value");
+
+        let local = Error::new(
+            ErrorKind::Timeout(TimeoutPhase::FirstToken),
+            "no token in 30s",
+        );
+        let response = local.to_http_response();
+        assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+        let json: serde_json::Value = serde_json::from_str(response.body()).unwrap();
+        assert_eq!(json["error"]["type"], "timeout_error");
+        assert!(
+            json["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("first token")
+        );
+    }
+
+    #[test]
+    fn retry_after_header_rounds_up() {
+        let error = Error::new(ErrorKind::RateLimited, "local limit")
+            .with_retry_after(Duration::from_millis(1200));
+        let response = error.to_http_response();
+        assert_eq!(response.headers()["retry-after"], "2");
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+}
