@@ -303,6 +303,7 @@ pub fn classify_end(finish_reason: Option<&str>) -> Outcome {
 /// itself; `std::io` errors, hyper and hyper-util errors, rustls errors and tower/tokio
 /// timeouts are recognised; anything else is a [`NetworkFailure::Other`].
 pub fn classify_error(error: &(dyn StdError + 'static)) -> Outcome {
+    let connecting = is_connect_error(error);
     let mut current: Option<&(dyn StdError + 'static)> = Some(error);
     let mut saw_hyper_incomplete = false;
     while let Some(err) = current {
@@ -320,7 +321,12 @@ pub fn classify_error(error: &(dyn StdError + 'static)) -> Outcome {
                 Io::ConnectionReset
                 | Io::ConnectionAborted
                 | Io::BrokenPipe
-                | Io::UnexpectedEof => return Outcome::Network(NetworkFailure::Reset),
+                | Io::UnexpectedEof
+                    if !connecting =>
+                {
+                    return Outcome::Network(NetworkFailure::Reset);
+                }
+                Io::TimedOut if connecting => return Outcome::Timeout(TimeoutPhase::Connect),
                 Io::TimedOut => return Outcome::Timeout(TimeoutPhase::Total),
                 _ => {}
             }
@@ -329,16 +335,8 @@ pub fn classify_error(error: &(dyn StdError + 'static)) -> Outcome {
             return Outcome::Timeout(TimeoutPhase::Total);
         }
         #[cfg(feature = "upstream")]
-        {
-            if err.is::<rustls::Error>() {
-                return Outcome::Network(NetworkFailure::Tls);
-            }
-            if let Some(client) = err.downcast_ref::<hyper_util::client::legacy::Error>()
-                && client.is_connect()
-                && err.source().is_none()
-            {
-                return Outcome::Network(NetworkFailure::Connect);
-            }
+        if err.is::<rustls::Error>() {
+            return Outcome::Network(NetworkFailure::Tls);
         }
         if let Some(hyper_err) = err.downcast_ref::<hyper::Error>() {
             if hyper_err.is_timeout() {
@@ -350,17 +348,29 @@ pub fn classify_error(error: &(dyn StdError + 'static)) -> Outcome {
         }
         current = err.source();
     }
-    // A connect error whose cause we could not name is still a connect error.
+    if connecting {
+        Outcome::Network(NetworkFailure::Connect)
+    } else if saw_hyper_incomplete {
+        Outcome::Network(NetworkFailure::Reset)
+    } else {
+        Outcome::Network(NetworkFailure::Other)
+    }
+}
+
+/// Whether hyper-util's pooled client says the error happened while connecting.
+fn is_connect_error(error: &(dyn StdError + 'static)) -> bool {
     #[cfg(feature = "upstream")]
-    if let Some(client) = error.downcast_ref::<hyper_util::client::legacy::Error>()
-        && client.is_connect()
     {
-        return Outcome::Network(NetworkFailure::Connect);
+        let mut current = Some(error);
+        while let Some(err) = current {
+            if let Some(client) = err.downcast_ref::<hyper_util::client::legacy::Error>() {
+                return client.is_connect();
+            }
+            current = err.source();
+        }
     }
-    if saw_hyper_incomplete {
-        return Outcome::Network(NetworkFailure::Reset);
-    }
-    Outcome::Network(NetworkFailure::Other)
+    let _ = error;
+    false
 }
 
 /// Reads the wait an upstream asked for: `retry-after-ms` (milliseconds, sent by

@@ -1,4 +1,47 @@
-//! tower-deepseek (crate docs are written in full once the modules land).
+//! Tower layers, a typed client and an embedded mock server for the DeepSeek chat API.
+//!
+//! Apps that call DeepSeek (`POST /chat/completions`, OpenAI-compatible) need the same
+//! protection every time. This crate provides it as ordinary tower pieces that stack with
+//! `ServiceBuilder` around any hyper, axum or tonic service:
+//!
+//! - [`deepseek`]: the API types, the incremental SSE decoder and [`DeepSeekClient`], which
+//!   runs over any tower HTTP service, so the layers under it protect every call.
+//! - [`upstream`] (feature `upstream`, default): the pooled HTTPS transport.
+//! - [`classify`]: the one answer to "what happened?" that every layer shares.
+//! - [`error`]: the one [`Error`] type, whose [`ErrorKind`] says what happened and whose
+//!   `Display` says what to do.
+//! - `mock` (feature `mock`): [`MockDeepSeek`](crate::mock::MockDeepSeek), a real HTTP server
+//!   speaking the DeepSeek API with scriptable faults, for tests and demos.
+//!
+//! # Features
+//!
+//! | feature | default | what it adds |
+//! |---|---|---|
+//! | `upstream` | yes | the pooled HTTPS transport (hyper-util, rustls with ring, HTTP/1.1 + HTTP/2) |
+//! | `mock` | no | the embedded mock DeepSeek server |
+//! | `axum` | no | `IntoResponse` for [`Error`], in the OpenAI error shape |
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower::ServiceBuilder;
+//! use tower_deepseek::deepseek::{ChatRequest, DeepSeekClient};
+//! use tower_deepseek::upstream::Upstream;
+//!
+//! # async fn run() -> Result<(), tower_deepseek::Error> {
+//! let transport = ServiceBuilder::new()
+//!     .timeout(Duration::from_secs(600)) // any tower layer
+//!     .service(Upstream::new()?);
+//! let client = DeepSeekClient::from_env(transport)?;
+//! let answer = client.chat(ChatRequest::new("deepseek-v4-flash").user("Hello!")).await?;
+//! println!("{}", answer.content().unwrap_or_default());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The API key never appears in `Debug` output, errors or logs: [`ApiKey`](deepseek::ApiKey)
+//! redacts itself and the client scrubs it from any upstream text it keeps.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -8,5 +51,13 @@ pub mod deepseek;
 pub mod error;
 #[cfg(feature = "mock")]
 pub mod mock;
+#[cfg(feature = "upstream")]
+pub mod upstream;
 
+pub use deepseek::DeepSeekClient;
 pub use error::{BoxError, Error, ErrorKind};
+
+// Compiles the README's code blocks as doctests, so the README example cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

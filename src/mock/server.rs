@@ -1,0 +1,803 @@
+//! The HTTP side: accept loop, connections (with scripted resets), routing and the endpoints.
+
+use std::collections::VecDeque;
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{Value, json};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::debug;
+
+use super::body::{BodyPlan, Ending, MockBody, ResetSwitch, Step};
+use super::content::{self, ApiFailure, Envelope, MALFORMED_JSON};
+use super::record::{RecordedRequest, RequestLog, key_tail};
+use super::script::Reply;
+
+/// How long the accept loop pauses after a failed `accept` (e.g. out of file descriptors)
+/// instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+
+/// Which `Authorization` headers the API endpoints accept.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) enum KeyCheck {
+    /// Any non-empty Bearer key.
+    AnyNonEmpty,
+    /// Exactly this Bearer key.
+    Exact(String),
+    /// Anything, including no header at all.
+    Off,
+}
+
+impl fmt::Debug for KeyCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the key itself.
+        match self {
+            KeyCheck::AnyNonEmpty => f.write_str("AnyNonEmpty"),
+            KeyCheck::Exact(key) => write!(f, "Exact(****{})", key_tail(key)),
+            KeyCheck::Off => f.write_str("Off"),
+        }
+    }
+}
+
+/// Settings fixed when the server starts.
+#[derive(Clone, Debug)]
+pub(super) struct Config {
+    pub(super) key_check: KeyCheck,
+    pub(super) models: Vec<String>,
+    pub(super) max_body_bytes: usize,
+}
+
+/// State shared by the handle and every connection.
+pub(super) struct Shared {
+    pub(super) config: Config,
+    script: Mutex<VecDeque<Reply>>,
+    log: Mutex<RequestLog>,
+    sequence: AtomicU64,
+}
+
+/// Locks a mutex, ignoring poisoning: the guarded queues stay consistent after any panic
+/// because every update is a single push, pop or clear.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Shared {
+    pub(super) fn new(config: Config, max_recorded: usize) -> Shared {
+        Shared {
+            config,
+            script: Mutex::new(VecDeque::new()),
+            log: Mutex::new(RequestLog::new(max_recorded)),
+            sequence: AtomicU64::new(0),
+        }
+    }
+
+    /// Appends replies to the script; returns how many are queued now.
+    pub(super) fn enqueue(&self, replies: impl IntoIterator<Item = Reply>) -> usize {
+        let mut script = lock(&self.script);
+        script.extend(replies);
+        script.len()
+    }
+
+    /// Empties the script; returns how many replies it held.
+    pub(super) fn clear_script(&self) -> usize {
+        let mut script = lock(&self.script);
+        let count = script.len();
+        script.clear();
+        count
+    }
+
+    pub(super) fn pending_len(&self) -> usize {
+        lock(&self.script).len()
+    }
+
+    pub(super) fn pending(&self) -> Vec<Reply> {
+        lock(&self.script).iter().cloned().collect()
+    }
+
+    fn next_reply(&self) -> Option<Reply> {
+        lock(&self.script).pop_front()
+    }
+
+    pub(super) fn requests(&self) -> Vec<RecordedRequest> {
+        lock(&self.log).snapshot()
+    }
+
+    pub(super) fn clear_requests(&self) -> usize {
+        lock(&self.log).clear()
+    }
+
+    fn record(&self, request: RecordedRequest) {
+        lock(&self.log).push(request);
+    }
+
+    /// A new number for each API request: it names the trace ID and the completion ID.
+    fn next_sequence(&self) -> u64 {
+        self.sequence.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Checks the `Authorization` header; a refusal carries DeepSeek's 401 message.
+    fn check_key(&self, headers: &http::HeaderMap) -> Result<(), ApiFailure> {
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .map(|value| bearer_key(value.as_bytes()));
+        let accepted = match (&self.config.key_check, &presented) {
+            (KeyCheck::Off, _) => true,
+            (KeyCheck::AnyNonEmpty, Some(Some(key))) => !key.is_empty(),
+            (KeyCheck::Exact(expected), Some(Some(key))) => key == expected,
+            _ => false,
+        };
+        if accepted {
+            return Ok(());
+        }
+        let message = match presented {
+            None => "Authentication Fails, no api key was sent (expected an \
+                     `Authorization: Bearer <key>` header)"
+                .to_owned(),
+            Some(key) => format!(
+                "Authentication Fails, Your api key: ****{} is invalid",
+                key.as_deref().map(key_tail).unwrap_or_default()
+            ),
+        };
+        Err(ApiFailure::new(
+            StatusCode::UNAUTHORIZED,
+            message,
+            "authentication_error",
+        ))
+    }
+}
+
+/// The key of a `Bearer <key>` header value; `None` when the value is not that.
+fn bearer_key(value: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(value).ok()?;
+    let (scheme, key) = text.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| key.trim().to_owned())
+}
+
+/// Accepts connections until `stop` changes, then lets the open ones finish for up to `grace`
+/// and aborts the rest.
+pub(super) async fn run(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+    grace: Duration,
+) {
+    // Owning the connection tasks here means aborting this task aborts them all.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    debug!(%peer, "mock DeepSeek accepted a connection");
+                    connections.spawn(serve_connection(stream, Arc::clone(&shared), stop.clone()));
+                }
+                Err(error) => {
+                    debug!(%error, "mock DeepSeek failed to accept a connection");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                }
+            },
+            // Reaps finished connections so the set does not grow with every one ever served.
+            Some(_) = connections.join_next() => {}
+            _ = stop.changed() => break,
+        }
+    }
+    drop(listener);
+    let drained = tokio::time::timeout(grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        debug!(
+            open = connections.len(),
+            "mock DeepSeek shutdown grace elapsed; aborting open connections"
+        );
+    }
+    connections.shutdown().await;
+}
+
+/// Serves one connection (HTTP/1.1 or h2c) until it ends, a scripted reset aborts it, or the
+/// server stops (then in-flight requests finish and the connection closes).
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let reset = Arc::new(ResetSwitch::default());
+    let io = TokioIo::new(ResettableStream {
+        stream,
+        reset: Arc::clone(&reset),
+    });
+    let service_reset = Arc::clone(&reset);
+    let service =
+        service_fn(move |request| handle(Arc::clone(&shared), Arc::clone(&service_reset), request));
+    let builder = auto::Builder::new(TokioExecutor::new());
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    debug!(%error, "mock DeepSeek connection ended with an error");
+                }
+                return;
+            }
+            // Dropping the connection drops the socket, which the switch made send a reset.
+            () = reset.triggered() => {
+                debug!("mock DeepSeek reset a connection as scripted");
+                return;
+            }
+            _ = stop.changed(), if !draining => {
+                connection.as_mut().graceful_shutdown();
+                draining = true;
+            }
+        }
+    }
+}
+
+/// The accepted socket; when a reset was scripted it closes with `SO_LINGER` 0, so the peer gets
+/// a TCP RST instead of a clean FIN.
+struct ResettableStream {
+    stream: TcpStream,
+    reset: Arc<ResetSwitch>,
+}
+
+impl Drop for ResettableStream {
+    fn drop(&mut self) {
+        if self.reset.is_triggered()
+            && let Err(error) = self.stream.set_zero_linger()
+        {
+            debug!(%error, "mock DeepSeek could not arm a connection reset");
+        }
+    }
+}
+
+impl AsyncRead for ResettableStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for ResettableStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// The service's error: the request's connection is being reset as scripted.
+#[derive(Debug)]
+struct ConnectionReset;
+
+impl fmt::Display for ConnectionReset {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("connection reset as scripted")
+    }
+}
+
+impl StdError for ConnectionReset {}
+
+type MockResponse = Response<MockBody>;
+
+async fn handle(
+    shared: Arc<Shared>,
+    reset: Arc<ResetSwitch>,
+    request: Request<Incoming>,
+) -> Result<MockResponse, ConnectionReset> {
+    let (parts, body) = request.into_parts();
+    let body = read_body(body, shared.config.max_body_bytes).await;
+    if is_control_path(parts.uri.path()) {
+        let response = match body {
+            Ok(body) => control(&shared, &parts, &body),
+            Err(failure) => failure_response(&failure),
+        };
+        debug!(
+            method = %parts.method,
+            path = parts.uri.path(),
+            status = response.status().as_u16(),
+            "mock DeepSeek control request"
+        );
+        return Ok(response);
+    }
+    let sequence = shared.next_sequence();
+    let trace_id = format!("mock-trace-{sequence:08}");
+    shared.record(RecordedRequest {
+        method: parts.method.clone(),
+        path: parts.uri.path().to_owned(),
+        query: parts.uri.query().map(str::to_owned),
+        version: parts.version,
+        headers: parts.headers.clone(),
+        body: body.as_ref().cloned().unwrap_or_default(),
+    });
+    let result = match body {
+        Ok(body) => api(&shared, &reset, &parts, &body, sequence).await,
+        Err(failure) => Ok(failure_response(&failure)),
+    };
+    match result {
+        Ok(mut response) => {
+            // A scripted header of the same name wins, so only fill the gap.
+            if let Ok(value) = HeaderValue::from_str(&trace_id) {
+                response
+                    .headers_mut()
+                    .entry(HeaderName::from_static("x-ds-trace-id"))
+                    .or_insert(value);
+            }
+            debug!(
+                method = %parts.method,
+                path = parts.uri.path(),
+                status = response.status().as_u16(),
+                trace_id,
+                "mock DeepSeek answered"
+            );
+            Ok(response)
+        }
+        Err(reset) => {
+            debug!(
+                method = %parts.method,
+                path = parts.uri.path(),
+                trace_id,
+                "mock DeepSeek resets the connection before the response head"
+            );
+            Err(reset)
+        }
+    }
+}
+
+fn is_control_path(path: &str) -> bool {
+    path == "/_mock" || path.starts_with("/_mock/")
+}
+
+/// Reads the whole body, refusing one over the limit with a 413.
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, ApiFailure> {
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(ApiFailure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("Request body is larger than the mock's limit of {limit} bytes"),
+            "invalid_request_error",
+        )),
+        Err(error) => Err(ApiFailure::new(
+            StatusCode::BAD_REQUEST,
+            format!("Could not read the request body: {error}"),
+            "invalid_request_error",
+        )),
+    }
+}
+
+/// The DeepSeek API surface.
+async fn api(
+    shared: &Shared,
+    reset: &Arc<ResetSwitch>,
+    parts: &Parts,
+    body: &Bytes,
+    sequence: u64,
+) -> Result<MockResponse, ConnectionReset> {
+    let path = parts.uri.path();
+    let is_chat = matches!(path, "/chat/completions" | "/v1/chat/completions");
+    let is_models = matches!(path, "/models" | "/v1/models");
+    if !((is_chat && parts.method == Method::POST) || (is_models && parts.method == Method::GET)) {
+        return Ok(failure_response(&ApiFailure::new(
+            StatusCode::NOT_FOUND,
+            format!("Not Found: {} {path}", parts.method),
+            "invalid_request_error",
+        )));
+    }
+    if let Err(failure) = shared.check_key(&parts.headers) {
+        return Ok(failure_response(&failure));
+    }
+    if is_models {
+        return Ok(models_response(&shared.config.models));
+    }
+    let Some(reply) = shared.next_reply() else {
+        return Ok(answer(shared, reset, &Reply::ok(), body, sequence));
+    };
+    debug!(
+        status = reply.status,
+        "mock DeepSeek plays a scripted reply"
+    );
+    if let Err(problem) = reply.check() {
+        return Ok(failure_response(&ApiFailure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("mock DeepSeek: the scripted reply cannot be sent: {problem}"),
+            "api_error",
+        )));
+    }
+    if !reply.delay_headers.is_zero() {
+        tokio::time::sleep(reply.delay_headers).await;
+    }
+    if reply.reset_before_headers {
+        reset.trigger();
+        return Err(ConnectionReset);
+    }
+    let mut response = if reply.is_answer() {
+        answer(shared, reset, &reply, body, sequence)
+    } else {
+        let status = status_of(&reply);
+        let body = match &reply.body {
+            Some(text) => Bytes::from(text.clone()),
+            None => ApiFailure::for_status(status).body(),
+        };
+        let body = MockBody::play(bytes_plan(&reply, body), Arc::clone(reset));
+        response(status, "application/json", body)
+    };
+    for (name, value) in &reply.headers {
+        // `check` has validated both; skipping keeps this path free of panics regardless.
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().insert(name, value);
+        }
+    }
+    Ok(response)
+}
+
+fn status_of(reply: &Reply) -> StatusCode {
+    StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+}
+
+/// The deterministic answer to a chat-completion request, shaped by the reply's modifiers.
+fn answer(
+    shared: &Shared,
+    reset: &Arc<ResetSwitch>,
+    reply: &Reply,
+    body: &Bytes,
+    sequence: u64,
+) -> MockResponse {
+    let request = match content::parse_chat_request(body, &shared.config.models) {
+        Ok(request) => request,
+        Err(failure) => return failure_response(&failure),
+    };
+    let completion = content::complete(
+        &request,
+        reply.content.as_deref(),
+        reply.finish_reason.as_deref(),
+    );
+    let envelope = Envelope {
+        id: format!("mock-chatcmpl-{sequence:08}"),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.as_secs())
+            .unwrap_or_default(),
+        model: request.model.clone(),
+    };
+    let status = status_of(reply);
+    if request.stream {
+        let events = content::render_events(&completion, &envelope, request.include_usage);
+        let body = MockBody::play(stream_plan(reply, events), Arc::clone(reset));
+        let mut response = response(status, "text/event-stream", body);
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
+    } else {
+        let json = content::render_json(&completion, &envelope);
+        let body = MockBody::play(bytes_plan(reply, json), Arc::clone(reset));
+        response(status, "application/json", body)
+    }
+}
+
+/// How many units (chunks or bytes) to deliver, and how to end.
+fn delivery(reply: &Reply) -> (Option<usize>, Ending) {
+    match (reply.cut_after, reply.reset_after) {
+        (None, None) => (None, Ending::Close),
+        (Some(cut), None) => (Some(cut), Ending::Close),
+        (None, Some(reset)) => (Some(reset), Ending::Reset),
+        (Some(cut), Some(reset)) if reset <= cut => (Some(reset), Ending::Reset),
+        (Some(cut), Some(_)) => (Some(cut), Ending::Close),
+    }
+}
+
+/// A streamed answer: keep-alive comments, then the events with `chunk_delay` between them.
+fn stream_plan(reply: &Reply, events: Vec<Bytes>) -> BodyPlan {
+    let (limit, ending) = delivery(reply);
+    let mut steps = Vec::with_capacity(events.len() * 2 + 1);
+    if reply.keep_alives > 0 {
+        steps.push(Step::Repeat {
+            count: reply.keep_alives,
+            interval: reply.keep_alive_interval,
+            frame: Bytes::from_static(b": keep-alive\n\n"),
+        });
+    }
+    for (index, event) in events
+        .into_iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .enumerate()
+    {
+        if index > 0 && !reply.chunk_delay.is_zero() {
+            steps.push(Step::Wait(reply.chunk_delay));
+        }
+        if reply.malformed_at == Some(index) {
+            steps.push(Step::Send(Bytes::from(format!(
+                "data: {MALFORMED_JSON}\n\n"
+            ))));
+        } else {
+            steps.push(Step::Send(event));
+        }
+    }
+    BodyPlan { steps, ending }
+}
+
+/// Any other body: blank-line keep-alives, then the body (possibly malformed or cut to a number
+/// of bytes) as one frame.
+fn bytes_plan(reply: &Reply, body: Bytes) -> BodyPlan {
+    let (limit, ending) = delivery(reply);
+    let mut steps = Vec::with_capacity(2);
+    if reply.keep_alives > 0 {
+        steps.push(Step::Repeat {
+            count: reply.keep_alives,
+            interval: reply.keep_alive_interval,
+            frame: Bytes::from_static(b"\n"),
+        });
+    }
+    let mut body = if reply.malformed_at.is_some() {
+        Bytes::from_static(MALFORMED_JSON.as_bytes())
+    } else {
+        body
+    };
+    if let Some(limit) = limit {
+        body.truncate(limit);
+    }
+    if !body.is_empty() {
+        steps.push(Step::Send(body));
+    }
+    BodyPlan { steps, ending }
+}
+
+fn response(status: StatusCode, content_type: &'static str, body: MockBody) -> MockResponse {
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}
+
+fn json_response(status: StatusCode, value: &Value) -> MockResponse {
+    response(
+        status,
+        "application/json",
+        MockBody::whole(Bytes::from(value.to_string())),
+    )
+}
+
+fn failure_response(failure: &ApiFailure) -> MockResponse {
+    response(
+        failure.status,
+        "application/json",
+        MockBody::whole(failure.body()),
+    )
+}
+
+fn models_response(models: &[String]) -> MockResponse {
+    let data: Vec<Value> = models
+        .iter()
+        .map(|id| json!({ "id": id, "object": "model", "owned_by": "deepseek" }))
+        .collect();
+    json_response(StatusCode::OK, &json!({ "object": "list", "data": data }))
+}
+
+/// The control endpoints under `/_mock/`, which need no API key.
+fn control(shared: &Shared, parts: &Parts, body: &Bytes) -> MockResponse {
+    let path = parts.uri.path();
+    match (&parts.method, path) {
+        (&Method::POST, "/_mock/script") => match parse_script(body) {
+            Ok(replies) => {
+                let queued = shared.enqueue(replies);
+                json_response(StatusCode::OK, &json!({ "queued": queued }))
+            }
+            Err(message) => failure_response(&ApiFailure::new(
+                StatusCode::BAD_REQUEST,
+                message,
+                "invalid_request_error",
+            )),
+        },
+        (&Method::GET, "/_mock/script") => json_response(
+            StatusCode::OK,
+            &serde_json::to_value(shared.pending()).unwrap_or(Value::Null),
+        ),
+        (&Method::DELETE, "/_mock/script") => {
+            let cleared = shared.clear_script();
+            json_response(StatusCode::OK, &json!({ "cleared": cleared }))
+        }
+        (&Method::GET, "/_mock/requests") => {
+            let requests = lock(&shared.log).to_json();
+            json_response(StatusCode::OK, &requests)
+        }
+        (&Method::DELETE, "/_mock/requests") => {
+            let cleared = shared.clear_requests();
+            json_response(StatusCode::OK, &json!({ "cleared": cleared }))
+        }
+        (method, _) => failure_response(&ApiFailure::new(
+            StatusCode::NOT_FOUND,
+            format!(
+                "Not Found: {method} {path} (control endpoints: POST, GET, DELETE /_mock/script; GET, DELETE /_mock/requests)"
+            ),
+            "invalid_request_error",
+        )),
+    }
+}
+
+/// A JSON array of replies, or a single reply object; each must be sendable.
+fn parse_script(body: &[u8]) -> Result<Vec<Reply>, String> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|error| format!("the script is not valid JSON: {error}"))?;
+    let replies = match value {
+        Value::Array(_) => serde_json::from_value::<Vec<Reply>>(value),
+        Value::Object(_) => serde_json::from_value::<Reply>(value).map(|reply| vec![reply]),
+        _ => {
+            return Err(
+                "the script must be a JSON array of replies or one reply object".to_owned(),
+            );
+        }
+    }
+    .map_err(|error| format!("the script is not a list of replies: {error}"))?;
+    for (index, reply) in replies.iter().enumerate() {
+        reply
+            .check()
+            .map_err(|problem| format!("reply {index}: {problem}"))?;
+    }
+    Ok(replies)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(count: usize) -> Vec<Bytes> {
+        (0..count).map(|i| Bytes::from(format!("e{i}"))).collect()
+    }
+
+    fn sent(plan: &BodyPlan) -> Vec<Bytes> {
+        plan.steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Send(bytes) => Some(bytes.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cut_and_reset_deliver_the_first_n_chunks() {
+        let plan = stream_plan(&Reply::ok().cut_after(2), events(5));
+        assert_eq!(sent(&plan), events(2));
+        assert_eq!(plan.ending, Ending::Close);
+        let plan = stream_plan(&Reply::ok().reset_after(3).cut_after(3), events(5));
+        assert_eq!(sent(&plan), events(3));
+        assert_eq!(plan.ending, Ending::Reset);
+        let plan = stream_plan(&Reply::ok().reset_after(4).cut_after(1), events(5));
+        assert_eq!(sent(&plan).len(), 1);
+        assert_eq!(plan.ending, Ending::Close);
+    }
+
+    #[test]
+    fn malformed_replaces_the_chunk_at_its_index() {
+        let plan = stream_plan(&Reply::ok().malformed_at(1), events(3));
+        let frames = sent(&plan);
+        assert_eq!(frames[0], "e0");
+        assert_eq!(frames[1], "data: {\"id\": oops\n\n");
+        assert_eq!(frames[2], "e2");
+    }
+
+    #[test]
+    fn delays_go_between_chunks_and_keep_alives_first() {
+        let reply = Reply::ok()
+            .keep_alives(2)
+            .keep_alive_interval(Duration::from_secs(1))
+            .chunk_delay(Duration::from_millis(5));
+        let plan = stream_plan(&reply, events(2));
+        assert_eq!(
+            plan.steps,
+            vec![
+                Step::Repeat {
+                    count: 2,
+                    interval: Duration::from_secs(1),
+                    frame: Bytes::from_static(b": keep-alive\n\n"),
+                },
+                Step::Send(Bytes::from_static(b"e0")),
+                Step::Wait(Duration::from_millis(5)),
+                Step::Send(Bytes::from_static(b"e1")),
+            ]
+        );
+    }
+
+    #[test]
+    fn byte_bodies_count_bytes() {
+        let plan = bytes_plan(&Reply::ok().cut_after(3), Bytes::from_static(b"{\"a\":1}"));
+        assert_eq!(sent(&plan), vec![Bytes::from_static(b"{\"a")]);
+        let plan = bytes_plan(&Reply::ok().malformed_at(0), Bytes::from_static(b"{}"));
+        assert_eq!(
+            sent(&plan),
+            vec![Bytes::from_static(MALFORMED_JSON.as_bytes())]
+        );
+    }
+
+    #[test]
+    fn script_json_accepts_one_or_many_and_rejects_bad_replies() {
+        assert_eq!(parse_script(br#"{"status":503}"#).unwrap().len(), 1);
+        assert_eq!(parse_script(br#"[{"status":503},{}]"#).unwrap().len(), 2);
+        assert!(parse_script(br#"[{"status":42}]"#).is_err());
+        assert!(parse_script(br#""text""#).is_err());
+        assert!(parse_script(b"[{").is_err());
+    }
+
+    #[test]
+    fn key_check_modes() {
+        let shared = |key_check| {
+            Shared::new(
+                Config {
+                    key_check,
+                    models: Vec::new(),
+                    max_body_bytes: 1024,
+                },
+                10,
+            )
+        };
+        let headers = |value: &'static str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            headers
+        };
+        let none = http::HeaderMap::new();
+        let any = shared(KeyCheck::AnyNonEmpty);
+        assert!(any.check_key(&headers("Bearer x")).is_ok());
+        assert!(any.check_key(&headers("bearer x")).is_ok());
+        assert!(any.check_key(&headers("Bearer ")).is_err());
+        assert!(any.check_key(&none).is_err());
+        let exact = shared(KeyCheck::Exact("sk-right-key".to_owned()));
+        assert!(exact.check_key(&headers("Bearer sk-right-key")).is_ok());
+        let failure = exact
+            .check_key(&headers("Bearer sk-wrong-key-9876"))
+            .unwrap_err();
+        assert_eq!(
+            failure.message,
+            "Authentication Fails, Your api key: ****9876 is invalid"
+        );
+        let off = shared(KeyCheck::Off);
+        assert!(off.check_key(&none).is_ok());
+    }
+}

@@ -1,0 +1,277 @@
+//! The gateway example end to end, through real HTTP clients, in both modes: on the embedded
+//! mock (no key) and against a separate "DeepSeek" (a key and a base URL).
+#![cfg(all(feature = "mock", feature = "axum", feature = "upstream"))]
+
+#[allow(dead_code)]
+#[path = "../examples/gateway.rs"]
+mod gateway;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use tokio::sync::oneshot;
+use tower::ServiceExt;
+use tower_deepseek::deepseek::{ChatRequest, DeepSeekClient};
+use tower_deepseek::mock::{MockDeepSeek, Reply};
+use tower_deepseek::upstream::Upstream;
+use tower_deepseek::{ErrorKind, classify::StreamFailure};
+
+struct RunningGateway {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), tower_deepseek::BoxError>>,
+}
+
+impl RunningGateway {
+    async fn start(config: gateway::GatewayConfig) -> RunningGateway {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(gateway::serve(listener, config, async move {
+            let _ = stopped.await;
+        }));
+        RunningGateway {
+            addr,
+            stop: Some(stop),
+            task,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// An OpenAI-compatible client pointed at the gateway, with a key the gateway ignores.
+    fn client(&self) -> DeepSeekClient<Upstream> {
+        DeepSeekClient::builder()
+            .base_url(format!("{}/v1", self.url()))
+            .api_key("sk-gateway-client-key")
+            .build(Upstream::new().unwrap())
+            .unwrap()
+    }
+
+    async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("gateway stops")
+            .expect("gateway task")
+            .expect("gateway ran cleanly");
+    }
+}
+
+/// A raw HTTP call: status, content type and body text.
+async fn raw(method: &str, url: String, body: &'static str) -> (u16, String, String) {
+    let request = http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .header("authorization", "Bearer whatever")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let response = Upstream::new().unwrap().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        content_type,
+        String::from_utf8(body.to_vec()).unwrap(),
+    )
+}
+
+fn hello() -> ChatRequest {
+    ChatRequest::new("deepseek-v4-flash").user("Hello gateway")
+}
+
+#[tokio::test]
+async fn mock_mode_serves_chat_streams_and_models() {
+    let gateway = RunningGateway::start(gateway::GatewayConfig::default()).await;
+    let client = gateway.client();
+
+    let answer = client.chat(hello()).await.expect("non-streaming");
+    assert!(answer.content().unwrap().contains("Hello gateway"));
+
+    let mut stream = client.chat_stream(hello()).await.expect("streaming");
+    let mut text = String::new();
+    let mut usage = None;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.expect("chunk");
+        text.push_str(chunk.content().unwrap_or_default());
+        usage = chunk.usage.or(usage);
+    }
+    assert_eq!(Some(text.as_str()), answer.content());
+    assert!(usage.is_some(), "the usage chunk is passed through");
+
+    let models = client.models().await.expect("models");
+    assert!(!models.data.is_empty());
+
+    let (status, content_type, body) = raw(
+        "POST",
+        format!("{}/v1/chat/completions", gateway.url()),
+        r#"{"model":"deepseek-v4-flash","stream":true,"messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(content_type, "text/event-stream");
+    assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn key_mode_proxies_to_the_configured_upstream_with_its_own_key() {
+    let upstream = MockDeepSeek::builder()
+        .api_key(Some("sk-upstream-real".to_owned()))
+        .start()
+        .await
+        .unwrap();
+    let gateway = RunningGateway::start(gateway::GatewayConfig {
+        api_key: Some("sk-upstream-real".to_owned()),
+        base_url: Some(upstream.base_url().to_owned()),
+        ..Default::default()
+    })
+    .await;
+    let answer = gateway.client().chat(hello()).await.expect("proxied");
+    assert!(answer.content().unwrap().contains("Hello gateway"));
+    let recorded = upstream.requests();
+    assert_eq!(recorded.len(), 1);
+    assert_eq!(
+        recorded[0].headers["authorization"], "Bearer sk-upstream-real",
+        "the gateway's key is sent, not the caller's"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn deepseek_errors_come_back_in_openai_shape_with_the_upstream_status() {
+    let upstream = MockDeepSeek::builder()
+        .api_key(Some("sk-upstream-real".to_owned()))
+        .start()
+        .await
+        .unwrap();
+    let gateway = RunningGateway::start(gateway::GatewayConfig {
+        api_key: Some("sk-upstream-real".to_owned()),
+        base_url: Some(upstream.base_url().to_owned()),
+        ..Default::default()
+    })
+    .await;
+    upstream.script([
+        Reply::status(402),
+        Reply::status(429).header("retry-after", "3"),
+    ]);
+    let (status, content_type, body) = raw(
+        "POST",
+        format!("{}/v1/chat/completions", gateway.url()),
+        r#"{"model":"deepseek-v4-flash","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .await;
+    assert_eq!(status, 402);
+    assert_eq!(content_type, "application/json");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"]["message"], "Insufficient Balance", "{json}");
+    assert!(json["error"].get("type").is_some() && json["error"].get("code").is_some());
+
+    // Our client, as an OpenAI-compatible client of the gateway, sees the same kinds.
+    let error = gateway.client().chat(hello()).await.expect_err("429");
+    assert_eq!(error.kind(), ErrorKind::RateLimited);
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(3)));
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_bad_request_body_is_a_400_in_openai_shape() {
+    let gateway = RunningGateway::start(gateway::GatewayConfig::default()).await;
+    let (status, _, body) = raw(
+        "POST",
+        format!("{}/v1/chat/completions", gateway.url()),
+        "{not json",
+    )
+    .await;
+    assert_eq!(status, 400);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"]["type"], "invalid_request_error");
+    let (status, _, _) = raw(
+        "POST",
+        format!("{}/v1/chat/completions", gateway.url()),
+        r#"{"model":"deepseek-v4-flash","messages":[]}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "validation failures never reach the upstream");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_stream_cut_upstream_reaches_the_caller_as_an_error() {
+    let upstream = MockDeepSeek::builder()
+        .api_key(Some("sk-upstream-real".to_owned()))
+        .start()
+        .await
+        .unwrap();
+    let gateway = RunningGateway::start(gateway::GatewayConfig {
+        api_key: Some("sk-upstream-real".to_owned()),
+        base_url: Some(upstream.base_url().to_owned()),
+        ..Default::default()
+    })
+    .await;
+    upstream.script([Reply::ok().cut_after(2)]);
+    let mut stream = gateway.client().chat_stream(hello()).await.unwrap();
+    let mut error = None;
+    while let Some(item) = stream.next().await {
+        if let Err(e) = item {
+            error = Some(e);
+        }
+    }
+    let error = error.expect("the caller sees the cut");
+    assert!(
+        matches!(
+            error.kind(),
+            ErrorKind::Stream(StreamFailure::Truncated) | ErrorKind::Server
+        ),
+        "{error:?}"
+    );
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_lets_an_in_flight_stream_finish() {
+    let upstream = MockDeepSeek::builder()
+        .api_key(Some("sk-upstream-real".to_owned()))
+        .start()
+        .await
+        .unwrap();
+    let gateway = RunningGateway::start(gateway::GatewayConfig {
+        api_key: Some("sk-upstream-real".to_owned()),
+        base_url: Some(upstream.base_url().to_owned()),
+        ..Default::default()
+    })
+    .await;
+    upstream.script([Reply::ok().chunk_delay(Duration::from_millis(20))]);
+    let mut stream = gateway.client().chat_stream(hello()).await.unwrap();
+    let first = stream.next().await.expect("first chunk").expect("ok");
+    let mut text = first.content().unwrap_or_default().to_owned();
+    let RunningGateway { addr, stop, task } = gateway;
+    stop.unwrap().send(()).unwrap();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(
+            chunk
+                .expect("stream completes after shutdown")
+                .content()
+                .unwrap_or_default(),
+        );
+    }
+    assert!(text.contains("Hello gateway"), "{text}");
+    task.await.unwrap().unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "no new connections after shutdown"
+    );
+}
