@@ -11,6 +11,9 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::{Notify, mpsc};
 
+use super::content::MALFORMED_JSON;
+use super::script::Reply;
+
 /// One step of a body plan.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Step {
@@ -190,5 +193,146 @@ impl Body for MockBody {
             MockBody::Whole(None) => SizeHint::with_exact(0),
             MockBody::Played(_) => SizeHint::default(),
         }
+    }
+}
+
+/// How many units (chunks or bytes) to deliver, and how to end.
+fn delivery(reply: &Reply) -> (Option<usize>, Ending) {
+    match (reply.cut_after, reply.reset_after) {
+        (None, None) => (None, Ending::Close),
+        (Some(cut), None) => (Some(cut), Ending::Close),
+        (None, Some(reset)) => (Some(reset), Ending::Reset),
+        (Some(cut), Some(reset)) if reset <= cut => (Some(reset), Ending::Reset),
+        (Some(cut), Some(_)) => (Some(cut), Ending::Close),
+    }
+}
+
+/// A streamed answer: keep-alive comments, then the events with `chunk_delay` between them.
+pub(super) fn stream_plan(reply: &Reply, events: Vec<Bytes>) -> BodyPlan {
+    let (limit, ending) = delivery(reply);
+    let mut steps = Vec::with_capacity(events.len() * 2 + 1);
+    if reply.keep_alives > 0 {
+        steps.push(Step::Repeat {
+            count: reply.keep_alives,
+            interval: reply.keep_alive_interval,
+            frame: Bytes::from_static(b": keep-alive\n\n"),
+        });
+    }
+    for (index, event) in events
+        .into_iter()
+        .take(limit.unwrap_or(usize::MAX))
+        .enumerate()
+    {
+        if index > 0 && !reply.chunk_delay.is_zero() {
+            steps.push(Step::Wait(reply.chunk_delay));
+        }
+        if reply.malformed_at == Some(index) {
+            steps.push(Step::Send(Bytes::from(format!(
+                "data: {MALFORMED_JSON}\n\n"
+            ))));
+        } else {
+            steps.push(Step::Send(event));
+        }
+    }
+    BodyPlan { steps, ending }
+}
+
+/// Any other body: blank-line keep-alives, then the body (possibly malformed or cut to a number
+/// of bytes) as one frame.
+pub(super) fn bytes_plan(reply: &Reply, body: Bytes) -> BodyPlan {
+    let (limit, ending) = delivery(reply);
+    let mut steps = Vec::with_capacity(2);
+    if reply.keep_alives > 0 {
+        steps.push(Step::Repeat {
+            count: reply.keep_alives,
+            interval: reply.keep_alive_interval,
+            frame: Bytes::from_static(b"\n"),
+        });
+    }
+    let mut body = if reply.malformed_at.is_some() {
+        Bytes::from_static(MALFORMED_JSON.as_bytes())
+    } else {
+        body
+    };
+    if let Some(limit) = limit {
+        body.truncate(limit);
+    }
+    if !body.is_empty() {
+        steps.push(Step::Send(body));
+    }
+    BodyPlan { steps, ending }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn events(count: usize) -> Vec<Bytes> {
+        (0..count).map(|i| Bytes::from(format!("e{i}"))).collect()
+    }
+
+    fn sent(plan: &BodyPlan) -> Vec<Bytes> {
+        plan.steps
+            .iter()
+            .filter_map(|step| match step {
+                Step::Send(bytes) => Some(bytes.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn cut_and_reset_deliver_the_first_n_chunks() {
+        let plan = stream_plan(&Reply::ok().cut_after(2), events(5));
+        assert_eq!(sent(&plan), events(2));
+        assert_eq!(plan.ending, Ending::Close);
+        let plan = stream_plan(&Reply::ok().reset_after(3).cut_after(3), events(5));
+        assert_eq!(sent(&plan), events(3));
+        assert_eq!(plan.ending, Ending::Reset);
+        let plan = stream_plan(&Reply::ok().reset_after(4).cut_after(1), events(5));
+        assert_eq!(sent(&plan).len(), 1);
+        assert_eq!(plan.ending, Ending::Close);
+    }
+
+    #[test]
+    fn malformed_replaces_the_chunk_at_its_index() {
+        let plan = stream_plan(&Reply::ok().malformed_at(1), events(3));
+        let frames = sent(&plan);
+        assert_eq!(frames[0], "e0");
+        assert_eq!(frames[1], "data: {\"id\": oops\n\n");
+        assert_eq!(frames[2], "e2");
+    }
+
+    #[test]
+    fn delays_go_between_chunks_and_keep_alives_first() {
+        let reply = Reply::ok()
+            .keep_alives(2)
+            .keep_alive_interval(Duration::from_secs(1))
+            .chunk_delay(Duration::from_millis(5));
+        let plan = stream_plan(&reply, events(2));
+        assert_eq!(
+            plan.steps,
+            vec![
+                Step::Repeat {
+                    count: 2,
+                    interval: Duration::from_secs(1),
+                    frame: Bytes::from_static(b": keep-alive\n\n"),
+                },
+                Step::Send(Bytes::from_static(b"e0")),
+                Step::Wait(Duration::from_millis(5)),
+                Step::Send(Bytes::from_static(b"e1")),
+            ]
+        );
+    }
+
+    #[test]
+    fn byte_bodies_count_bytes() {
+        let plan = bytes_plan(&Reply::ok().cut_after(3), Bytes::from_static(b"{\"a\":1}"));
+        assert_eq!(sent(&plan), vec![Bytes::from_static(b"{\"a")]);
+        let plan = bytes_plan(&Reply::ok().malformed_at(0), Bytes::from_static(b"{}"));
+        assert_eq!(
+            sent(&plan),
+            vec![Bytes::from_static(MALFORMED_JSON.as_bytes())]
+        );
     }
 }

@@ -85,6 +85,7 @@
 
 mod body;
 mod content;
+mod control;
 mod record;
 mod script;
 mod server;

@@ -25,8 +25,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::debug;
 
-use super::body::{BodyPlan, Ending, MockBody, ResetSwitch, Step};
-use super::content::{self, ApiFailure, Envelope, MALFORMED_JSON};
+use super::body::{MockBody, ResetSwitch, bytes_plan, stream_plan};
+use super::content::{self, ApiFailure, Envelope};
+use super::control::control;
 use super::record::{RecordedRequest, RequestLog, key_tail};
 use super::script::Reply;
 
@@ -119,6 +120,10 @@ impl Shared {
 
     pub(super) fn requests(&self) -> Vec<RecordedRequest> {
         lock(&self.log).snapshot()
+    }
+
+    pub(super) fn requests_json(&self) -> Value {
+        lock(&self.log).to_json()
     }
 
     pub(super) fn clear_requests(&self) -> usize {
@@ -320,7 +325,7 @@ impl fmt::Display for ConnectionReset {
 
 impl StdError for ConnectionReset {}
 
-type MockResponse = Response<MockBody>;
+pub(super) type MockResponse = Response<MockBody>;
 
 async fn handle(
     shared: Arc<Shared>,
@@ -520,73 +525,6 @@ fn answer(
     }
 }
 
-/// How many units (chunks or bytes) to deliver, and how to end.
-fn delivery(reply: &Reply) -> (Option<usize>, Ending) {
-    match (reply.cut_after, reply.reset_after) {
-        (None, None) => (None, Ending::Close),
-        (Some(cut), None) => (Some(cut), Ending::Close),
-        (None, Some(reset)) => (Some(reset), Ending::Reset),
-        (Some(cut), Some(reset)) if reset <= cut => (Some(reset), Ending::Reset),
-        (Some(cut), Some(_)) => (Some(cut), Ending::Close),
-    }
-}
-
-/// A streamed answer: keep-alive comments, then the events with `chunk_delay` between them.
-fn stream_plan(reply: &Reply, events: Vec<Bytes>) -> BodyPlan {
-    let (limit, ending) = delivery(reply);
-    let mut steps = Vec::with_capacity(events.len() * 2 + 1);
-    if reply.keep_alives > 0 {
-        steps.push(Step::Repeat {
-            count: reply.keep_alives,
-            interval: reply.keep_alive_interval,
-            frame: Bytes::from_static(b": keep-alive\n\n"),
-        });
-    }
-    for (index, event) in events
-        .into_iter()
-        .take(limit.unwrap_or(usize::MAX))
-        .enumerate()
-    {
-        if index > 0 && !reply.chunk_delay.is_zero() {
-            steps.push(Step::Wait(reply.chunk_delay));
-        }
-        if reply.malformed_at == Some(index) {
-            steps.push(Step::Send(Bytes::from(format!(
-                "data: {MALFORMED_JSON}\n\n"
-            ))));
-        } else {
-            steps.push(Step::Send(event));
-        }
-    }
-    BodyPlan { steps, ending }
-}
-
-/// Any other body: blank-line keep-alives, then the body (possibly malformed or cut to a number
-/// of bytes) as one frame.
-fn bytes_plan(reply: &Reply, body: Bytes) -> BodyPlan {
-    let (limit, ending) = delivery(reply);
-    let mut steps = Vec::with_capacity(2);
-    if reply.keep_alives > 0 {
-        steps.push(Step::Repeat {
-            count: reply.keep_alives,
-            interval: reply.keep_alive_interval,
-            frame: Bytes::from_static(b"\n"),
-        });
-    }
-    let mut body = if reply.malformed_at.is_some() {
-        Bytes::from_static(MALFORMED_JSON.as_bytes())
-    } else {
-        body
-    };
-    if let Some(limit) = limit {
-        body.truncate(limit);
-    }
-    if !body.is_empty() {
-        steps.push(Step::Send(body));
-    }
-    BodyPlan { steps, ending }
-}
-
 fn response(status: StatusCode, content_type: &'static str, body: MockBody) -> MockResponse {
     let mut response = Response::new(body);
     *response.status_mut() = status;
@@ -596,7 +534,7 @@ fn response(status: StatusCode, content_type: &'static str, body: MockBody) -> M
     response
 }
 
-fn json_response(status: StatusCode, value: &Value) -> MockResponse {
+pub(super) fn json_response(status: StatusCode, value: &Value) -> MockResponse {
     response(
         status,
         "application/json",
@@ -604,7 +542,7 @@ fn json_response(status: StatusCode, value: &Value) -> MockResponse {
     )
 }
 
-fn failure_response(failure: &ApiFailure) -> MockResponse {
+pub(super) fn failure_response(failure: &ApiFailure) -> MockResponse {
     response(
         failure.status,
         "application/json",
@@ -620,150 +558,9 @@ fn models_response(models: &[String]) -> MockResponse {
     json_response(StatusCode::OK, &json!({ "object": "list", "data": data }))
 }
 
-/// The control endpoints under `/_mock/`, which need no API key.
-fn control(shared: &Shared, parts: &Parts, body: &Bytes) -> MockResponse {
-    let path = parts.uri.path();
-    match (&parts.method, path) {
-        (&Method::POST, "/_mock/script") => match parse_script(body) {
-            Ok(replies) => {
-                let queued = shared.enqueue(replies);
-                json_response(StatusCode::OK, &json!({ "queued": queued }))
-            }
-            Err(message) => failure_response(&ApiFailure::new(
-                StatusCode::BAD_REQUEST,
-                message,
-                "invalid_request_error",
-            )),
-        },
-        (&Method::GET, "/_mock/script") => json_response(
-            StatusCode::OK,
-            &serde_json::to_value(shared.pending()).unwrap_or(Value::Null),
-        ),
-        (&Method::DELETE, "/_mock/script") => {
-            let cleared = shared.clear_script();
-            json_response(StatusCode::OK, &json!({ "cleared": cleared }))
-        }
-        (&Method::GET, "/_mock/requests") => {
-            let requests = lock(&shared.log).to_json();
-            json_response(StatusCode::OK, &requests)
-        }
-        (&Method::DELETE, "/_mock/requests") => {
-            let cleared = shared.clear_requests();
-            json_response(StatusCode::OK, &json!({ "cleared": cleared }))
-        }
-        (method, _) => failure_response(&ApiFailure::new(
-            StatusCode::NOT_FOUND,
-            format!(
-                "Not Found: {method} {path} (control endpoints: POST, GET, DELETE /_mock/script; GET, DELETE /_mock/requests)"
-            ),
-            "invalid_request_error",
-        )),
-    }
-}
-
-/// A JSON array of replies, or a single reply object; each must be sendable.
-fn parse_script(body: &[u8]) -> Result<Vec<Reply>, String> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|error| format!("the script is not valid JSON: {error}"))?;
-    let replies = match value {
-        Value::Array(_) => serde_json::from_value::<Vec<Reply>>(value),
-        Value::Object(_) => serde_json::from_value::<Reply>(value).map(|reply| vec![reply]),
-        _ => {
-            return Err(
-                "the script must be a JSON array of replies or one reply object".to_owned(),
-            );
-        }
-    }
-    .map_err(|error| format!("the script is not a list of replies: {error}"))?;
-    for (index, reply) in replies.iter().enumerate() {
-        reply
-            .check()
-            .map_err(|problem| format!("reply {index}: {problem}"))?;
-    }
-    Ok(replies)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn events(count: usize) -> Vec<Bytes> {
-        (0..count).map(|i| Bytes::from(format!("e{i}"))).collect()
-    }
-
-    fn sent(plan: &BodyPlan) -> Vec<Bytes> {
-        plan.steps
-            .iter()
-            .filter_map(|step| match step {
-                Step::Send(bytes) => Some(bytes.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn cut_and_reset_deliver_the_first_n_chunks() {
-        let plan = stream_plan(&Reply::ok().cut_after(2), events(5));
-        assert_eq!(sent(&plan), events(2));
-        assert_eq!(plan.ending, Ending::Close);
-        let plan = stream_plan(&Reply::ok().reset_after(3).cut_after(3), events(5));
-        assert_eq!(sent(&plan), events(3));
-        assert_eq!(plan.ending, Ending::Reset);
-        let plan = stream_plan(&Reply::ok().reset_after(4).cut_after(1), events(5));
-        assert_eq!(sent(&plan).len(), 1);
-        assert_eq!(plan.ending, Ending::Close);
-    }
-
-    #[test]
-    fn malformed_replaces_the_chunk_at_its_index() {
-        let plan = stream_plan(&Reply::ok().malformed_at(1), events(3));
-        let frames = sent(&plan);
-        assert_eq!(frames[0], "e0");
-        assert_eq!(frames[1], "data: {\"id\": oops\n\n");
-        assert_eq!(frames[2], "e2");
-    }
-
-    #[test]
-    fn delays_go_between_chunks_and_keep_alives_first() {
-        let reply = Reply::ok()
-            .keep_alives(2)
-            .keep_alive_interval(Duration::from_secs(1))
-            .chunk_delay(Duration::from_millis(5));
-        let plan = stream_plan(&reply, events(2));
-        assert_eq!(
-            plan.steps,
-            vec![
-                Step::Repeat {
-                    count: 2,
-                    interval: Duration::from_secs(1),
-                    frame: Bytes::from_static(b": keep-alive\n\n"),
-                },
-                Step::Send(Bytes::from_static(b"e0")),
-                Step::Wait(Duration::from_millis(5)),
-                Step::Send(Bytes::from_static(b"e1")),
-            ]
-        );
-    }
-
-    #[test]
-    fn byte_bodies_count_bytes() {
-        let plan = bytes_plan(&Reply::ok().cut_after(3), Bytes::from_static(b"{\"a\":1}"));
-        assert_eq!(sent(&plan), vec![Bytes::from_static(b"{\"a")]);
-        let plan = bytes_plan(&Reply::ok().malformed_at(0), Bytes::from_static(b"{}"));
-        assert_eq!(
-            sent(&plan),
-            vec![Bytes::from_static(MALFORMED_JSON.as_bytes())]
-        );
-    }
-
-    #[test]
-    fn script_json_accepts_one_or_many_and_rejects_bad_replies() {
-        assert_eq!(parse_script(br#"{"status":503}"#).unwrap().len(), 1);
-        assert_eq!(parse_script(br#"[{"status":503},{}]"#).unwrap().len(), 2);
-        assert!(parse_script(br#"[{"status":42}]"#).is_err());
-        assert!(parse_script(br#""text""#).is_err());
-        assert!(parse_script(b"[{").is_err());
-    }
 
     #[test]
     fn key_check_modes() {
