@@ -1,7 +1,7 @@
 //! The crate's one error type.
 //!
 //! Every failure the crate reports is an [`Error`]. Its [`ErrorKind`] says what happened in the
-//! same vocabulary as [`classify`](crate::classify); its `Display` says what went wrong and what
+//! same vocabulary as [`classify`]; its `Display` says what went wrong and what
 //! to do; [`std::error::Error::source`] gives the underlying cause. When DeepSeek answered with
 //! an error body, [`Error::api_error`] has it parsed (or its raw text when it was not JSON).
 //!
@@ -38,7 +38,7 @@ pub type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// Upstream error text kept in an [`ApiError`] is capped at this many bytes.
 const MAX_RAW_BODY: usize = 4096;
 
-/// What went wrong. Mirrors [`Outcome`](crate::classify::Outcome)'s failure classes.
+/// What went wrong. Mirrors [`Outcome`]'s failure classes.
 #[non_exhaustive]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
@@ -337,7 +337,7 @@ impl Error {
         self.inner.kind
     }
 
-    /// The outcome class of this error, as [`classify`](crate::classify) names it.
+    /// The outcome class of this error, as [`classify`] names it.
     pub fn outcome(&self) -> Outcome {
         match self.inner.kind {
             ErrorKind::Network(failure) => Outcome::Network(failure),
