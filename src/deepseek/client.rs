@@ -336,30 +336,32 @@ impl<S> DeepSeekClient<S> {
         }
     }
 
+    /// Builds a request from parts resolved at build time: no header parsing per call.
     fn build_request(
         &self,
         method: Method,
         uri: &Uri,
         accept: &'static str,
         body: Bytes,
-    ) -> Result<Request<RequestBody>, Error> {
-        let mut builder = Request::builder()
-            .method(method)
-            .uri(uri.clone())
-            .header(ACCEPT, HeaderValue::from_static(accept))
-            .header(
-                USER_AGENT,
-                HeaderValue::from_static(concat!("tower-deepseek/", env!("CARGO_PKG_VERSION"))),
-            );
-        if !body.is_empty() {
-            builder = builder.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    ) -> Request<RequestBody> {
+        let has_body = !body.is_empty();
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = method;
+        *request.uri_mut() = uri.clone();
+        let headers = request.headers_mut();
+        headers.reserve(4);
+        headers.insert(ACCEPT, HeaderValue::from_static(accept));
+        headers.insert(
+            USER_AGENT,
+            HeaderValue::from_static(concat!("tower-deepseek/", env!("CARGO_PKG_VERSION"))),
+        );
+        if has_body {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         }
         if let Some(auth) = &self.config.authorization {
-            builder = builder.header(AUTHORIZATION, auth.clone());
+            headers.insert(AUTHORIZATION, auth.clone());
         }
-        builder.body(Full::new(body)).map_err(|e| {
-            Error::new(ErrorKind::Config, "could not build the request").with_source(e)
-        })
+        request
     }
 
     fn prepare_chat(&self, mut request: ChatRequest, stream: bool) -> Result<Bytes, Error> {
@@ -404,7 +406,7 @@ where
             &self.config.chat_uri,
             "application/json",
             body,
-        )?;
+        );
         let response = self.send(request).await?;
         let bytes = self.read_body(response.into_body()).await?;
         let answer: ChatResponse = parse_json(&bytes)?;
@@ -433,7 +435,7 @@ where
             &self.config.chat_uri,
             "text/event-stream",
             body,
-        )?;
+        );
         let response = self.send(request).await?;
         let decoder = SseDecoder::with_max_line_len(self.config.max_line_len);
         Ok(ChatStream::with_decoder(response.into_body(), decoder))
@@ -446,7 +448,7 @@ where
             &self.config.models_uri,
             "application/json",
             Bytes::new(),
-        )?;
+        );
         let response = self.send(request).await?;
         let bytes = self.read_body(response.into_body()).await?;
         parse_json(&bytes)
