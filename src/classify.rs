@@ -346,7 +346,7 @@ pub fn classify_error(error: &(dyn StdError + 'static)) -> Outcome {
                 saw_hyper_incomplete = true;
             }
         }
-        current = err.source();
+        current = next_cause(err);
     }
     if connecting {
         Outcome::Network(NetworkFailure::Connect)
@@ -366,11 +366,22 @@ fn is_connect_error(error: &(dyn StdError + 'static)) -> bool {
             if let Some(client) = err.downcast_ref::<hyper_util::client::legacy::Error>() {
                 return client.is_connect();
             }
-            current = err.source();
+            current = next_cause(err);
         }
     }
     let _ = error;
     false
+}
+
+/// The next error down the chain. `std::io::Error::source` skips the error it wraps (it
+/// returns that error's source), which would hide e.g. a rustls error inside an I/O error.
+fn next_cause<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a (dyn StdError + 'static)> {
+    if let Some(io) = error.downcast_ref::<std::io::Error>()
+        && let Some(inner) = io.get_ref()
+    {
+        return Some(inner);
+    }
+    error.source()
 }
 
 /// Reads the wait an upstream asked for: `retry-after-ms` (milliseconds, sent by

@@ -99,7 +99,7 @@ impl Upstream {
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct UpstreamBuilder {
     pool_max_idle_per_host: usize,
     pool_idle_timeout: Duration,
@@ -107,6 +107,7 @@ pub struct UpstreamBuilder {
     tcp_keepalive: Option<Duration>,
     tcp_nodelay: bool,
     allow_plain_http: bool,
+    tls_config: Option<rustls::ClientConfig>,
 }
 
 impl Default for UpstreamBuilder {
@@ -118,7 +119,22 @@ impl Default for UpstreamBuilder {
             tcp_keepalive: Some(Duration::from_secs(30)),
             tcp_nodelay: true,
             allow_plain_http: true,
+            tls_config: None,
         }
+    }
+}
+
+impl fmt::Debug for UpstreamBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamBuilder")
+            .field("pool_max_idle_per_host", &self.pool_max_idle_per_host)
+            .field("pool_idle_timeout", &self.pool_idle_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("tcp_keepalive", &self.tcp_keepalive)
+            .field("tcp_nodelay", &self.tcp_nodelay)
+            .field("allow_plain_http", &self.allow_plain_http)
+            .field("custom_tls_config", &self.tls_config.is_some())
+            .finish()
     }
 }
 
@@ -159,6 +175,31 @@ impl UpstreamBuilder {
         self
     }
 
+    /// Uses this rustls configuration instead of the default (ring, Mozilla's roots): for a
+    /// private CA, a corporate TLS proxy or client certificates. Its ALPN list is replaced with
+    /// `h2` and `http/1.1`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let mut roots = rustls::RootCertStore::empty();
+    /// # let ca_der = rcgen::generate_simple_self_signed(vec!["ca".into()])?.cert.der().clone();
+    /// roots.add(ca_der)?; // your CA's certificate, DER-encoded
+    /// let provider = Arc::new(rustls::crypto::ring::default_provider());
+    /// let config = rustls::ClientConfig::builder_with_provider(provider)
+    ///     .with_safe_default_protocol_versions()?
+    ///     .with_root_certificates(roots)
+    ///     .with_no_client_auth();
+    /// let upstream = tower_deepseek::upstream::Upstream::builder().tls_config(config).build()?;
+    /// # let _ = upstream;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn tls_config(mut self, config: rustls::ClientConfig) -> Self {
+        self.tls_config = Some(config);
+        self
+    }
+
     /// Builds the upstream. Fails only if rustls rejects its own safe defaults.
     pub fn build(self) -> Result<Upstream, Error> {
         if self.connect_timeout == Some(Duration::ZERO) {
@@ -172,12 +213,24 @@ impl UpstreamBuilder {
         http.set_nodelay(self.tcp_nodelay);
         http.set_keepalive(self.tcp_keepalive);
         http.set_connect_timeout(self.connect_timeout);
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_provider_and_webpki_roots(provider)
-            .map_err(|e| {
-                Error::new(ErrorKind::Config, "rustls rejected its default settings").with_source(e)
-            })?;
+        let tls = match self.tls_config {
+            Some(mut config) => {
+                // hyper-rustls sets ALPN itself and refuses a config that already has a list.
+                config.alpn_protocols.clear();
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(config)
+            }
+            None => {
+                // An explicit provider: relying on the process default would panic when an
+                // application links both ring and aws-lc-rs.
+                let provider = Arc::new(rustls::crypto::ring::default_provider());
+                hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_provider_and_webpki_roots(provider)
+                    .map_err(|e| {
+                        Error::new(ErrorKind::Config, "rustls rejected its default settings")
+                            .with_source(e)
+                    })?
+            }
+        };
         let tls = if self.allow_plain_http {
             tls.https_or_http()
         } else {
