@@ -17,6 +17,11 @@
 //! | `DEEPSEEK_MODEL` | model used when a request names none | `deepseek-v4-flash` |
 //! | `RUST_LOG` | log filter | `info` |
 //!
+//! Every request carries one trace ID: `x-trace-id` (or `x-request-id`, or a W3C
+//! `traceparent`) when the caller sends a valid one, a fresh UUID otherwise. The gateway echoes
+//! it on the response, logs under it (span field `trace_id`) and sends it to DeepSeek as
+//! `x-trace-id` and `traceparent`; the handlers below contain no trace code.
+//!
 //! Clients of the gateway may send any `Authorization` header (the OpenAI SDKs insist on one);
 //! it is not forwarded: the gateway calls DeepSeek with its own key.
 //! Ctrl-C stops accepting connections and lets in-flight streams finish.
@@ -33,8 +38,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use tokio::net::TcpListener;
+use tower::ServiceBuilder;
 use tower_deepseek::deepseek::{ChatChunk, ChatRequest, DeepSeekClient};
 use tower_deepseek::mock::MockDeepSeek;
+use tower_deepseek::trace_id::{PropagateTraceId, PropagateTraceIdLayer, TraceIdLayer};
 use tower_deepseek::upstream::Upstream;
 use tower_deepseek::{BoxError, Error, ErrorKind};
 
@@ -77,7 +84,8 @@ impl GatewayConfig {
     }
 }
 
-type Client = DeepSeekClient<Upstream>;
+/// The gateway's DeepSeek client: the pooled upstream under the outbound trace-ID layer.
+pub type Client = DeepSeekClient<PropagateTraceId<Upstream>>;
 
 /// Serves the gateway on `listener` until `shutdown` completes, then lets in-flight requests
 /// (streams included) finish.
@@ -111,7 +119,10 @@ pub async fn serve(
             mock = Some(server);
         }
     }
-    let client = builder.build(Upstream::new()?)?;
+    let transport = ServiceBuilder::new()
+        .layer(PropagateTraceIdLayer::new())
+        .service(Upstream::new()?);
+    let client = builder.build(transport)?;
     let app = router(client);
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, app)
@@ -132,6 +143,8 @@ pub fn router(client: Client) -> Router {
         .route("/models", get(models))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(client)
+        // Outermost, so even a rejected body is answered under the request's trace ID.
+        .layer(TraceIdLayer::new())
 }
 
 async fn chat_completions(State(client): State<Client>, body: Bytes) -> Response {

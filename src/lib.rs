@@ -8,6 +8,10 @@
 //!   runs over any tower HTTP service, so the layers under it protect every call.
 //! - [`upstream`] (feature `upstream`, default): the pooled HTTPS transport.
 //! - [`classify`]: the one answer to "what happened?" that every layer shares.
+//! - [`trace_id`]: one trace ID from the edge to DeepSeek and back
+//!   ([`TraceIdLayer`](trace_id::TraceIdLayer) on the server,
+//!   [`PropagateTraceIdLayer`](trace_id::PropagateTraceIdLayer) under the client), with W3C
+//!   `traceparent`.
 //! - [`error`]: the one [`Error`] type, whose [`ErrorKind`] says what happened and whose
 //!   `Display` says what to do.
 //! - `mock` (feature `mock`): [`MockDeepSeek`](crate::mock::MockDeepSeek), a real HTTP server
@@ -19,7 +23,9 @@
 //! |---|---|---|
 //! | `upstream` | yes | the pooled HTTPS transport (hyper-util, rustls with ring, HTTP/1.1 + HTTP/2) |
 //! | `mock` | no | the embedded mock DeepSeek server |
-//! | `axum` | no | `IntoResponse` for [`Error`], in the OpenAI error shape |
+//! | `axum` | no | `IntoResponse` for [`Error`], in the OpenAI error shape; [`TraceId`](trace_id::TraceId) as an extractor |
+//! | `tonic` | no | gRPC interceptors carrying the trace ID in metadata (`trace_id::tonic`) |
+//! | `opentelemetry` | no | server and client spans joined through the OpenTelemetry propagator API (`trace_id::opentelemetry`) |
 //!
 //! # Example
 //!
@@ -51,6 +57,7 @@ pub mod deepseek;
 pub mod error;
 #[cfg(feature = "mock")]
 pub mod mock;
+pub mod trace_id;
 #[cfg(feature = "upstream")]
 pub mod upstream;
 

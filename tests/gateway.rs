@@ -275,3 +275,40 @@ async fn shutdown_lets_an_in_flight_stream_finish() {
         "no new connections after shutdown"
     );
 }
+
+#[tokio::test]
+async fn every_answer_carries_the_trace_id_deepseek_received() {
+    let upstream = MockDeepSeek::builder()
+        .api_key(Some("sk-upstream-real".to_owned()))
+        .start()
+        .await
+        .unwrap();
+    let gateway = RunningGateway::start(gateway::GatewayConfig {
+        api_key: Some("sk-upstream-real".to_owned()),
+        base_url: Some(upstream.base_url().to_owned()),
+        ..Default::default()
+    })
+    .await;
+    // No ID from the caller: the gateway makes one, sends it upstream and echoes it.
+    let request = http::Request::post(format!("{}/v1/chat/completions", gateway.url()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from_static(
+            br#"{"model":"deepseek-v4-flash","messages":[{"role":"user","content":"hi"}]}"#,
+        )))
+        .unwrap();
+    let response = Upstream::new().unwrap().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let echoed = response.headers()["x-trace-id"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(echoed.len(), 36, "a generated UUID: {echoed}");
+    let recorded = upstream.requests();
+    assert_eq!(recorded[0].headers["x-trace-id"], echoed.as_str());
+    let traceparent = recorded[0].headers["traceparent"].to_str().unwrap();
+    assert!(
+        traceparent.starts_with(&format!("00-{}-", echoed.replace('-', ""))),
+        "{traceparent}"
+    );
+    gateway.stop().await;
+}

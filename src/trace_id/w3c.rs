@@ -1,0 +1,441 @@
+//! W3C Trace Context: parsing and formatting `traceparent`, checking `tracestate`.
+//!
+//! `traceparent` is `version-traceid-parentid-flags`, e.g.
+//! `00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01`. The rules followed here:
+//! version is two lowercase hex digits and `ff` is invalid; version `00` is exactly 55
+//! characters; a later version may be longer, with a `-` after the flags, and only its first
+//! four fields are read; the trace-id is 32 lowercase hex digits, not all zero; the parent-id is
+//! 16 lowercase hex digits, not all zero; the flags are two lowercase hex digits.
+
+use std::fmt;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+/// The `traceparent` header.
+pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+/// The `tracestate` header.
+pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+
+/// Longest `tracestate` passed on, in bytes (the W3C limit for list members).
+pub(crate) const MAX_TRACESTATE_LEN: usize = 512;
+/// Most list members in a `tracestate`.
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+/// Length of a version-00 `traceparent`.
+pub(crate) const TRACEPARENT_LEN: usize = 55;
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// A W3C trace-id: 16 bytes, never all zero. `Display` writes the 32 lowercase hex digits of
+/// `traceparent`.
+///
+/// ```
+/// use tower_deepseek::trace_id::W3cTraceId;
+///
+/// let id = W3cTraceId::parse("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+/// assert_eq!(id.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+/// assert_eq!(W3cTraceId::from_bytes([0; 16]), None);
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct W3cTraceId(pub(crate) [u8; 16]);
+
+impl W3cTraceId {
+    /// The trace-id with these bytes; `None` for all zeros, which W3C reserves as invalid.
+    pub fn from_bytes(bytes: [u8; 16]) -> Option<W3cTraceId> {
+        (bytes != [0; 16]).then_some(W3cTraceId(bytes))
+    }
+
+    /// Parses 32 lowercase hex digits (the `traceparent` form); `None` otherwise or for zeros.
+    pub fn parse(hex: &str) -> Option<W3cTraceId> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 32 {
+            return None;
+        }
+        W3cTraceId::from_bytes(decode_hex::<16>(bytes, Case::Lower)?)
+    }
+
+    /// The 16 bytes.
+    pub fn to_bytes(self) -> [u8; 16] {
+        self.0
+    }
+
+    /// The 32 lowercase hex digits, on the stack.
+    pub(crate) fn encode(self) -> [u8; 32] {
+        encode_hex(&self.0)
+    }
+}
+
+impl fmt::Display for W3cTraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let hex = self.encode();
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
+    }
+}
+
+impl fmt::Debug for W3cTraceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "W3cTraceId({self})")
+    }
+}
+
+/// What an incoming `traceparent` says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Traceparent {
+    pub(crate) trace_id: W3cTraceId,
+    pub(crate) parent_id: [u8; 8],
+    pub(crate) flags: u8,
+}
+
+/// Why an incoming `traceparent` was not used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TraceparentError {
+    Length,
+    Version,
+    Format,
+    ZeroTraceId,
+    ZeroParentId,
+    Repeated,
+}
+
+impl TraceparentError {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            TraceparentError::Length => "wrong length",
+            TraceparentError::Version => "unsupported version",
+            TraceparentError::Format => "not version-traceid-parentid-flags in lowercase hex",
+            TraceparentError::ZeroTraceId => "all-zero trace-id",
+            TraceparentError::ZeroParentId => "all-zero parent-id",
+            TraceparentError::Repeated => "more than one traceparent header",
+        }
+    }
+}
+
+/// Parses one `traceparent` value.
+pub(crate) fn parse_traceparent(value: &[u8]) -> Result<Traceparent, TraceparentError> {
+    if value.len() < TRACEPARENT_LEN {
+        return Err(TraceparentError::Length);
+    }
+    let [version] = decode_hex::<1>(&value[..2], Case::Lower).ok_or(TraceparentError::Version)?;
+    match version {
+        0xff => return Err(TraceparentError::Version),
+        0x00 if value.len() != TRACEPARENT_LEN => return Err(TraceparentError::Length),
+        // A later version may append fields, after a dash.
+        _ if value.len() > TRACEPARENT_LEN && value[TRACEPARENT_LEN] != b'-' => {
+            return Err(TraceparentError::Length);
+        }
+        _ => {}
+    }
+    if value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
+        return Err(TraceparentError::Format);
+    }
+    let trace_id = decode_hex::<16>(&value[3..35], Case::Lower).ok_or(TraceparentError::Format)?;
+    let parent_id = decode_hex::<8>(&value[36..52], Case::Lower).ok_or(TraceparentError::Format)?;
+    let [flags] = decode_hex::<1>(&value[53..55], Case::Lower).ok_or(TraceparentError::Format)?;
+    let trace_id = W3cTraceId::from_bytes(trace_id).ok_or(TraceparentError::ZeroTraceId)?;
+    if parent_id == [0; 8] {
+        return Err(TraceparentError::ZeroParentId);
+    }
+    Ok(Traceparent {
+        trace_id,
+        parent_id,
+        flags,
+    })
+}
+
+/// The single `traceparent` of a request: `None` when absent, an error when invalid or
+/// repeated (W3C: a duplicated header restarts the trace).
+pub(crate) fn read_traceparent(
+    headers: &HeaderMap,
+) -> Option<Result<Traceparent, TraceparentError>> {
+    let mut values = headers.get_all(TRACEPARENT).iter();
+    let first = values.next()?;
+    if values.next().is_some() {
+        return Some(Err(TraceparentError::Repeated));
+    }
+    Some(parse_traceparent(first.as_bytes()))
+}
+
+/// A version-00 `traceparent` value.
+pub(crate) fn format_traceparent(
+    trace_id: W3cTraceId,
+    parent_id: [u8; 8],
+    flags: u8,
+) -> HeaderValue {
+    let mut out = [0u8; TRACEPARENT_LEN];
+    out[..3].copy_from_slice(b"00-");
+    out[3..35].copy_from_slice(&trace_id.encode());
+    out[35] = b'-';
+    out[36..52].copy_from_slice(&encode_hex::<16>(&parent_id));
+    out[52] = b'-';
+    out[53..55].copy_from_slice(&encode_hex::<2>(&[flags]));
+    ascii_header_value(&out)
+}
+
+/// The request's `tracestate`, when it looks valid: every header line joined with commas (as
+/// W3C asks), at most [`MAX_TRACESTATE_LEN`] bytes and 32 list members, each `key=value` with
+/// W3C's key and value characters. `Err(())` when present but not passed on.
+pub(crate) fn read_tracestate(headers: &HeaderMap) -> Result<Option<HeaderValue>, ()> {
+    let mut values = headers.get_all(TRACESTATE).iter();
+    let Some(first) = values.next() else {
+        return Ok(None);
+    };
+    let value = match values.next() {
+        None => first.clone(),
+        Some(second) => {
+            // Rare: several lines, joined once into one value.
+            let mut joined = Vec::with_capacity(MAX_TRACESTATE_LEN);
+            joined.extend_from_slice(first.as_bytes());
+            for line in std::iter::once(second).chain(values) {
+                joined.push(b',');
+                joined.extend_from_slice(line.as_bytes());
+                if joined.len() > MAX_TRACESTATE_LEN {
+                    return Err(());
+                }
+            }
+            HeaderValue::from_bytes(&joined).map_err(|_| ())?
+        }
+    };
+    if tracestate_looks_valid(value.as_bytes()) {
+        Ok(Some(value))
+    } else {
+        Err(())
+    }
+}
+
+/// Whether a `tracestate` is one W3C list of at most 32 `key=value` members within 512 bytes.
+pub(crate) fn tracestate_looks_valid(value: &[u8]) -> bool {
+    if value.len() > MAX_TRACESTATE_LEN {
+        return false;
+    }
+    let mut members = 0;
+    for member in value.split(|&b| b == b',') {
+        let member = member.trim_ascii();
+        if member.is_empty() {
+            continue; // W3C allows empty list members
+        }
+        members += 1;
+        if members > MAX_TRACESTATE_MEMBERS {
+            return false;
+        }
+        let Some(eq) = member.iter().position(|&b| b == b'=') else {
+            return false;
+        };
+        let (key, value) = (&member[..eq], &member[eq + 1..]);
+        let key_ok = key.len() <= 256
+            && key
+                .first()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && key
+                .iter()
+                .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-*/@".contains(&b));
+        let value_ok = !value.is_empty()
+            && value.len() <= 256
+            && value.last() != Some(&b' ')
+            && value
+                .iter()
+                .all(|&b| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=');
+        if !key_ok || !value_ok {
+            return false;
+        }
+    }
+    members > 0
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Case {
+    Lower,
+    Any,
+}
+
+/// Hex digit values, `INVALID` for anything else; uppercase has its own table so the W3C
+/// lowercase rule costs nothing.
+const INVALID: u8 = 0xff;
+const LOWER_DIGITS: [u8; 256] = digit_table(false);
+const ANY_DIGITS: [u8; 256] = digit_table(true);
+
+const fn digit_table(upper: bool) -> [u8; 256] {
+    let mut table = [INVALID; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        if upper {
+            table[b'A' as usize + i] = 10 + i as u8;
+        }
+        i += 1;
+    }
+    table
+}
+
+/// Decodes exactly `2 * N` hex digits.
+pub(crate) fn decode_hex<const N: usize>(hex: &[u8], case: Case) -> Option<[u8; N]> {
+    if hex.len() != 2 * N {
+        return None;
+    }
+    let table = match case {
+        Case::Lower => &LOWER_DIGITS,
+        Case::Any => &ANY_DIGITS,
+    };
+    let mut out = [0u8; N];
+    // OR-ing every digit lets one test at the end catch any invalid one.
+    let mut seen = 0u8;
+    for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
+        let (high, low) = (table[usize::from(pair[0])], table[usize::from(pair[1])]);
+        seen |= high | low;
+        *byte = (high << 4) | (low & 0xf);
+    }
+    (seen & 0xf0 == 0).then_some(out)
+}
+
+/// Lowercase hex of `bytes`; `M` must be `2 * bytes.len()`.
+pub(crate) fn encode_hex<const M: usize>(bytes: &[u8]) -> [u8; M] {
+    let mut out = [0u8; M];
+    for (pair, byte) in out.chunks_exact_mut(2).zip(bytes) {
+        pair[0] = HEX[usize::from(byte >> 4)];
+        pair[1] = HEX[usize::from(byte & 0xf)];
+    }
+    out
+}
+
+/// A header value from bytes this module formatted: hex digits and dashes only.
+pub(crate) fn ascii_header_value(bytes: &[u8]) -> HeaderValue {
+    HeaderValue::from_bytes(bytes).expect("hex digits and dashes are valid header bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[test]
+    fn parses_a_valid_version_00() {
+        let parsed = parse_traceparent(VALID.as_bytes()).unwrap();
+        assert_eq!(
+            parsed.trace_id.to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(
+            parsed.parent_id,
+            [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
+        assert_eq!(parsed.flags, 1);
+        let formatted = format_traceparent(parsed.trace_id, parsed.parent_id, parsed.flags);
+        assert_eq!(formatted, VALID);
+    }
+
+    #[test]
+    fn rejects_what_w3c_rejects() {
+        let cases = [
+            ("", TraceparentError::Length),
+            (&VALID[..54], TraceparentError::Length),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-",
+                TraceparentError::Length,
+            ),
+            (
+                "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                TraceparentError::Version,
+            ),
+            (
+                "0g-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                TraceparentError::Version,
+            ),
+            (
+                "0A-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+                TraceparentError::Version,
+            ),
+            (
+                "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+                TraceparentError::Format,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736_00f067aa0ba902b7-01",
+                TraceparentError::Format,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-0x",
+                TraceparentError::Format,
+            ),
+            (
+                "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+                TraceparentError::ZeroTraceId,
+            ),
+            (
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+                TraceparentError::ZeroParentId,
+            ),
+            (
+                "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x",
+                TraceparentError::Length,
+            ),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                parse_traceparent(value.as_bytes()),
+                Err(expected),
+                "{value:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_future_version_may_carry_more_fields() {
+        let parsed = parse_traceparent(
+            b"cc-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-09-what-the-future-holds",
+        )
+        .unwrap();
+        assert_eq!(parsed.flags, 9);
+        assert!(
+            parse_traceparent(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").is_ok()
+        );
+    }
+
+    #[test]
+    fn a_repeated_traceparent_is_invalid() {
+        let mut headers = HeaderMap::new();
+        headers.append(TRACEPARENT, HeaderValue::from_static(VALID));
+        assert!(read_traceparent(&headers).unwrap().is_ok());
+        headers.append(TRACEPARENT, HeaderValue::from_static(VALID));
+        assert_eq!(
+            read_traceparent(&headers),
+            Some(Err(TraceparentError::Repeated))
+        );
+    }
+
+    #[test]
+    fn tracestate_checks() {
+        assert!(tracestate_looks_valid(b"congo=t61rcWkgMzE"));
+        assert!(tracestate_looks_valid(
+            b"rojo=00f067aa0ba902b7, congo=t61rcWkgMzE,,"
+        ));
+        assert!(tracestate_looks_valid(b"tenant@vendor=x"));
+        assert!(!tracestate_looks_valid(b""));
+        assert!(!tracestate_looks_valid(b"novalue"));
+        assert!(!tracestate_looks_valid(b"Upper=x"));
+        assert!(!tracestate_looks_valid(b"k=v=w"));
+        assert!(!tracestate_looks_valid(b"k=\x01"));
+        let many: Vec<String> = (0..33).map(|i| format!("k{i}=v")).collect();
+        assert!(!tracestate_looks_valid(many.join(",").as_bytes()));
+        let long = format!("k={}", "v".repeat(600));
+        assert!(!tracestate_looks_valid(long.as_bytes()));
+
+        let mut headers = HeaderMap::new();
+        headers.append(TRACESTATE, HeaderValue::from_static("a=1"));
+        headers.append(TRACESTATE, HeaderValue::from_static("b=2"));
+        assert_eq!(read_tracestate(&headers).unwrap().unwrap(), "a=1,b=2");
+    }
+
+    #[test]
+    fn hex_round_trips() {
+        let bytes = [0x01, 0xab, 0xff];
+        let hex: [u8; 6] = encode_hex(&bytes);
+        assert_eq!(&hex, b"01abff");
+        assert_eq!(decode_hex::<3>(&hex, Case::Lower), Some(bytes));
+        assert_eq!(decode_hex::<3>(b"01ABFF", Case::Lower), None);
+        assert_eq!(decode_hex::<3>(b"01ABFF", Case::Any), Some(bytes));
+    }
+}
