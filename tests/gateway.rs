@@ -19,6 +19,8 @@ use tower_deepseek::mock::{MockDeepSeek, Reply};
 use tower_deepseek::upstream::Upstream;
 use tower_deepseek::{ErrorKind, classify::StreamFailure};
 
+const UPSTREAM_KEY: &str = "sk-upstream-real";
+
 struct RunningGateway {
     addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
@@ -38,6 +40,22 @@ impl RunningGateway {
             stop: Some(stop),
             task,
         }
+    }
+
+    /// A separate mock standing in for DeepSeek, and a gateway in key mode pointed at it.
+    async fn start_with_upstream() -> (MockDeepSeek, RunningGateway) {
+        let upstream = MockDeepSeek::builder()
+            .api_key(Some(UPSTREAM_KEY.to_owned()))
+            .start()
+            .await
+            .unwrap();
+        let gateway = RunningGateway::start(gateway::GatewayConfig {
+            api_key: Some(UPSTREAM_KEY.to_owned()),
+            base_url: Some(upstream.base_url().to_owned()),
+            ..Default::default()
+        })
+        .await;
+        (upstream, gateway)
     }
 
     fn url(&self) -> String {
@@ -129,17 +147,7 @@ async fn mock_mode_serves_chat_streams_and_models() {
 
 #[tokio::test]
 async fn key_mode_proxies_to_the_configured_upstream_with_its_own_key() {
-    let upstream = MockDeepSeek::builder()
-        .api_key(Some("sk-upstream-real".to_owned()))
-        .start()
-        .await
-        .unwrap();
-    let gateway = RunningGateway::start(gateway::GatewayConfig {
-        api_key: Some("sk-upstream-real".to_owned()),
-        base_url: Some(upstream.base_url().to_owned()),
-        ..Default::default()
-    })
-    .await;
+    let (upstream, gateway) = RunningGateway::start_with_upstream().await;
     let answer = gateway.client().chat(hello()).await.expect("proxied");
     assert!(answer.content().unwrap().contains("Hello gateway"));
     let recorded = upstream.requests();
@@ -153,17 +161,7 @@ async fn key_mode_proxies_to_the_configured_upstream_with_its_own_key() {
 
 #[tokio::test]
 async fn deepseek_errors_come_back_in_openai_shape_with_the_upstream_status() {
-    let upstream = MockDeepSeek::builder()
-        .api_key(Some("sk-upstream-real".to_owned()))
-        .start()
-        .await
-        .unwrap();
-    let gateway = RunningGateway::start(gateway::GatewayConfig {
-        api_key: Some("sk-upstream-real".to_owned()),
-        base_url: Some(upstream.base_url().to_owned()),
-        ..Default::default()
-    })
-    .await;
+    let (upstream, gateway) = RunningGateway::start_with_upstream().await;
     upstream.script([
         Reply::status(402),
         Reply::status(429).header("retry-after", "3"),
@@ -211,17 +209,7 @@ async fn a_bad_request_body_is_a_400_in_openai_shape() {
 
 #[tokio::test]
 async fn a_stream_cut_upstream_reaches_the_caller_as_an_error() {
-    let upstream = MockDeepSeek::builder()
-        .api_key(Some("sk-upstream-real".to_owned()))
-        .start()
-        .await
-        .unwrap();
-    let gateway = RunningGateway::start(gateway::GatewayConfig {
-        api_key: Some("sk-upstream-real".to_owned()),
-        base_url: Some(upstream.base_url().to_owned()),
-        ..Default::default()
-    })
-    .await;
+    let (upstream, gateway) = RunningGateway::start_with_upstream().await;
     upstream.script([Reply::ok().cut_after(2)]);
     let mut stream = gateway.client().chat_stream(hello()).await.unwrap();
     let mut error = None;
@@ -243,17 +231,7 @@ async fn a_stream_cut_upstream_reaches_the_caller_as_an_error() {
 
 #[tokio::test]
 async fn shutdown_lets_an_in_flight_stream_finish() {
-    let upstream = MockDeepSeek::builder()
-        .api_key(Some("sk-upstream-real".to_owned()))
-        .start()
-        .await
-        .unwrap();
-    let gateway = RunningGateway::start(gateway::GatewayConfig {
-        api_key: Some("sk-upstream-real".to_owned()),
-        base_url: Some(upstream.base_url().to_owned()),
-        ..Default::default()
-    })
-    .await;
+    let (upstream, gateway) = RunningGateway::start_with_upstream().await;
     upstream.script([Reply::ok().chunk_delay(Duration::from_millis(20))]);
     let mut stream = gateway.client().chat_stream(hello()).await.unwrap();
     let first = stream.next().await.expect("first chunk").expect("ok");
@@ -278,17 +256,7 @@ async fn shutdown_lets_an_in_flight_stream_finish() {
 
 #[tokio::test]
 async fn every_answer_carries_the_trace_id_deepseek_received() {
-    let upstream = MockDeepSeek::builder()
-        .api_key(Some("sk-upstream-real".to_owned()))
-        .start()
-        .await
-        .unwrap();
-    let gateway = RunningGateway::start(gateway::GatewayConfig {
-        api_key: Some("sk-upstream-real".to_owned()),
-        base_url: Some(upstream.base_url().to_owned()),
-        ..Default::default()
-    })
-    .await;
+    let (upstream, gateway) = RunningGateway::start_with_upstream().await;
     // No ID from the caller: the gateway makes one, sends it upstream and echoes it.
     let request = http::Request::post(format!("{}/v1/chat/completions", gateway.url()))
         .header("content-type", "application/json")
