@@ -18,6 +18,7 @@
 //! | connect refused, reset, TLS | [`Outcome::Network`] | yes | yes |
 //! | stream cut, malformed chunk | [`Outcome::Stream`] | yes, if nothing was delivered | yes |
 //! | `finish_reason: insufficient_system_resource` | [`Outcome::Stream`] | yes, if nothing was delivered | yes |
+//! | a layer of this crate refused the call (open circuit breaker) | [`Outcome::Rejected`] | no (wait [`Error::retry_after`](crate::Error::retry_after)) | no |
 //!
 //! Users replace the table by passing their own [`Classify`]; closures implement it:
 //!
@@ -45,7 +46,7 @@ use std::time::{Duration, SystemTime};
 
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::error::{Error, ErrorKind};
+use crate::error::{CircuitOpenReason, Error, ErrorKind};
 
 /// How a call ended, as every layer of this crate understands it.
 #[non_exhaustive]
@@ -73,6 +74,10 @@ pub enum Outcome {
     Stream(StreamFailure),
     /// The request never left: it failed validation or the client is misconfigured.
     Invalid,
+    /// A layer of this crate refused the call before sending it (an open circuit breaker).
+    /// Not evidence about the upstream, and not retried at once: see
+    /// [`Error::retry_after`](crate::Error::retry_after) for when a new call makes sense.
+    Rejected,
 }
 
 /// Why credentials were refused.
@@ -178,6 +183,7 @@ impl Outcome {
             Outcome::Network(_) => "network_error",
             Outcome::Stream(_) => "stream_error",
             Outcome::Invalid => "invalid_request",
+            Outcome::Rejected => "rejected",
         }
     }
 
@@ -193,6 +199,7 @@ impl Outcome {
             Outcome::Network(failure) => ErrorKind::Network(failure),
             Outcome::Stream(failure) => ErrorKind::Stream(failure),
             Outcome::Invalid => ErrorKind::InvalidRequest,
+            Outcome::Rejected => ErrorKind::CircuitOpen(CircuitOpenReason::Unhealthy),
         })
     }
 }
@@ -614,6 +621,18 @@ mod tests {
                 ErrorKind::Network(NetworkFailure::Tls),
                 Outcome::Network(NetworkFailure::Tls),
             ),
+            (
+                ErrorKind::CircuitOpen(CircuitOpenReason::Unhealthy),
+                Outcome::Rejected,
+            ),
+            (
+                ErrorKind::CircuitOpen(CircuitOpenReason::Forced),
+                Outcome::Rejected,
+            ),
+            (
+                ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(AuthFailure::InvalidKey)),
+                Outcome::Auth(AuthFailure::InvalidKey),
+            ),
         ] {
             let error = Error::new(kind, "test");
             assert_eq!(classify_error(&error), expected, "{kind:?}");
@@ -631,6 +650,17 @@ mod tests {
             let outcome = Outcome::Stream(failure);
             assert!(outcome.is_retryable() && outcome.counts_as_failure());
         }
+    }
+
+    #[test]
+    fn rejected_is_neither_retryable_nor_a_failure() {
+        let outcome = Outcome::Rejected;
+        assert!(!outcome.is_success() && !outcome.is_retryable() && !outcome.counts_as_failure());
+        assert_eq!(
+            outcome.error_kind(),
+            Some(ErrorKind::CircuitOpen(CircuitOpenReason::Unhealthy))
+        );
+        assert_eq!(outcome.as_str(), "rejected");
     }
 
     #[test]
@@ -668,6 +698,7 @@ mod tests {
             Outcome::Network(NetworkFailure::Other),
             Outcome::Stream(StreamFailure::Truncated),
             Outcome::Invalid,
+            Outcome::Rejected,
         ];
         let labels: std::collections::HashSet<_> = all.iter().map(Outcome::as_str).collect();
         assert_eq!(labels.len(), all.len());

@@ -60,6 +60,39 @@ pub enum ErrorKind {
     Config,
     /// The request failed validation before anything was sent.
     InvalidRequest,
+    /// A circuit breaker refused the call without sending it. [`Error::retry_after`] is the
+    /// time until the breaker lets a trial call through (when it is known); the message names
+    /// the breaker (its key, for a keyed breaker). The reason says whether the upstream is
+    /// failing, an operator forced the breaker open, or DeepSeek refused the key or the balance
+    /// (the "fatal" state: see [`CircuitOpenReason::Fatal`]).
+    CircuitOpen(CircuitOpenReason),
+}
+
+/// Why a circuit breaker refused a call ([`ErrorKind::CircuitOpen`]).
+///
+/// ```
+/// use tower_deepseek::classify::AuthFailure;
+/// use tower_deepseek::error::CircuitOpenReason;
+/// use tower_deepseek::{Error, ErrorKind};
+///
+/// let error = Error::new(
+///     ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(AuthFailure::InsufficientBalance)),
+///     "breaker \"deepseek\"",
+/// );
+/// assert!(error.to_string().contains("top up"));
+/// assert_eq!(error.http_status(), http::StatusCode::PAYMENT_REQUIRED);
+/// ```
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CircuitOpenReason {
+    /// The breaker opened on failures or slow calls, or its half-open trial permits are taken.
+    Unhealthy,
+    /// An operator forced the breaker open.
+    Forced,
+    /// DeepSeek answered 401 (the key is refused) or 402 (the balance is empty): the breaker
+    /// stops calling for a long time, since retrying cannot help until someone fixes the key
+    /// or tops up the balance.
+    Fatal(AuthFailure),
 }
 
 impl ErrorKind {
@@ -87,6 +120,18 @@ impl ErrorKind {
             ErrorKind::Stream(_) => "DeepSeek ran out of capacity mid-generation",
             ErrorKind::Config => "invalid configuration",
             ErrorKind::InvalidRequest => "invalid request",
+            ErrorKind::CircuitOpen(CircuitOpenReason::Unhealthy) => {
+                "the circuit breaker is open: the upstream is failing, so the call was not sent"
+            }
+            ErrorKind::CircuitOpen(CircuitOpenReason::Forced) => {
+                "the circuit breaker is forced open, so the call was not sent"
+            }
+            ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(AuthFailure::InvalidKey)) => {
+                "calls are stopped: DeepSeek refused the API key (401)"
+            }
+            ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(_)) => {
+                "calls are stopped: the DeepSeek balance is empty (402)"
+            }
         }
     }
 
@@ -110,6 +155,18 @@ impl ErrorKind {
             ErrorKind::Stream(_) => "the answer is incomplete; the call may be retried",
             ErrorKind::Config => "fix the configuration",
             ErrorKind::InvalidRequest => "fix the request before sending it",
+            ErrorKind::CircuitOpen(CircuitOpenReason::Unhealthy) => {
+                "retry after the indicated wait, or use a fallback"
+            }
+            ErrorKind::CircuitOpen(CircuitOpenReason::Forced) => {
+                "an operator must close the breaker"
+            }
+            ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(AuthFailure::InvalidKey)) => {
+                "fix DEEPSEEK_API_KEY, then reset the breaker"
+            }
+            ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(_)) => {
+                "top up the DeepSeek account balance, then reset the breaker"
+            }
         }
     }
 
@@ -125,6 +182,10 @@ impl ErrorKind {
             ErrorKind::Auth(AuthFailure::InvalidKey) => StatusCode::UNAUTHORIZED,
             ErrorKind::Auth(_) => StatusCode::PAYMENT_REQUIRED,
             ErrorKind::Config => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(reason)) => {
+                ErrorKind::Auth(reason).http_status()
+            }
+            ErrorKind::CircuitOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -136,6 +197,9 @@ impl ErrorKind {
             ErrorKind::Auth(_) => "insufficient_quota",
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Timeout(_) => "timeout_error",
+            ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(reason)) => {
+                ErrorKind::Auth(reason).openai_type()
+            }
             _ => "api_error",
         }
     }
@@ -354,6 +418,8 @@ impl Error {
             ErrorKind::Auth(reason) => Outcome::Auth(reason),
             ErrorKind::Stream(failure) => Outcome::Stream(failure),
             ErrorKind::Config | ErrorKind::InvalidRequest => Outcome::Invalid,
+            ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(reason)) => Outcome::Auth(reason),
+            ErrorKind::CircuitOpen(_) => Outcome::Rejected,
         }
     }
 
@@ -602,6 +668,54 @@ mod tests {
                 .unwrap()
                 .contains("first token")
         );
+    }
+
+    #[test]
+    fn circuit_open_errors_say_why_and_when() {
+        let open = Error::new(
+            ErrorKind::CircuitOpen(CircuitOpenReason::Unhealthy),
+            "breaker \"deepseek-v4-flash\"",
+        )
+        .with_retry_after(Duration::from_millis(2500));
+        assert_eq!(open.outcome(), Outcome::Rejected);
+        assert!(!open.is_retryable() && !open.outcome().counts_as_failure());
+        assert_eq!(open.http_status(), StatusCode::SERVICE_UNAVAILABLE);
+        let text = open.to_string();
+        assert!(
+            text.contains("circuit breaker is open")
+                && text.contains("deepseek-v4-flash")
+                && text.contains("retry after 2.500s"),
+            "{text}"
+        );
+        let response = open.to_http_response();
+        assert_eq!(response.headers()["retry-after"], "3");
+
+        let forced = Error::new(ErrorKind::CircuitOpen(CircuitOpenReason::Forced), "b");
+        assert!(forced.to_string().contains("forced open"));
+        assert_eq!(forced.outcome(), Outcome::Rejected);
+
+        let balance = Error::new(
+            ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(AuthFailure::InsufficientBalance)),
+            "b",
+        );
+        assert_eq!(
+            balance.outcome(),
+            Outcome::Auth(AuthFailure::InsufficientBalance)
+        );
+        assert_eq!(balance.http_status(), StatusCode::PAYMENT_REQUIRED);
+        assert!(balance.to_string().contains("402") && balance.to_string().contains("top up"));
+        assert_eq!(
+            balance.to_openai_json()["error"]["type"],
+            "insufficient_quota"
+        );
+
+        let key = Error::new(
+            ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(AuthFailure::InvalidKey)),
+            "b",
+        );
+        assert_eq!(key.http_status(), StatusCode::UNAUTHORIZED);
+        assert!(key.to_string().contains("401") && key.to_string().contains("API key"));
+        assert_ne!(key.to_string(), balance.to_string());
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //!   runs over any tower HTTP service, so the layers under it protect every call.
 //! - [`upstream`] (feature `upstream`, default): the pooled HTTPS transport.
 //! - [`classify`]: the one answer to "what happened?" that every layer shares.
+//! - [`body`]: the response-body observer: first token, chunks, usage, how a stream ended,
+//!   reported once to every layer that listens.
+//! - [`circuit_breaker`]: [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer), keyed
+//!   per model or host, DeepSeek-aware (429 is not an outage; 401/402 stop calls for long).
 //! - [`trace_id`]: one trace ID from the edge to DeepSeek and back
 //!   ([`TraceIdLayer`](trace_id::TraceIdLayer) on the server,
 //!   [`PropagateTraceIdLayer`](trace_id::PropagateTraceIdLayer) under the client), with W3C
@@ -52,6 +56,8 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod body;
+pub mod circuit_breaker;
 pub mod classify;
 pub mod deepseek;
 pub mod error;

@@ -1,0 +1,819 @@
+//! The response-body observer: one wrapper, one scan, every listener.
+//!
+//! Streams are where LLM calls fail: a `200 OK` head says little about an answer that arrives
+//! over minutes. Several layers care about what happens *inside* a response body:
+//!
+//! | layer | moments it listens for |
+//! |---|---|
+//! | circuit breaker | first token (slow-to-first-token), the end and how it ended (truncated, malformed, `insufficient_system_resource`), a body error |
+//! | metrics | first token (TTFT), each chunk, usage on the final chunk, the end |
+//! | retry | the first delivered frame (the commit point: after it nothing is retried) |
+//! | timeouts | first token (keep-alives do not count), the gap between chunks |
+//! | token limiter | usage on the final chunk (reconcile the reservation against the real count) |
+//!
+//! [`ObservedBody`] wraps any [`http_body::Body`] and reports these moments as
+//! [`BodyEvent`]s to a [`BodyObserver`]. It never buffers and never changes what the reader
+//! gets: every frame is passed on as it arrives and only *looked at* on the way. One wrapper
+//! serves several listeners with one scan: tuples of observers are observers, so
+//! `ObservedBody::new(body, format, (breaker, metrics))` parses the stream once for both.
+//!
+//! # What is reported, and when
+//!
+//! The body's format ([`BodyFormat`]) decides how frames are scanned:
+//!
+//! - **SSE** (`text/event-stream`): the frames run through the crate's [`SseDecoder`]. A
+//!   `data:` event is a [`BodyEvent::Chunk`] (the first one is also
+//!   [`BodyEvent::FirstToken`]); a `: keep-alive` comment is a [`BodyEvent::KeepAlive`] and is
+//!   **not** a token. Each chunk is checked with a lean parse that keeps only `finish_reason`
+//!   and `usage` (every other field is skipped, not built); `usage` is reported as
+//!   [`BodyEvent::Usage`]. A chunk that is not JSON marks the stream
+//!   [`StreamFailure::Malformed`]; a body that ends without `data: [DONE]` is
+//!   [`StreamFailure::Truncated`].
+//! - **JSON** (anything else, e.g. a non-streaming completion): each data frame is a
+//!   [`BodyEvent::Chunk`]; the first non-whitespace byte is the first token (DeepSeek sends
+//!   blank lines while a request waits, like keep-alives); the end is the body's end. The body
+//!   is not parsed: `finish_reason: insufficient_system_resource` is found by a byte search
+//!   of each frame (a mention split across two frames is missed), and usage is not reported
+//!   (the reader parses the body anyway).
+//!
+//! Every body ends in exactly one terminal event: [`BodyEvent::End`] when the inner body
+//! reports its end, [`BodyEvent::Error`] when it fails, or [`BodyEvent::Dropped`] when the
+//! reader drops it first (a client that went away, or [`ChatStream`] stopping after
+//! `[DONE]`). [`BodyEnd`] says what was seen so far, and [`BodyEnd::outcome`] turns it into
+//! an [`Outcome`] through the caller's [`Classify`], so "how did this body end" has one answer
+//! across the crate.
+//!
+//! ```
+//! use bytes::Bytes;
+//! use http_body_util::{BodyExt, Full};
+//! use tower_deepseek::body::{BodyEvent, BodyFormat, ObservedBody};
+//! use tower_deepseek::classify::{DeepSeekClassifier, Outcome};
+//!
+//! # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+//! let sse = Full::new(Bytes::from_static(
+//!     b": keep-alive\n\n\
+//!       data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"},\"finish_reason\":\"stop\"}]}\n\n\
+//!       data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\n\
+//!       data: [DONE]\n\n",
+//! ));
+//! let mut seen = Vec::new();
+//! let body = ObservedBody::new(sse, BodyFormat::Sse, |event: BodyEvent<'_>| {
+//!     seen.push(match event {
+//!         BodyEvent::FirstFrame => "first frame".to_owned(),
+//!         BodyEvent::KeepAlive => "keep-alive".to_owned(),
+//!         BodyEvent::FirstToken => "first token".to_owned(),
+//!         BodyEvent::Chunk(_) => "chunk".to_owned(),
+//!         BodyEvent::Usage(usage) => format!("usage {}", usage.total_tokens),
+//!         BodyEvent::End(end) => format!("end {}", end.outcome(&DeepSeekClassifier)),
+//!         other => format!("{other:?}"),
+//!     });
+//! });
+//! let bytes = body.collect().await.unwrap().to_bytes();
+//! assert!(bytes.ends_with(b"data: [DONE]\n\n")); // passed through untouched
+//! assert_eq!(
+//!     seen,
+//!     ["first frame", "keep-alive", "first token", "chunk", "chunk", "usage 4", "end success"]
+//! );
+//! # });
+//! ```
+//!
+//! [`SseDecoder`]: crate::deepseek::sse::SseDecoder
+//! [`ChatStream`]: crate::deepseek::sse::ChatStream
+
+use std::borrow::Cow;
+use std::error::Error as StdError;
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+use serde::Deserialize;
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+
+use crate::classify::{Classify, Observation, Outcome, StreamFailure};
+use crate::deepseek::sse::{SseDecoder, SseEvent};
+use crate::deepseek::types::Usage;
+
+/// The `finish_reason` DeepSeek uses when it runs out of capacity mid-generation.
+const INSUFFICIENT: &str = "insufficient_system_resource";
+
+/// How a body's bytes are scanned.
+///
+/// ```
+/// use tower_deepseek::body::BodyFormat;
+///
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("content-type", "text/event-stream; charset=utf-8".parse().unwrap());
+/// assert_eq!(BodyFormat::from_headers(&headers), BodyFormat::Sse);
+/// assert_eq!(BodyFormat::from_headers(&http::HeaderMap::new()), BodyFormat::Json);
+/// ```
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BodyFormat {
+    /// Server-sent events (`text/event-stream`): chunks are `data:` events.
+    Sse,
+    /// A whole JSON document (or any other non-SSE body): chunks are data frames.
+    Json,
+}
+
+impl BodyFormat {
+    /// [`BodyFormat::Sse`] when `content-type` is `text/event-stream`, otherwise
+    /// [`BodyFormat::Json`].
+    pub fn from_headers(headers: &HeaderMap) -> BodyFormat {
+        let is_sse = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .is_some_and(|value| {
+                value
+                    .trim_start()
+                    .get(..17)
+                    .is_some_and(|prefix| prefix.eq_ignore_ascii_case("text/event-stream"))
+            });
+        if is_sse {
+            BodyFormat::Sse
+        } else {
+            BodyFormat::Json
+        }
+    }
+}
+
+/// What was seen of a body when it ended or was dropped.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+/// use tower_deepseek::body::{BodyEvent, BodyFormat, ObservedBody};
+/// use tower_deepseek::classify::{DeepSeekClassifier, Outcome, StreamFailure};
+///
+/// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+/// let mut outcome = None;
+/// // A stream that ends without `data: [DONE]`.
+/// let cut = Full::new(Bytes::from_static(b"data: {\"choices\":[]}\n\n"));
+/// let body = ObservedBody::new(cut, BodyFormat::Sse, |event: BodyEvent<'_>| {
+///     if let BodyEvent::End(end) = event {
+///         outcome = Some(end.outcome(&DeepSeekClassifier));
+///     }
+/// });
+/// body.collect().await.unwrap();
+/// assert_eq!(outcome, Some(Outcome::Stream(StreamFailure::Truncated)));
+/// # });
+/// ```
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BodyEnd<'a> {
+    /// How the body was scanned.
+    pub format: BodyFormat,
+    /// `data: [DONE]` was seen (SSE only; always `false` for JSON).
+    pub done: bool,
+    /// The last `finish_reason` seen, if any.
+    pub finish_reason: Option<&'a str>,
+    /// A failure found by the scan: a malformed chunk, an over-long line, or (at the end) a
+    /// stream without `[DONE]`.
+    pub failure: Option<StreamFailure>,
+    /// How many chunks (SSE data events, or JSON data frames) passed.
+    pub chunks: u64,
+}
+
+impl BodyEnd<'_> {
+    /// How the body ended, in the crate's one vocabulary: the scan's failure if it found one,
+    /// otherwise what `classifier` says of [`Observation::End`] with the last `finish_reason`
+    /// (so `insufficient_system_resource` is a [`StreamFailure`] under the default table).
+    pub fn outcome(&self, classifier: &(impl Classify + ?Sized)) -> Outcome {
+        match self.failure {
+            Some(failure) => Outcome::Stream(failure),
+            None => classifier.classify(Observation::End {
+                finish_reason: self.finish_reason,
+            }),
+        }
+    }
+
+    /// Whether the body was read to a verdict: `[DONE]` seen, a `finish_reason` seen, or a
+    /// failure found. A body dropped before any of these tells nothing about the upstream.
+    pub fn is_conclusive(&self) -> bool {
+        self.done || self.finish_reason.is_some() || self.failure.is_some()
+    }
+}
+
+/// One moment in a response body's life. See the [module docs](self) for when each fires.
+#[non_exhaustive]
+#[derive(Clone, Copy)]
+pub enum BodyEvent<'a> {
+    /// The first data frame with at least one byte arrived (the commit point for a retry).
+    FirstFrame,
+    /// The first token arrived: the first SSE `data:` event, or the first non-whitespace byte
+    /// of a JSON body. Keep-alive comments and blank lines are not tokens.
+    FirstToken,
+    /// An SSE comment (`: keep-alive`): the upstream is alive but has produced nothing.
+    KeepAlive,
+    /// One chunk passed: an SSE event's data, or a JSON body's data frame.
+    Chunk(&'a [u8]),
+    /// A chunk carried token usage (the final chunk, with `stream_options.include_usage`).
+    Usage(&'a Usage),
+    /// The inner body reported its end (terminal).
+    End(&'a BodyEnd<'a>),
+    /// The inner body failed (terminal). Classify it with [`Observation::Error`].
+    Error(&'a (dyn StdError + 'static)),
+    /// The body was dropped before its end (terminal).
+    Dropped(&'a BodyEnd<'a>),
+}
+
+impl fmt::Debug for BodyEvent<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BodyEvent::FirstFrame => f.write_str("FirstFrame"),
+            BodyEvent::FirstToken => f.write_str("FirstToken"),
+            BodyEvent::KeepAlive => f.write_str("KeepAlive"),
+            BodyEvent::Chunk(data) => write!(f, "Chunk({} bytes)", data.len()),
+            BodyEvent::Usage(usage) => f.debug_tuple("Usage").field(usage).finish(),
+            BodyEvent::End(end) => f.debug_tuple("End").field(end).finish(),
+            BodyEvent::Error(error) => write!(f, "Error({error})"),
+            BodyEvent::Dropped(end) => f.debug_tuple("Dropped").field(end).finish(),
+        }
+    }
+}
+
+/// Listens to a body's [`BodyEvent`]s.
+///
+/// Implemented by closures `FnMut(BodyEvent<'_>)`, by `()` (listens to nothing), by
+/// `Option<O>` and by tuples of observers (each hears every event, in order), so one
+/// [`ObservedBody`] serves several layers with one scan.
+///
+/// ```
+/// use tower_deepseek::body::{BodyEvent, BodyObserver};
+///
+/// /// Counts keep-alives.
+/// #[derive(Default)]
+/// struct KeepAlives(u32);
+///
+/// impl BodyObserver for KeepAlives {
+///     fn observe(&mut self, event: BodyEvent<'_>) {
+///         if let BodyEvent::KeepAlive = event {
+///             self.0 += 1;
+///         }
+///     }
+/// }
+///
+/// let mut both = (KeepAlives::default(), KeepAlives::default());
+/// both.observe(BodyEvent::KeepAlive);
+/// assert_eq!((both.0.0, both.1.0), (1, 1));
+/// ```
+pub trait BodyObserver {
+    /// Hears one event.
+    fn observe(&mut self, event: BodyEvent<'_>);
+
+    /// `true` once the observer needs no more events: when every observer of a body is done,
+    /// the body stops scanning and only passes frames on. Terminal events are still delivered.
+    fn is_done(&self) -> bool {
+        false
+    }
+}
+
+impl BodyObserver for () {
+    fn observe(&mut self, _event: BodyEvent<'_>) {}
+
+    fn is_done(&self) -> bool {
+        true
+    }
+}
+
+impl<F> BodyObserver for F
+where
+    F: FnMut(BodyEvent<'_>),
+{
+    fn observe(&mut self, event: BodyEvent<'_>) {
+        self(event)
+    }
+}
+
+impl<O: BodyObserver> BodyObserver for Option<O> {
+    fn observe(&mut self, event: BodyEvent<'_>) {
+        if let Some(observer) = self {
+            observer.observe(event);
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.as_ref().is_none_or(BodyObserver::is_done)
+    }
+}
+
+macro_rules! tuple_observer {
+    ($($name:ident . $index:tt),+) => {
+        impl<$($name: BodyObserver),+> BodyObserver for ($($name,)+) {
+            fn observe(&mut self, event: BodyEvent<'_>) {
+                $(self.$index.observe(event);)+
+            }
+
+            fn is_done(&self) -> bool {
+                $(self.$index.is_done())&&+
+            }
+        }
+    };
+}
+
+tuple_observer!(A.0, B.1);
+tuple_observer!(A.0, B.1, C.2);
+tuple_observer!(A.0, B.1, C.2, D.3);
+
+/// What the scan knows so far.
+#[derive(Debug, Default)]
+struct ScanState {
+    first_frame: bool,
+    first_token: bool,
+    done: bool,
+    chunks: u64,
+    finish_reason: Option<Box<str>>,
+    failure: Option<StreamFailure>,
+    /// A terminal event has been delivered.
+    terminated: bool,
+}
+
+impl ScanState {
+    fn end(&self, format: BodyFormat) -> BodyEnd<'_> {
+        BodyEnd {
+            format,
+            done: self.done,
+            finish_reason: self.finish_reason.as_deref(),
+            failure: self.failure,
+            chunks: self.chunks,
+        }
+    }
+}
+
+pin_project! {
+    /// A response body that reports what passes through it to a [`BodyObserver`], without
+    /// buffering or changing it. See the [module docs](self).
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_deepseek::body::{BodyEvent, BodyFormat, ObservedBody};
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let mut first_token = false;
+    /// let json = Full::new(Bytes::from_static(b"\n\n{\"choices\":[]}"));
+    /// let body = ObservedBody::new(json, BodyFormat::Json, |event: BodyEvent<'_>| {
+    ///     first_token |= matches!(event, BodyEvent::FirstToken);
+    /// });
+    /// body.collect().await.unwrap();
+    /// assert!(first_token);
+    /// # });
+    /// ```
+    pub struct ObservedBody<B, O: BodyObserver> {
+        #[pin]
+        inner: B,
+        observer: O,
+        format: BodyFormat,
+        // Boxed: only SSE bodies need one, and it keeps the wrapper small to move.
+        decoder: Option<Box<SseDecoder>>,
+        scan: ScanState,
+    }
+
+    impl<B, O: BodyObserver> PinnedDrop for ObservedBody<B, O> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !this.scan.terminated {
+                this.scan.terminated = true;
+                let end = this.scan.end(*this.format);
+                this.observer.observe(BodyEvent::Dropped(&end));
+            }
+        }
+    }
+}
+
+impl<B, O: BodyObserver> ObservedBody<B, O> {
+    /// Wraps `inner`, scanning it as `format` and reporting to `observer`.
+    pub fn new(inner: B, format: BodyFormat, observer: O) -> ObservedBody<B, O> {
+        ObservedBody {
+            inner,
+            observer,
+            format,
+            decoder: None,
+            scan: ScanState::default(),
+        }
+    }
+
+    /// The observer.
+    pub fn observer(&self) -> &O {
+        &self.observer
+    }
+
+    /// The wrapped body.
+    pub fn get_ref(&self) -> &B {
+        &self.inner
+    }
+}
+
+impl<B, O: BodyObserver> fmt::Debug for ObservedBody<B, O> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ObservedBody")
+            .field("format", &self.format)
+            .field("scan", &self.scan)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B, O> Body for ObservedBody<B, O>
+where
+    B: Body,
+    B::Data: 'static,
+    B::Error: StdError + 'static,
+    O: BodyObserver,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = ready!(this.inner.poll_frame(cx));
+        if this.scan.terminated {
+            return Poll::Ready(polled);
+        }
+        match &polled {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref()
+                    && data.has_remaining()
+                {
+                    if !this.scan.first_frame {
+                        this.scan.first_frame = true;
+                        this.observer.observe(BodyEvent::FirstFrame);
+                    }
+                    if !this.observer.is_done() {
+                        scan_frame(*this.format, this.decoder, this.scan, this.observer, data);
+                    }
+                }
+            }
+            Some(Err(error)) => {
+                this.scan.terminated = true;
+                this.observer.observe(BodyEvent::Error(error));
+            }
+            None => {
+                if *this.format == BodyFormat::Sse && !this.observer.is_done() {
+                    finish_sse(this.decoder, this.scan, this.observer);
+                }
+                this.scan.terminated = true;
+                let end = this.scan.end(*this.format);
+                this.observer.observe(BodyEvent::End(&end));
+            }
+        }
+        Poll::Ready(polled)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A frame's bytes as `Bytes`: no copy when the frame is already `Bytes` (hyper's and
+/// `http-body-util`'s bodies), one copy of its segments otherwise.
+fn frame_bytes<D: Buf + 'static>(data: &D) -> Bytes {
+    if let Some(bytes) = (data as &dyn std::any::Any).downcast_ref::<Bytes>() {
+        return bytes.clone();
+    }
+    if data.chunk().len() == data.remaining() {
+        return Bytes::copy_from_slice(data.chunk());
+    }
+    let mut slices = [std::io::IoSlice::new(&[]); 16];
+    let count = data.chunks_vectored(&mut slices);
+    let mut bytes = Vec::with_capacity(data.remaining());
+    for slice in &slices[..count] {
+        bytes.extend_from_slice(slice);
+    }
+    Bytes::from(bytes)
+}
+
+fn scan_frame<D: Buf + 'static, O: BodyObserver>(
+    format: BodyFormat,
+    decoder: &mut Option<Box<SseDecoder>>,
+    scan: &mut ScanState,
+    observer: &mut O,
+    data: &D,
+) {
+    match format {
+        BodyFormat::Json => {
+            let bytes = data.chunk();
+            if !scan.first_token && bytes.iter().any(|b| !b.is_ascii_whitespace()) {
+                scan.first_token = true;
+                observer.observe(BodyEvent::FirstToken);
+            }
+            scan.chunks += 1;
+            observer.observe(BodyEvent::Chunk(bytes));
+            if memchr::memmem::find(bytes, INSUFFICIENT.as_bytes()).is_some() {
+                scan.finish_reason = Some(INSUFFICIENT.into());
+            }
+        }
+        BodyFormat::Sse => {
+            let decoder = decoder.get_or_insert_with(|| Box::new(SseDecoder::new()));
+            decoder.push(frame_bytes(data));
+            loop {
+                match decoder.next_event() {
+                    Ok(Some(event)) => sse_event(event, scan, observer),
+                    Ok(None) => break,
+                    Err(error) => {
+                        let failure = match error.kind() {
+                            crate::ErrorKind::Stream(failure) => failure,
+                            _ => StreamFailure::Malformed,
+                        };
+                        scan.failure.get_or_insert(failure);
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn finish_sse<O: BodyObserver>(
+    decoder: &mut Option<Box<SseDecoder>>,
+    scan: &mut ScanState,
+    observer: &mut O,
+) {
+    if scan.failure.is_some() || scan.done {
+        return;
+    }
+    let decoder = decoder.get_or_insert_with(|| Box::new(SseDecoder::new()));
+    loop {
+        match decoder.finish() {
+            Ok(Some(event)) => sse_event(event, scan, observer),
+            Ok(None) => break,
+            Err(error) => {
+                let failure = match error.kind() {
+                    crate::ErrorKind::Stream(failure) => failure,
+                    _ => StreamFailure::Truncated,
+                };
+                scan.failure.get_or_insert(failure);
+                break;
+            }
+        }
+    }
+}
+
+fn sse_event<O: BodyObserver>(event: SseEvent, scan: &mut ScanState, observer: &mut O) {
+    match event {
+        SseEvent::KeepAlive => observer.observe(BodyEvent::KeepAlive),
+        // An empty `data:` event carries nothing: treat it like a keep-alive.
+        SseEvent::Data(data) if data.is_empty() => observer.observe(BodyEvent::KeepAlive),
+        SseEvent::Data(data) => {
+            if !scan.first_token {
+                scan.first_token = true;
+                observer.observe(BodyEvent::FirstToken);
+            }
+            scan.chunks += 1;
+            observer.observe(BodyEvent::Chunk(&data));
+            match serde_json::from_slice::<LeanChunk<'_>>(&data) {
+                Ok(chunk) => {
+                    if let Some(reason) = chunk.choices.0 {
+                        scan.finish_reason = Some(reason.into());
+                    }
+                    if let Some(usage) = &chunk.usage {
+                        observer.observe(BodyEvent::Usage(usage));
+                    }
+                }
+                Err(_) => {
+                    scan.failure.get_or_insert(StreamFailure::Malformed);
+                }
+            }
+        }
+        SseEvent::Done => scan.done = true,
+    }
+}
+
+/// The two fields of a chunk the observer needs; everything else is skipped unbuilt.
+#[derive(Deserialize)]
+struct LeanChunk<'a> {
+    #[serde(default, borrow)]
+    choices: LastFinishReason<'a>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+/// The last non-null `finish_reason` of a `choices` array.
+#[derive(Default)]
+struct LastFinishReason<'a>(Option<Cow<'a, str>>);
+
+#[derive(Deserialize)]
+struct LeanChoice<'a> {
+    #[serde(default, borrow)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for LastFinishReason<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Choices<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for Choices<'a> {
+            type Value = LastFinishReason<'a>;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an array of choices or null")
+            }
+
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(LastFinishReason(None))
+            }
+
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(LastFinishReason(None))
+            }
+
+            fn visit_some<D: serde::Deserializer<'de>>(
+                self,
+                deserializer: D,
+            ) -> Result<Self::Value, D::Error> {
+                deserializer.deserialize_seq(self)
+            }
+
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut last = None;
+                while let Some(choice) = seq.next_element::<Option<LeanChoice<'de>>>()? {
+                    if let Some(reason) = choice.and_then(|c| c.finish_reason) {
+                        last = Some(reason);
+                    }
+                }
+                Ok(LastFinishReason(last))
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                // Not the expected shape, but valid JSON: nothing to learn from it.
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(LastFinishReason(None))
+            }
+        }
+        deserializer.deserialize_option(Choices(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::DeepSeekClassifier;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    fn events_of(format: BodyFormat, frames: &[&'static [u8]]) -> Vec<String> {
+        let mut seen = Vec::new();
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = frames
+            .iter()
+            .map(|f| Ok(Frame::data(Bytes::from_static(f))))
+            .collect();
+        let body = StreamBody::new(futures_util::stream::iter(frames));
+        let observed = ObservedBody::new(body, format, |event: BodyEvent<'_>| {
+            seen.push(match event {
+                BodyEvent::End(end) => format!("end {}", end.outcome(&DeepSeekClassifier)),
+                BodyEvent::Dropped(end) => format!("dropped {}", end.is_conclusive()),
+                BodyEvent::Usage(usage) => format!("usage {}", usage.total_tokens),
+                other => format!("{other:?}"),
+            });
+        });
+        futures_executor(observed);
+        seen
+    }
+
+    fn futures_executor<B: Body>(body: B)
+    where
+        B::Error: fmt::Debug,
+    {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async { body.collect().await.unwrap() });
+    }
+
+    #[test]
+    fn json_first_token_skips_keep_alive_blank_lines_and_finds_insufficient_resource() {
+        let seen = events_of(
+            BodyFormat::Json,
+            &[
+                b"\n\n",
+                b"{\"choices\":[{\"finish_reason\":\"insufficient_system_resource\"}]}",
+            ],
+        );
+        assert_eq!(
+            seen,
+            [
+                "FirstFrame",
+                "Chunk(2 bytes)",
+                "FirstToken",
+                "Chunk(62 bytes)",
+                "end stream_error"
+            ]
+        );
+    }
+
+    #[test]
+    fn sse_frames_cut_anywhere_are_scanned_once() {
+        let seen = events_of(
+            BodyFormat::Sse,
+            &[
+                b": keep-al",
+                b"ive\n\ndata: {\"choices\":[],\"usa",
+                b"ge\":{\"total_tokens\":9}}\n\ndata: [DO",
+                b"NE]\n\n",
+            ],
+        );
+        assert_eq!(
+            seen,
+            [
+                "FirstFrame",
+                "KeepAlive",
+                "FirstToken",
+                "Chunk(41 bytes)",
+                "usage 9",
+                "end success"
+            ]
+        );
+    }
+
+    #[test]
+    fn sse_without_done_is_truncated_and_bad_json_is_malformed() {
+        let seen = events_of(BodyFormat::Sse, &[b"data: {\"choices\":[]}\n\n"]);
+        assert_eq!(seen.last().unwrap(), "end stream_error");
+        let mut ends = Vec::new();
+        let bodies: [&'static [u8]; 2] = [b"data: {oops\n\ndata: [DONE]\n\n", b"data: {}\n\n"];
+        for frame in bodies {
+            let body = Full::new(Bytes::from_static(frame));
+            let observed = ObservedBody::new(body, BodyFormat::Sse, |event: BodyEvent<'_>| {
+                if let BodyEvent::End(end) = event {
+                    ends.push((end.failure, end.done));
+                }
+            });
+            futures_executor(observed);
+        }
+        assert_eq!(
+            ends,
+            [
+                (Some(StreamFailure::Malformed), true),
+                (Some(StreamFailure::Truncated), false)
+            ]
+        );
+    }
+
+    #[test]
+    fn body_errors_and_early_drops_are_terminal_events() {
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+            Ok(Frame::data(Bytes::from_static(b"data: {}\n\n"))),
+            Err(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+        ];
+        let mut outcomes = Vec::new();
+        let body = ObservedBody::new(
+            StreamBody::new(futures_util::stream::iter(frames)),
+            BodyFormat::Sse,
+            |event: BodyEvent<'_>| match event {
+                BodyEvent::Error(error) => {
+                    outcomes.push(DeepSeekClassifier.classify(Observation::Error(error)))
+                }
+                BodyEvent::Dropped(_) | BodyEvent::End(_) => panic!("one terminal event only"),
+                _ => {}
+            },
+        );
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(runtime.block_on(body.collect()).is_err());
+        assert_eq!(
+            outcomes,
+            [Outcome::Network(crate::classify::NetworkFailure::Reset)]
+        );
+
+        let mut dropped = 0;
+        let body = ObservedBody::new(
+            Full::new(Bytes::from_static(b"x")),
+            BodyFormat::Json,
+            |event: BodyEvent<'_>| {
+                if let BodyEvent::Dropped(end) = event {
+                    assert!(!end.is_conclusive());
+                    dropped += 1;
+                }
+            },
+        );
+        drop(body);
+        assert_eq!(dropped, 1);
+    }
+
+    #[test]
+    fn tuples_hear_every_event_and_stop_scanning_when_all_are_done() {
+        let mut first = 0;
+        let mut second = 0;
+        {
+            let mut both = (
+                |_: BodyEvent<'_>| first += 1,
+                Some(|_: BodyEvent<'_>| second += 1),
+            );
+            both.observe(BodyEvent::KeepAlive);
+            assert!(!both.is_done());
+        }
+        assert_eq!((first, second), (1, 1));
+        assert!(((), None::<()>).is_done());
+    }
+}
