@@ -294,8 +294,12 @@ struct Inner {
     status: Option<StatusCode>,
     retry_after: Option<Duration>,
     api: Option<ApiError>,
+    upstream_trace_id: Option<Box<str>>,
     source: Option<BoxError>,
 }
+
+/// Longest `x-ds-trace-id` kept in an error; anything longer is not an ID DeepSeek sent.
+const MAX_UPSTREAM_TRACE_ID: usize = 128;
 
 impl Error {
     /// A new error of `kind` with a message saying what happened.
@@ -307,6 +311,7 @@ impl Error {
                 status: None,
                 retry_after: None,
                 api: None,
+                upstream_trace_id: None,
                 source: None,
             }),
         }
@@ -348,6 +353,15 @@ impl Error {
         error.inner.status = Some(status);
         error.inner.retry_after = retry_after;
         error.inner.api = Some(ApiError::parse(body));
+        error.inner.upstream_trace_id = headers
+            .get("x-ds-trace-id")
+            .and_then(|value| value.to_str().ok())
+            .filter(|id| {
+                !id.is_empty()
+                    && id.len() <= MAX_UPSTREAM_TRACE_ID
+                    && id.bytes().all(|b| b.is_ascii_graphic())
+            })
+            .map(Box::from);
         error
     }
 
@@ -433,6 +447,12 @@ impl Error {
         self.inner.retry_after
     }
 
+    /// DeepSeek's own trace ID for the failed call (its `x-ds-trace-id` response header), to
+    /// quote in a support ticket beside ours.
+    pub fn upstream_trace_id(&self) -> Option<&str> {
+        self.inner.upstream_trace_id.as_deref()
+    }
+
     /// DeepSeek's error body, when the error came from a response.
     pub fn api_error(&self) -> Option<&ApiError> {
         self.inner.api.as_ref()
@@ -503,6 +523,9 @@ impl fmt::Debug for Error {
         if let Some(api) = &self.inner.api {
             debug.field("api", api);
         }
+        if let Some(id) = &self.inner.upstream_trace_id {
+            debug.field("upstream_trace_id", id);
+        }
         if let Some(source) = &self.inner.source {
             debug.field("source", source);
         }
@@ -521,6 +544,9 @@ impl fmt::Display for Error {
             if let Some(code) = &api.code {
                 write!(f, " (code {code})")?;
             }
+        }
+        if let Some(id) = &self.inner.upstream_trace_id {
+            write!(f, "; DeepSeek trace id {id}")?;
         }
         if let Some(wait) = self.inner.retry_after {
             write!(f, "; retry after {:.3}s", wait.as_secs_f64())?;
@@ -609,6 +635,24 @@ mod tests {
         ] {
             let status = StatusCode::from_u16(status).unwrap();
             assert_eq!(Error::from_response(status, &empty, b"").kind(), kind);
+        }
+    }
+
+    #[test]
+    fn deepseek_trace_id_is_kept_when_it_looks_like_an_id() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-ds-trace-id", "ds-7f3a9c".parse().unwrap());
+        let error = Error::from_response(StatusCode::SERVICE_UNAVAILABLE, &headers, b"");
+        assert_eq!(error.upstream_trace_id(), Some("ds-7f3a9c"));
+        assert!(error.to_string().contains("DeepSeek trace id ds-7f3a9c"));
+
+        for bad in [
+            "has space".to_owned(),
+            "x".repeat(MAX_UPSTREAM_TRACE_ID + 1),
+        ] {
+            headers.insert("x-ds-trace-id", bad.parse().unwrap());
+            let error = Error::from_response(StatusCode::SERVICE_UNAVAILABLE, &headers, b"");
+            assert_eq!(error.upstream_trace_id(), None, "{bad:?}");
         }
     }
 

@@ -155,6 +155,8 @@ async fn each_error_status_ends_in_its_kind() {
         assert_eq!(error.status(), Some(StatusCode::from_u16(status).unwrap()));
         let api = error.api_error().expect("DeepSeek error body parsed");
         assert!(!api.raw && !api.message.is_empty(), "{api:?}");
+        let ds_trace = error.upstream_trace_id().expect("x-ds-trace-id is kept");
+        assert!(ds_trace.starts_with("mock-trace-"), "{ds_trace}");
     }
 }
 
