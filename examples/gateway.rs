@@ -15,7 +15,38 @@
 //! | `DEEPSEEK_API_KEY` | the DeepSeek key; unset: serve from the embedded mock DeepSeek | unset |
 //! | `DEEPSEEK_BASE_URL` | the upstream base URL | `https://api.deepseek.com` |
 //! | `DEEPSEEK_MODEL` | model used when a request names none | `deepseek-v4-flash` |
+//! | `GATEWAY_FALLBACK_MODEL` | model that answers while the circuit breaker is open; unset: no fallback | unset |
+//! | `GATEWAY_BREAKER_FAILURE_RATE` | failure rate (percent, `(0, 100]`) that opens the breaker | `50` |
+//! | `GATEWAY_BREAKER_MINIMUM_CALLS` | calls in the window before a rate counts | `20` |
+//! | `GATEWAY_BREAKER_WINDOW` | the sliding window, in calls | `100` |
+//! | `GATEWAY_BREAKER_OPEN_WAIT` | seconds (decimals allowed) the breaker stays open before a trial | `30` |
+//! | `GATEWAY_BREAKER_FATAL_WAIT` | seconds a 401/402 stops all calls; `0` turns that off | `1800` |
 //! | `RUST_LOG` | log filter | `info` |
+//!
+//! # Circuit breaker and model fallback
+//!
+//! The outbound stack under the [`DeepSeekClient`] is, outermost first:
+//!
+//! ```text
+//! PropagateTraceId ─► note_fallback ─► CircuitBreaker (fallback: ModelFallback) ─► Upstream
+//! ```
+//!
+//! - Trace propagation is outermost, so the headers (`x-trace-id`, `traceparent`) are on the
+//!   request before the breaker sees it: a request the fallback re-sends carries the same trace
+//!   ID as the call that was refused.
+//! - One breaker guards the DeepSeek route (5xx, timeouts and transport errors count; 429 and
+//!   4xx do not; 401/402 stop all calls for `GATEWAY_BREAKER_FATAL_WAIT`). It is not keyed per
+//!   model: the model is only in the JSON body, which a key extractor cannot read without
+//!   consuming it.
+//! - While it is open (or forced open), [`ModelFallback`] re-sends a refused `POST` with the
+//!   body's `model` rewritten to `GATEWAY_FALLBACK_MODEL`, straight to the upstream (the
+//!   fallback route has no breaker of its own). The fatal state (bad key, empty balance) never
+//!   falls back: another model on the same account would fail the same way. Without a fallback
+//!   model (or for `GET /models`) the caller gets a `503` in the OpenAI error shape with
+//!   `Retry-After` (the time until the breaker's next trial call).
+//! - A fallback answer carries the breaker's `FallbackResponse` extension; `note_fallback`
+//!   hands it to the handler (the typed client returns parsed answers, not responses), which
+//!   sets `x-fallback-model: <model>` on the gateway's response.
 //!
 //! Every request carries one trace ID: `x-trace-id` (or `x-request-id`, or a W3C
 //! `traceparent`) when the caller sends a valid one, a fresh UUID otherwise. The gateway echoes
@@ -26,20 +57,32 @@
 //! it is not forwarded: the gateway calls DeepSeek with its own key.
 //! Ctrl-C stops accepting connections and lets in-flight streams finish.
 
+use std::cell::Cell;
 use std::convert::Infallible;
-use std::future::Future;
+use std::future::{Future, ready};
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
-use axum::http::{HeaderValue, header};
+use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use tokio::net::TcpListener;
-use tower::ServiceBuilder;
-use tower_deepseek::deepseek::{ChatChunk, ChatRequest, DeepSeekClient};
+use tower::util::MapResponse;
+use tower::{ServiceBuilder, ServiceExt};
+use tower_deepseek::circuit_breaker::{
+    CircuitBreakerBody, CircuitBreakerLayer, CircuitBreakerService, Fallback, FallbackResponse,
+    MAX_COUNT_WINDOW, SlidingWindow,
+};
+use tower_deepseek::deepseek::{ChatChunk, ChatRequest, DeepSeekClient, RequestBody};
+use tower_deepseek::error::CircuitOpenReason;
 use tower_deepseek::mock::MockDeepSeek;
 use tower_deepseek::trace_id::{PropagateTraceId, PropagateTraceIdLayer, TraceIdLayer};
 use tower_deepseek::upstream::Upstream;
@@ -48,7 +91,11 @@ use tower_deepseek::{BoxError, Error, ErrorKind};
 /// Largest request body the gateway accepts.
 const MAX_REQUEST_BYTES: usize = 8 << 20;
 
-/// The gateway's settings, read and validated at start-up.
+/// The response header that says a fallback model answered (its value: that model).
+pub const FALLBACK_HEADER: &str = "x-fallback-model";
+
+/// The gateway's settings, read and validated at start-up. `Default` is mock mode with the
+/// default breaker settings and no fallback model.
 #[derive(Clone, Debug, Default)]
 pub struct GatewayConfig {
     /// Where to listen.
@@ -59,12 +106,128 @@ pub struct GatewayConfig {
     pub base_url: Option<String>,
     /// The default model.
     pub model: Option<String>,
+    /// The model that answers while the breaker is open; `None`: refused calls get a 503.
+    pub fallback_model: Option<String>,
+    /// The circuit breaker's settings.
+    pub breaker: BreakerSettings,
+}
+
+/// The gateway's circuit-breaker settings (see the module docs for the variables).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerSettings {
+    /// Failure rate, percent in `(0, 100]`, that opens the breaker.
+    pub failure_rate: f32,
+    /// Calls in the window before the failure rate counts.
+    pub minimum_calls: u32,
+    /// The sliding window, in calls.
+    pub window_calls: u32,
+    /// How long the breaker stays open before a trial call.
+    pub open_wait: Duration,
+    /// How long a 401/402 stops all calls; `None` turns the fatal state off.
+    pub fatal_wait: Option<Duration>,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failure_rate: 50.0,
+            minimum_calls: 20,
+            window_calls: 100,
+            open_wait: Duration::from_secs(30),
+            fatal_wait: Some(Duration::from_secs(30 * 60)),
+        }
+    }
+}
+
+fn config_error(message: String) -> Error {
+    Error::new(ErrorKind::Config, message)
+}
+
+/// Parses `name`'s value with `parse` when set; `what` describes a valid value.
+fn parsed<T>(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    what: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, Error> {
+    match var(name) {
+        Some(text) => match parse(text.trim()) {
+            Some(value) => Ok(Some(value)),
+            None => Err(config_error(format!("{name}={text:?} is not {what}"))),
+        },
+        None => Ok(None),
+    }
+}
+
+/// Seconds, decimals allowed, in `[0, 1 day]`.
+fn seconds(text: &str) -> Option<Duration> {
+    let secs: f64 = text.parse().ok()?;
+    (secs.is_finite() && (0.0..=86_400.0).contains(&secs)).then(|| Duration::from_secs_f64(secs))
+}
+
+impl BreakerSettings {
+    /// Validates the settings and builds the breaker layer; an error names the variable.
+    pub fn layer(&self) -> Result<CircuitBreakerLayer, Error> {
+        let BreakerSettings {
+            failure_rate,
+            minimum_calls,
+            window_calls,
+            open_wait,
+            fatal_wait,
+        } = self.clone();
+        if !(failure_rate > 0.0 && failure_rate <= 100.0) {
+            return Err(config_error(format!(
+                "GATEWAY_BREAKER_FAILURE_RATE must be a percentage in (0, 100], not {failure_rate}"
+            )));
+        }
+        if minimum_calls == 0 {
+            return Err(config_error(
+                "GATEWAY_BREAKER_MINIMUM_CALLS must be at least 1".to_owned(),
+            ));
+        }
+        if window_calls == 0 || window_calls > MAX_COUNT_WINDOW {
+            return Err(config_error(format!(
+                "GATEWAY_BREAKER_WINDOW must be between 1 and {MAX_COUNT_WINDOW} calls, not {window_calls}"
+            )));
+        }
+        if open_wait.is_zero() {
+            return Err(config_error(
+                "GATEWAY_BREAKER_OPEN_WAIT must be more than 0 seconds".to_owned(),
+            ));
+        }
+        let mut builder = CircuitBreakerLayer::builder()
+            .name("deepseek")
+            .failure_rate_threshold(failure_rate)
+            .minimum_calls(minimum_calls)
+            .sliding_window(SlidingWindow::Count {
+                calls: window_calls,
+            })
+            .open_wait(open_wait);
+        builder = match fatal_wait {
+            Some(wait) if !wait.is_zero() => builder.fatal_wait(wait),
+            _ => builder.no_fatal_state(),
+        };
+        builder
+            .build()
+            .map_err(|e| config_error(format!("the GATEWAY_BREAKER_* settings are not valid: {e}")))
+    }
+}
+
+/// A model name fit for a request body and a header: 1 to 128 visible ASCII characters.
+fn valid_model(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_graphic())
 }
 
 impl GatewayConfig {
     /// Reads the environment; a value that does not parse is an error naming the variable.
     pub fn from_env() -> Result<GatewayConfig, Error> {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        GatewayConfig::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup` (the environment, or a map in tests) and validates
+    /// them; a blank value counts as unset.
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<GatewayConfig, Error> {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
         let listen = match var("GATEWAY_ADDR") {
             Some(text) => Some(text.trim().parse().map_err(|e| {
                 Error::new(
@@ -75,17 +238,174 @@ impl GatewayConfig {
             })?),
             None => None,
         };
+        let fallback_model = var("GATEWAY_FALLBACK_MODEL").map(|m| m.trim().to_owned());
+        if let Some(model) = &fallback_model
+            && !valid_model(model)
+        {
+            return Err(config_error(format!(
+                "GATEWAY_FALLBACK_MODEL={model:?} is not a model name (1 to 128 visible ASCII characters)"
+            )));
+        }
+        let defaults = BreakerSettings::default();
+        let breaker = BreakerSettings {
+            failure_rate: parsed(
+                &var,
+                "GATEWAY_BREAKER_FAILURE_RATE",
+                "a percentage like 50",
+                |t| t.parse().ok(),
+            )?
+            .unwrap_or(defaults.failure_rate),
+            minimum_calls: parsed(
+                &var,
+                "GATEWAY_BREAKER_MINIMUM_CALLS",
+                "a whole number of calls",
+                |t| t.parse().ok(),
+            )?
+            .unwrap_or(defaults.minimum_calls),
+            window_calls: parsed(
+                &var,
+                "GATEWAY_BREAKER_WINDOW",
+                "a whole number of calls",
+                |t| t.parse().ok(),
+            )?
+            .unwrap_or(defaults.window_calls),
+            open_wait: parsed(
+                &var,
+                "GATEWAY_BREAKER_OPEN_WAIT",
+                "a number of seconds between 0 and 86400",
+                seconds,
+            )?
+            .unwrap_or(defaults.open_wait),
+            fatal_wait: match parsed(
+                &var,
+                "GATEWAY_BREAKER_FATAL_WAIT",
+                "a number of seconds between 0 and 86400",
+                seconds,
+            )? {
+                Some(wait) => (!wait.is_zero()).then_some(wait),
+                None => defaults.fatal_wait,
+            },
+        };
+        // Validated now, so a bad value stops the start-up rather than the first request.
+        breaker.layer()?;
         Ok(GatewayConfig {
             listen,
             api_key: var("DEEPSEEK_API_KEY"),
             base_url: var("DEEPSEEK_BASE_URL"),
             model: var("DEEPSEEK_MODEL"),
+            fallback_model,
+            breaker,
         })
     }
 }
 
-/// The gateway's DeepSeek client: the pooled upstream under the outbound trace-ID layer.
-pub type Client = DeepSeekClient<PropagateTraceId<Upstream>>;
+/// The breaker's service: the upstream, answered by [`ModelFallback`] while open.
+pub type Breaker = CircuitBreakerService<Upstream, ModelFallback>;
+
+/// A response from the breaker.
+pub type BreakerResponse = http::Response<CircuitBreakerBody<Incoming>>;
+
+/// The outbound stack under the client (see the module docs for the order).
+pub type Transport = PropagateTraceId<MapResponse<Breaker, fn(BreakerResponse) -> BreakerResponse>>;
+
+/// The gateway's DeepSeek client: the pooled upstream under the outbound stack.
+pub type Client = DeepSeekClient<Transport>;
+
+/// The breaker's fallback: re-sends a refused chat completion with its `model` rewritten to
+/// the fallback model. Refusals it cannot help with (no fallback model, the fatal state, a
+/// request without a JSON `model`) stay the circuit-open error.
+#[derive(Clone, Debug)]
+pub struct ModelFallback {
+    model: Option<Arc<str>>,
+    upstream: Upstream,
+}
+
+/// Set on a fallback's answer: the model that answered.
+#[derive(Clone, Debug)]
+struct AnsweredBy(Arc<str>);
+
+impl Fallback<http::Request<RequestBody>, Incoming> for ModelFallback {
+    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, Error>> + Send>>;
+
+    fn fallback(&mut self, request: http::Request<RequestBody>, rejection: Error) -> Self::Future {
+        let helps = matches!(
+            rejection.kind(),
+            ErrorKind::CircuitOpen(CircuitOpenReason::Unhealthy | CircuitOpenReason::Forced)
+        );
+        let Some(model) = self.model.clone().filter(|_| helps) else {
+            return Box::pin(ready(Err(rejection)));
+        };
+        if request.method() != Method::POST {
+            return Box::pin(ready(Err(rejection)));
+        }
+        let upstream = self.upstream.clone();
+        Box::pin(async move {
+            let (parts, body) = request.into_parts();
+            let bytes = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(never) => match never {},
+            };
+            let Some(body) = with_model(&bytes, &model) else {
+                return Err(rejection);
+            };
+            tracing::debug!(%model, "circuit breaker open: the fallback model answers");
+            let request = http::Request::from_parts(parts, Full::new(body));
+            let mut response = upstream.oneshot(request).await?;
+            response.extensions_mut().insert(AnsweredBy(model));
+            Ok(response)
+        })
+    }
+}
+
+/// `body` (a JSON object with a `model`) with its model replaced.
+fn with_model(body: &[u8], model: &str) -> Option<Bytes> {
+    let mut json: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let slot = json.as_object_mut()?.get_mut("model")?;
+    *slot = serde_json::Value::String(model.to_owned());
+    serde_json::to_vec(&json).ok().map(Bytes::from)
+}
+
+tokio::task_local! {
+    /// The model that answered the current handler's call in place of the breaker's upstream.
+    static ANSWERED_BY: Cell<Option<Arc<str>>>;
+}
+
+/// Hands the breaker's [`FallbackResponse`] mark to the handler running this call: the typed
+/// client returns parsed answers, so the handler cannot read the response's extensions.
+fn note_fallback(response: BreakerResponse) -> BreakerResponse {
+    if let Some(mark) = response.extensions().get::<FallbackResponse>() {
+        let model = response
+            .extensions()
+            .get::<AnsweredBy>()
+            .map(|m| Arc::clone(&m.0));
+        tracing::debug!(breaker = %mark.breaker, ?model, "answered by the fallback");
+        // Outside a handler's scope (no one to tell) there is nothing to do.
+        let _ = ANSWERED_BY.try_with(|slot| slot.set(model));
+    }
+    response
+}
+
+/// Builds the outbound stack over `upstream` (order and reasons in the module docs).
+pub fn transport(config: &GatewayConfig, upstream: Upstream) -> Result<Transport, Error> {
+    if let Some(model) = &config.fallback_model
+        && !valid_model(model)
+    {
+        return Err(config_error(format!(
+            "the fallback model {model:?} is not a model name (1 to 128 visible ASCII characters)"
+        )));
+    }
+    let fallback = ModelFallback {
+        model: config.fallback_model.as_deref().map(Arc::from),
+        upstream: upstream.clone(),
+    };
+    let breaker = config.breaker.layer()?.with_fallback(fallback);
+    Ok(ServiceBuilder::new()
+        // Outermost: a re-sent (fallback) request carries the same trace ID.
+        .layer(PropagateTraceIdLayer::new())
+        .map_response(note_fallback as fn(BreakerResponse) -> BreakerResponse)
+        .layer(breaker)
+        .service(upstream))
+}
 
 /// Serves the gateway on `listener` until `shutdown` completes, then lets in-flight requests
 /// (streams included) finish.
@@ -119,10 +439,7 @@ pub async fn serve(
             mock = Some(server);
         }
     }
-    let transport = ServiceBuilder::new()
-        .layer(PropagateTraceIdLayer::new())
-        .service(Upstream::new()?);
-    let client = builder.build(transport)?;
+    let client = builder.build(transport(&config, Upstream::new()?)?)?;
     let app = router(client);
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, app)
@@ -158,17 +475,29 @@ async fn chat_completions(State(client): State<Client>, body: Bytes) -> Response
             .into_response();
         }
     };
-    if request.stream == Some(true) {
-        match client.chat_stream(request).await {
-            Ok(stream) => sse_response(stream),
-            Err(error) => error.into_response(),
-        }
-    } else {
-        match client.chat(request).await {
-            Ok(answer) => axum::Json(answer).into_response(),
-            Err(error) => error.into_response(),
-        }
+    let (mut response, answered_by) = ANSWERED_BY
+        .scope(Cell::new(None), async move {
+            let response = if request.stream == Some(true) {
+                match client.chat_stream(request).await {
+                    Ok(stream) => sse_response(stream),
+                    Err(error) => error.into_response(),
+                }
+            } else {
+                match client.chat(request).await {
+                    Ok(answer) => axum::Json(answer).into_response(),
+                    Err(error) => error.into_response(),
+                }
+            };
+            (response, ANSWERED_BY.with(Cell::take))
+        })
+        .await;
+    // Validated model names are visible ASCII, so the header value always parses.
+    if let Some(value) = answered_by.and_then(|model| HeaderValue::from_str(&model).ok()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(FALLBACK_HEADER), value);
     }
+    response
 }
 
 /// Re-frames typed chunks as SSE. A failure mid-stream becomes a final `data: {"error":..}`

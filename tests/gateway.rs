@@ -44,6 +44,14 @@ impl RunningGateway {
 
     /// A separate mock standing in for DeepSeek, and a gateway in key mode pointed at it.
     async fn start_with_upstream() -> (MockDeepSeek, RunningGateway) {
+        RunningGateway::start_with_upstream_and(gateway::GatewayConfig::default()).await
+    }
+
+    /// Like [`start_with_upstream`](Self::start_with_upstream), with `config`'s other settings
+    /// (its key and base URL are replaced).
+    async fn start_with_upstream_and(
+        config: gateway::GatewayConfig,
+    ) -> (MockDeepSeek, RunningGateway) {
         let upstream = MockDeepSeek::builder()
             .api_key(Some(UPSTREAM_KEY.to_owned()))
             .start()
@@ -52,7 +60,7 @@ impl RunningGateway {
         let gateway = RunningGateway::start(gateway::GatewayConfig {
             api_key: Some(UPSTREAM_KEY.to_owned()),
             base_url: Some(upstream.base_url().to_owned()),
-            ..Default::default()
+            ..config
         })
         .await;
         (upstream, gateway)
@@ -162,10 +170,17 @@ async fn key_mode_proxies_to_the_configured_upstream_with_its_own_key() {
 #[tokio::test]
 async fn deepseek_errors_come_back_in_openai_shape_with_the_upstream_status() {
     let (upstream, gateway) = RunningGateway::start_with_upstream().await;
+    // The 429 first: a 402 puts the gateway's circuit breaker in its fatal state, after which
+    // DeepSeek is not called at all (checked at the end).
     upstream.script([
-        Reply::status(402),
         Reply::status(429).header("retry-after", "3"),
+        Reply::status(402),
     ]);
+    // Our client, as an OpenAI-compatible client of the gateway, sees the same kinds.
+    let error = gateway.client().chat(hello()).await.expect_err("429");
+    assert_eq!(error.kind(), ErrorKind::RateLimited);
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(3)));
+
     let (status, content_type, body) = raw(
         "POST",
         format!("{}/v1/chat/completions", gateway.url()),
@@ -178,10 +193,10 @@ async fn deepseek_errors_come_back_in_openai_shape_with_the_upstream_status() {
     assert_eq!(json["error"]["message"], "Insufficient Balance", "{json}");
     assert!(json["error"].get("type").is_some() && json["error"].get("code").is_some());
 
-    // Our client, as an OpenAI-compatible client of the gateway, sees the same kinds.
-    let error = gateway.client().chat(hello()).await.expect_err("429");
-    assert_eq!(error.kind(), ErrorKind::RateLimited);
-    assert_eq!(error.retry_after(), Some(Duration::from_secs(3)));
+    // The empty balance stops the calls: still a 402, and DeepSeek is not asked again.
+    let error = gateway.client().chat(hello()).await.expect_err("402");
+    assert_eq!(error.status(), Some(http::StatusCode::PAYMENT_REQUIRED));
+    assert_eq!(upstream.requests().len(), 2);
     gateway.stop().await;
 }
 
@@ -279,4 +294,213 @@ async fn every_answer_carries_the_trace_id_deepseek_received() {
         "{traceparent}"
     );
     gateway.stop().await;
+}
+
+/// A raw chat completion: status, headers and the body as JSON.
+async fn raw_chat(
+    gateway: &RunningGateway,
+    body: &'static str,
+) -> (u16, http::HeaderMap, serde_json::Value) {
+    let request = http::Request::post(format!("{}/v1/chat/completions", gateway.url()))
+        .header("content-type", "application/json")
+        .header("x-trace-id", "fallback-trace-0001")
+        .body(Full::new(Bytes::from_static(body.as_bytes())))
+        .unwrap();
+    let response = Upstream::new().unwrap().oneshot(request).await.unwrap();
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let json = serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null);
+    (status, headers, json)
+}
+
+const FLASH_CHAT: &str =
+    r#"{"model":"deepseek-v4-flash","messages":[{"role":"user","content":"Hello gateway"}]}"#;
+
+/// A breaker that opens after two failures in a window of two, and stays open for the test.
+fn breaker_settings() -> gateway::BreakerSettings {
+    gateway::BreakerSettings {
+        minimum_calls: 2,
+        window_calls: 2,
+        open_wait: Duration::from_secs(60),
+        ..Default::default()
+    }
+}
+
+fn recorded_model(request: &tower_deepseek::mock::RecordedRequest) -> String {
+    let json: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
+    json["model"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn an_open_breaker_falls_back_to_the_fallback_model_and_says_so() {
+    let (upstream, gateway) = RunningGateway::start_with_upstream_and(gateway::GatewayConfig {
+        fallback_model: Some("deepseek-v4-pro".to_owned()),
+        breaker: breaker_settings(),
+        ..Default::default()
+    })
+    .await;
+    upstream.script([Reply::status(503), Reply::status(503)]);
+    for _ in 0..2 {
+        let (status, headers, _) = raw_chat(&gateway, FLASH_CHAT).await;
+        assert_eq!(
+            status, 503,
+            "the upstream's 503 passes through while closed"
+        );
+        assert!(headers.get(gateway::FALLBACK_HEADER).is_none());
+    }
+
+    // Open now: the fallback model answers, and the answer says so.
+    let (status, headers, json) = raw_chat(&gateway, FLASH_CHAT).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["model"], "deepseek-v4-pro", "{json}");
+    assert!(
+        json["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("Hello gateway")
+    );
+    assert_eq!(headers[gateway::FALLBACK_HEADER], "deepseek-v4-pro");
+    let recorded = upstream.requests();
+    assert_eq!(recorded.len(), 3);
+    assert_eq!(recorded_model(&recorded[1]), "deepseek-v4-flash");
+    assert_eq!(
+        recorded_model(&recorded[2]),
+        "deepseek-v4-pro",
+        "the mock got the fallback model"
+    );
+    assert_eq!(
+        recorded[2].headers["x-trace-id"], "fallback-trace-0001",
+        "the re-sent request carries the caller's trace ID"
+    );
+    assert_eq!(headers["x-trace-id"], "fallback-trace-0001");
+
+    // Streams fall back too, and a typed client of the gateway just sees an answer.
+    let mut stream = gateway
+        .client()
+        .chat_stream(hello())
+        .await
+        .expect("fallback stream");
+    let mut model = None;
+    while let Some(chunk) = stream.next().await {
+        model = Some(chunk.expect("chunk").model);
+    }
+    assert_eq!(model.as_deref(), Some("deepseek-v4-pro"));
+    assert_eq!(recorded_model(&upstream.requests()[3]), "deepseek-v4-pro");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn an_open_breaker_without_a_fallback_is_a_503_with_retry_after() {
+    let (upstream, gateway) = RunningGateway::start_with_upstream_and(gateway::GatewayConfig {
+        breaker: breaker_settings(),
+        ..Default::default()
+    })
+    .await;
+    upstream.script([Reply::status(503), Reply::status(503)]);
+    for _ in 0..2 {
+        assert_eq!(raw_chat(&gateway, FLASH_CHAT).await.0, 503);
+    }
+    let (status, headers, json) = raw_chat(&gateway, FLASH_CHAT).await;
+    assert_eq!(status, 503);
+    assert_eq!(headers["content-type"], "application/json");
+    let retry_after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after), "{retry_after}");
+    assert!(headers.get(gateway::FALLBACK_HEADER).is_none());
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("breaker \"deepseek\" is open"), "{json}");
+    assert!(json["error"].get("type").is_some(), "{json}");
+    assert_eq!(
+        upstream.requests().len(),
+        2,
+        "the refused call never reached DeepSeek"
+    );
+
+    let error = gateway.client().chat(hello()).await.expect_err("refused");
+    assert_eq!(error.status(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
+    assert!(error.retry_after().is_some());
+    gateway.stop().await;
+}
+
+#[test]
+fn breaker_settings_come_from_the_environment_and_errors_name_the_variable() {
+    let from = |pairs: &'static [(&'static str, &'static str)]| {
+        gateway::GatewayConfig::from_vars(move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        })
+    };
+    let config = from(&[]).unwrap();
+    assert_eq!(config.breaker, gateway::BreakerSettings::default());
+    assert_eq!(config.fallback_model, None);
+
+    let config = from(&[
+        ("GATEWAY_FALLBACK_MODEL", " deepseek-v4-pro "),
+        ("GATEWAY_BREAKER_FAILURE_RATE", "25"),
+        ("GATEWAY_BREAKER_MINIMUM_CALLS", "5"),
+        ("GATEWAY_BREAKER_WINDOW", "10"),
+        ("GATEWAY_BREAKER_OPEN_WAIT", "0.5"),
+        ("GATEWAY_BREAKER_FATAL_WAIT", "0"),
+    ])
+    .unwrap();
+    assert_eq!(config.fallback_model.as_deref(), Some("deepseek-v4-pro"));
+    assert_eq!(
+        config.breaker,
+        gateway::BreakerSettings {
+            failure_rate: 25.0,
+            minimum_calls: 5,
+            window_calls: 10,
+            open_wait: Duration::from_millis(500),
+            fatal_wait: None,
+        }
+    );
+
+    for (pairs, variable) in [
+        (
+            &[("GATEWAY_BREAKER_FAILURE_RATE", "150")][..],
+            "GATEWAY_BREAKER_FAILURE_RATE",
+        ),
+        (
+            &[("GATEWAY_BREAKER_FAILURE_RATE", "half")][..],
+            "GATEWAY_BREAKER_FAILURE_RATE",
+        ),
+        (
+            &[("GATEWAY_BREAKER_MINIMUM_CALLS", "0")][..],
+            "GATEWAY_BREAKER_MINIMUM_CALLS",
+        ),
+        (
+            &[("GATEWAY_BREAKER_WINDOW", "-3")][..],
+            "GATEWAY_BREAKER_WINDOW",
+        ),
+        (
+            &[("GATEWAY_BREAKER_WINDOW", "99999999")][..],
+            "GATEWAY_BREAKER_WINDOW",
+        ),
+        (
+            &[("GATEWAY_BREAKER_OPEN_WAIT", "0")][..],
+            "GATEWAY_BREAKER_OPEN_WAIT",
+        ),
+        (
+            &[("GATEWAY_BREAKER_OPEN_WAIT", "forever")][..],
+            "GATEWAY_BREAKER_OPEN_WAIT",
+        ),
+        (
+            &[("GATEWAY_BREAKER_FATAL_WAIT", "-1")][..],
+            "GATEWAY_BREAKER_FATAL_WAIT",
+        ),
+        (
+            &[("GATEWAY_FALLBACK_MODEL", "two words")][..],
+            "GATEWAY_FALLBACK_MODEL",
+        ),
+        (
+            &[("GATEWAY_FALLBACK_MODEL", "bad\u{7}")][..],
+            "GATEWAY_FALLBACK_MODEL",
+        ),
+    ] {
+        let error = from(pairs).expect_err(variable);
+        assert_eq!(error.kind(), ErrorKind::Config);
+        assert!(error.to_string().contains(variable), "{error}");
+    }
 }

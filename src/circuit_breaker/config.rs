@@ -381,7 +381,9 @@ impl CircuitBreakerBuilder {
         }
     }
 
-    /// Names the breaker (in errors, events and logs).
+    /// Names the breaker (in errors, events and logs). A keyed breaker is named after its
+    /// key. Names are user data: control characters are escaped (`\n`, `\u{1b}`) and a name
+    /// longer than [`MAX_NAME_CHARS`] characters is cut there and ends with `…`.
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = name.into();
         self
@@ -599,7 +601,7 @@ impl CircuitBreakerBuilder {
             return Err(config("the breaker name is empty"));
         }
         Ok(Config {
-            name: self.name,
+            name: display_name(self.name),
             failure_rate_threshold: self.failure_rate_threshold,
             slow_call_rate_threshold: self.slow_call_rate_threshold,
             slow_call_duration: self.slow_call_duration,
@@ -625,6 +627,34 @@ impl From<Duration> for OpenWait {
     fn from(wait: Duration) -> OpenWait {
         OpenWait::Fixed(wait)
     }
+}
+
+/// The longest breaker name kept, in characters (after escaping); longer names are cut.
+pub const MAX_NAME_CHARS: usize = 128;
+
+/// `name` fit for messages and logs: control characters escaped, at most [`MAX_NAME_CHARS`]
+/// characters. Returns `name` itself (no allocation) when it is already fit.
+pub(crate) fn display_name(name: Arc<str>) -> Arc<str> {
+    let clean = name.chars().count() <= MAX_NAME_CHARS && !name.chars().any(char::is_control);
+    if clean {
+        return name;
+    }
+    let mut out = String::with_capacity(MAX_NAME_CHARS.min(name.len()) + 4);
+    let mut kept = 0;
+    for c in name.chars() {
+        let escaped = c.is_control().then(|| c.escape_debug().to_string());
+        let width = escaped.as_ref().map_or(1, |e| e.chars().count());
+        if kept + width > MAX_NAME_CHARS {
+            out.push('…');
+            return Arc::from(out);
+        }
+        kept += width;
+        match escaped {
+            Some(e) => out.push_str(&e),
+            None => out.push(c),
+        }
+    }
+    Arc::from(out)
 }
 
 #[cfg(test)]

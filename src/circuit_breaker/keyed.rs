@@ -154,7 +154,12 @@ where
                 map.remove(&victim);
             }
         }
-        let breaker = self.shared.template.clone().name(key.to_string()).build()?;
+        // Keys are user data: the name is escaped and capped when the breaker is built.
+        let mut name = key.to_string();
+        if name.is_empty() {
+            name.push_str("(empty key)");
+        }
+        let breaker = self.shared.template.clone().name(name).build()?;
         map.insert(
             key.clone(),
             Entry {

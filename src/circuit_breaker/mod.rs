@@ -103,8 +103,8 @@ mod window;
 use std::fmt;
 
 pub use config::{
-    CancelPolicy, CircuitBreakerBuilder, MAX_COUNT_WINDOW, MAX_TIME_WINDOW_SECS, OpenWait,
-    SlidingWindow, SlowCallMeasure,
+    CancelPolicy, CircuitBreakerBuilder, MAX_COUNT_WINDOW, MAX_NAME_CHARS, MAX_TIME_WINDOW_SECS,
+    OpenWait, SlidingWindow, SlowCallMeasure,
 };
 pub use events::{CallKind, CircuitBreakerListener, CircuitEvent};
 pub use fallback::{Fallback, FallbackResponse, NoFallback};

@@ -514,11 +514,16 @@ impl Core {
         let name = &*self.config.name;
         tracing::debug!(breaker = name, state = %state, ?retry_after, "circuit breaker refused a call");
         self.publish(&CircuitEvent::NotPermitted { name, state }, false);
+        // The name is already fit for messages (escaped and capped when it was configured).
         let message = match retry_after {
-            Some(_) => {
-                format!("breaker {name:?} is {state}; a trial call is allowed after the wait")
+            Some(wait) => format!(
+                "breaker \"{name}\" is {state}; the next trial call is allowed in {:.3}s",
+                wait.as_secs_f64()
+            ),
+            None if state == CircuitState::HalfOpen => {
+                format!("breaker \"{name}\" is {state} and its trial calls are all in flight")
             }
-            None => format!("breaker {name:?} is {state}"),
+            None => format!("breaker \"{name}\" is {state}; it waits for an operator"),
         };
         let error = Error::new(ErrorKind::CircuitOpen(reason), message);
         match retry_after {

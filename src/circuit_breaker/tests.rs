@@ -1125,6 +1125,65 @@ async fn keyed_breakers_isolate_models() {
     );
 }
 
+/// The circuit-open error of a keyed breaker names the key and the time until the next trial;
+/// a key is user data, so it is escaped and capped in the message.
+#[tokio::test(start_paused = true)]
+async fn keyed_rejection_names_the_key_and_the_wait_escaped_and_capped() {
+    let layer = KeyedCircuitBreakerLayer::new(
+        |request: &Request<(String, u16)>| request.body().0.clone(),
+        CircuitBreaker::builder()
+            .minimum_calls(1)
+            .open_wait(Duration::from_secs(30)),
+        8,
+    )
+    .unwrap();
+    let service = ServiceBuilder::new().layer(layer).service(service_fn(
+        |request: Request<(String, u16)>| async move {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            *response.status_mut() = StatusCode::from_u16(request.body().1).unwrap();
+            Ok::<_, Infallible>(response)
+        },
+    ));
+    let call = |key: &str, status: u16| {
+        service
+            .clone()
+            .oneshot(Request::new((key.to_owned(), status)))
+    };
+
+    call("deepseek-v4-pro", 503).await.unwrap();
+    advance(Duration::from_secs(10)).await;
+    let error = call("deepseek-v4-pro", 200).await.unwrap_err();
+    assert!(matches!(error.kind(), ErrorKind::CircuitOpen(_)));
+    assert_eq!(error.retry_after(), Some(Duration::from_secs(20)));
+    let message = error.to_string();
+    assert!(
+        message.contains("breaker \"deepseek-v4-pro\" is open")
+            && message.contains("next trial call is allowed in 20.000s"),
+        "{message}"
+    );
+
+    // A hostile key: control characters escaped, length capped.
+    let hostile = format!("evil\n\u{1b}[31m{}", "x".repeat(10_000));
+    call(&hostile, 503).await.unwrap();
+    let error = call(&hostile, 200).await.unwrap_err();
+    let message = error.to_string();
+    assert!(
+        !message.contains('\n') && !message.contains('\u{1b}'),
+        "{message:?}"
+    );
+    assert!(
+        message.contains("breaker \"evil\\n\\u{1b}[31mxxx"),
+        "{message}"
+    );
+    assert!(message.contains("…\" is open"), "{message}");
+    assert!(message.len() < 600, "capped: {} bytes", message.len());
+
+    // An empty key still gets a breaker (and a readable name).
+    call("", 503).await.unwrap();
+    let error = call("", 200).await.unwrap_err();
+    assert!(error.to_string().contains("(empty key)"), "{error}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn fallbacks_answer_refused_calls_and_say_so() {
     let layer = CircuitBreakerLayer::builder()
