@@ -378,3 +378,46 @@ async fn bad_configuration_is_a_config_error() {
     assert_eq!(error.kind(), ErrorKind::Config);
     assert!(!error.to_string().contains("sk-bad"));
 }
+
+#[tokio::test]
+async fn chat_requests_carry_their_model_for_the_layers_below() {
+    use std::sync::{Arc, Mutex};
+    use tower_deepseek::deepseek::{RequestBody, RequestModel};
+
+    let mock = mock().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let recorder = Arc::clone(&seen);
+    let transport = tower::ServiceBuilder::new()
+        .map_request(move |request: http::Request<RequestBody>| {
+            let model = request.extensions().get::<RequestModel>().cloned();
+            recorder.lock().unwrap().push(model.map(|m| m.to_string()));
+            request
+        })
+        .service(Upstream::new().unwrap());
+    let client = DeepSeekClient::builder()
+        .base_url(mock.base_url())
+        .api_key(KEY)
+        .default_model("deepseek-v4-pro")
+        .build(transport)
+        .unwrap();
+    client.chat(ChatRequest::new("").user("hi")).await.unwrap();
+    client
+        .chat(ChatRequest::new("deepseek-v4-flash").user("hi"))
+        .await
+        .unwrap();
+    let mut stream = client
+        .chat_stream(ChatRequest::new("deepseek-chat").user("hi"))
+        .await
+        .unwrap();
+    while stream.next().await.is_some() {}
+    client.models().await.unwrap();
+    assert_eq!(
+        *seen.lock().unwrap(),
+        [
+            Some("deepseek-v4-pro".to_owned()),
+            Some("deepseek-v4-flash".to_owned()),
+            Some("deepseek-chat".to_owned()),
+            None,
+        ]
+    );
+}

@@ -65,6 +65,47 @@ impl fmt::Display for ApiKey {
     }
 }
 
+/// The model a chat request asks for. [`DeepSeekClient`] puts it in every chat request's
+/// extensions, so the layers under the client (a breaker or a limiter keyed per model, metrics)
+/// read it without parsing the body.
+///
+/// ```
+/// use tower_deepseek::deepseek::RequestModel;
+///
+/// // A key extractor for a per-model layer, e.g. `KeyedCircuitBreakerLayer`.
+/// let by_model = |request: &http::Request<tower_deepseek::deepseek::RequestBody>| {
+///     request
+///         .extensions()
+///         .get::<RequestModel>()
+///         .map(|model| model.as_str().to_owned())
+///         .unwrap_or_default()
+/// };
+/// let mut request = http::Request::new(Default::default());
+/// assert_eq!(by_model(&request), "");
+/// request.extensions_mut().insert(RequestModel::new("deepseek-v4-pro"));
+/// assert_eq!(by_model(&request), "deepseek-v4-pro");
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RequestModel(Arc<str>);
+
+impl RequestModel {
+    /// A model name.
+    pub fn new(model: impl Into<Arc<str>>) -> RequestModel {
+        RequestModel(model.into())
+    }
+
+    /// The model name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for RequestModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// Configuration of a [`DeepSeekClient`], resolved once at build time.
 struct Config {
     base_url: String,
@@ -72,7 +113,7 @@ struct Config {
     models_uri: Uri,
     api_key: Option<ApiKey>,
     authorization: Option<HeaderValue>,
-    default_model: String,
+    default_model: Arc<str>,
     max_response_bytes: usize,
     max_line_len: usize,
 }
@@ -243,7 +284,7 @@ impl DeepSeekClientBuilder {
                 models_uri,
                 api_key: self.api_key,
                 authorization,
-                default_model,
+                default_model: Arc::from(default_model),
                 max_response_bytes,
                 max_line_len,
             }),
@@ -364,10 +405,21 @@ impl<S> DeepSeekClient<S> {
         request
     }
 
-    fn prepare_chat(&self, mut request: ChatRequest, stream: bool) -> Result<Bytes, Error> {
-        if request.model.trim().is_empty() {
-            request.model.clone_from(&self.config.default_model);
-        }
+    /// Validates, serializes and frames a chat request, with its [`RequestModel`] attached.
+    fn chat_request(
+        &self,
+        mut request: ChatRequest,
+        stream: bool,
+    ) -> Result<Request<RequestBody>, Error> {
+        let model = if request.model.trim().is_empty() {
+            request.model = self.config.default_model.to_string();
+            RequestModel(Arc::clone(&self.config.default_model))
+        } else if *request.model == *self.config.default_model {
+            // The common case shares the configured name instead of allocating a new one.
+            RequestModel(Arc::clone(&self.config.default_model))
+        } else {
+            RequestModel(Arc::from(request.model.as_str()))
+        };
         if stream {
             request = request.stream(true).include_usage(true);
         } else {
@@ -375,13 +427,22 @@ impl<S> DeepSeekClient<S> {
             request.stream_options = None;
         }
         request.validate()?;
-        serde_json::to_vec(&request).map(Bytes::from).map_err(|e| {
+        let body = serde_json::to_vec(&request).map(Bytes::from).map_err(|e| {
             Error::new(
                 ErrorKind::InvalidRequest,
                 "the request could not be serialized",
             )
             .with_source(e)
-        })
+        })?;
+        let accept = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let mut http_request =
+            self.build_request(Method::POST, &self.config.chat_uri, accept, body);
+        http_request.extensions_mut().insert(model);
+        Ok(http_request)
     }
 }
 
@@ -400,13 +461,7 @@ where
     /// an answer that stopped with `insufficient_system_resource` is an
     /// [`ErrorKind::Stream`] error, since its content is incomplete.
     pub async fn chat(&self, request: ChatRequest) -> Result<ChatResponse, Error> {
-        let body = self.prepare_chat(request, false)?;
-        let request = self.build_request(
-            Method::POST,
-            &self.config.chat_uri,
-            "application/json",
-            body,
-        );
+        let request = self.chat_request(request, false)?;
         let response = self.send(request).await?;
         let bytes = self.read_body(response.into_body()).await?;
         let answer: ChatResponse = parse_json(&bytes)?;
@@ -429,13 +484,7 @@ where
     /// `data: [DONE]` yields a [`StreamFailure::Truncated`] error; a chunk that is not JSON
     /// yields [`StreamFailure::Malformed`].
     pub async fn chat_stream(&self, request: ChatRequest) -> Result<ChatStream<RB>, Error> {
-        let body = self.prepare_chat(request, true)?;
-        let request = self.build_request(
-            Method::POST,
-            &self.config.chat_uri,
-            "text/event-stream",
-            body,
-        );
+        let request = self.chat_request(request, true)?;
         let response = self.send(request).await?;
         let decoder = SseDecoder::with_max_line_len(self.config.max_line_len);
         Ok(ChatStream::with_decoder(response.into_body(), decoder))
