@@ -61,8 +61,12 @@ pub mod circuit_breaker;
 pub mod classify;
 pub mod deepseek;
 pub mod error;
+pub mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;
+pub mod rate_limit;
+pub mod retry;
+pub mod timeout;
 pub mod trace_id;
 #[cfg(feature = "upstream")]
 pub mod upstream;

@@ -1,0 +1,1 @@
+//! Rate limiting (being written for issue 5).

@@ -1,0 +1,1 @@
+//! Retries (being written for issue 7).

@@ -1,0 +1,1 @@
+//! Streaming-aware timeouts (being written for issue 7).
