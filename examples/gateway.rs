@@ -34,13 +34,17 @@
 //! - Trace propagation is outermost, so the headers (`x-trace-id`, `traceparent`) are on the
 //!   request before the breaker sees it: a request the fallback re-sends carries the same trace
 //!   ID as the call that was refused.
-//! - One breaker guards the DeepSeek route (5xx, timeouts and transport errors count; 429 and
-//!   4xx do not; 401/402 stop all calls for `GATEWAY_BREAKER_FATAL_WAIT`). It is not keyed per
-//!   model: the model is only in the JSON body, which a key extractor cannot read without
-//!   consuming it.
-//! - While it is open (or forced open), [`ModelFallback`] re-sends a refused `POST` with the
-//!   body's `model` rewritten to `GATEWAY_FALLBACK_MODEL`, straight to the upstream (the
-//!   fallback route has no breaker of its own). The fatal state (bad key, empty balance) never
+//! - One breaker per model ([`KeyedCircuitBreakerLayer`] keyed by the [`RequestModel`] the
+//!   client puts in each chat request's extensions; `GET /models` has a breaker of its own):
+//!   a failing model does not cut off the others. 5xx, timeouts and transport errors count;
+//!   429 and 4xx do not; 401/402 stop that model's calls for `GATEWAY_BREAKER_FATAL_WAIT`
+//!   (the other models find out on their own next call). The set of breakers is bounded
+//!   ([`MAX_BREAKERS`]): callers choose model names, and a closed breaker of a model not used
+//!   for a while is forgotten first.
+//! - While a model's breaker is open (or forced open), [`ModelFallback`] re-sends a refused
+//!   `POST` with the body's `model` rewritten to `GATEWAY_FALLBACK_MODEL`, straight to the
+//!   upstream (the fallback route has no breaker of its own; a refused call *for* the fallback
+//!   model is not re-sent to itself). The fatal state (bad key, empty balance) never
 //!   falls back: another model on the same account would fail the same way. Without a fallback
 //!   model (or for `GET /models`) the caller gets a `503` in the OpenAI error shape with
 //!   `Retry-After` (the time until the breaker's next trial call).
@@ -78,10 +82,10 @@ use tokio::net::TcpListener;
 use tower::util::MapResponse;
 use tower::{ServiceBuilder, ServiceExt};
 use tower_deepseek::circuit_breaker::{
-    CircuitBreakerBody, CircuitBreakerLayer, CircuitBreakerService, Fallback, FallbackResponse,
-    MAX_COUNT_WINDOW, SlidingWindow,
+    CircuitBreaker, CircuitBreakerBody, CircuitBreakerBuilder, Fallback, FallbackResponse,
+    KeyedCircuitBreakerLayer, KeyedCircuitBreakerService, MAX_COUNT_WINDOW, SlidingWindow,
 };
-use tower_deepseek::deepseek::{ChatChunk, ChatRequest, DeepSeekClient, RequestBody};
+use tower_deepseek::deepseek::{ChatChunk, ChatRequest, DeepSeekClient, RequestBody, RequestModel};
 use tower_deepseek::error::CircuitOpenReason;
 use tower_deepseek::mock::MockDeepSeek;
 use tower_deepseek::trace_id::{PropagateTraceId, PropagateTraceIdLayer, TraceIdLayer};
@@ -90,6 +94,9 @@ use tower_deepseek::{BoxError, Error, ErrorKind};
 
 /// Largest request body the gateway accepts.
 const MAX_REQUEST_BYTES: usize = 8 << 20;
+
+/// The most breakers kept (one per model name seen); see the module docs.
+pub const MAX_BREAKERS: usize = 64;
 
 /// The response header that says a fallback model answered (its value: that model).
 pub const FALLBACK_HEADER: &str = "x-fallback-model";
@@ -166,8 +173,19 @@ fn seconds(text: &str) -> Option<Duration> {
 }
 
 impl BreakerSettings {
-    /// Validates the settings and builds the breaker layer; an error names the variable.
-    pub fn layer(&self) -> Result<CircuitBreakerLayer, Error> {
+    /// Validates the settings and builds the per-model breaker layer; an error names the
+    /// variable.
+    pub fn layer(&self) -> Result<BreakerLayer, Error> {
+        KeyedCircuitBreakerLayer::new(
+            breaker_key as fn(&http::Request<RequestBody>) -> RequestModel,
+            self.template()?,
+            MAX_BREAKERS,
+        )
+        .map_err(|e| config_error(format!("the GATEWAY_BREAKER_* settings are not valid: {e}")))
+    }
+
+    /// Validates the settings and returns each model's breaker configuration.
+    fn template(&self) -> Result<CircuitBreakerBuilder, Error> {
         let BreakerSettings {
             failure_rate,
             minimum_calls,
@@ -195,8 +213,7 @@ impl BreakerSettings {
                 "GATEWAY_BREAKER_OPEN_WAIT must be more than 0 seconds".to_owned(),
             ));
         }
-        let mut builder = CircuitBreakerLayer::builder()
-            .name("deepseek")
+        let mut builder = CircuitBreaker::builder()
             .failure_rate_threshold(failure_rate)
             .minimum_calls(minimum_calls)
             .sliding_window(SlidingWindow::Count {
@@ -207,10 +224,18 @@ impl BreakerSettings {
             Some(wait) if !wait.is_zero() => builder.fatal_wait(wait),
             _ => builder.no_fatal_state(),
         };
-        builder
-            .build()
-            .map_err(|e| config_error(format!("the GATEWAY_BREAKER_* settings are not valid: {e}")))
+        Ok(builder)
     }
+}
+
+/// The breaker key of an outbound request: its model (an `Arc` bump, no allocation), or
+/// `models` for `GET /models`, which names none.
+fn breaker_key(request: &http::Request<RequestBody>) -> RequestModel {
+    request
+        .extensions()
+        .get::<RequestModel>()
+        .cloned()
+        .unwrap_or_else(|| RequestModel::new("models"))
 }
 
 /// A model name fit for a request body and a header: 1 to 128 visible ASCII characters.
@@ -299,8 +324,19 @@ impl GatewayConfig {
     }
 }
 
-/// The breaker's service: the upstream, answered by [`ModelFallback`] while open.
-pub type Breaker = CircuitBreakerService<Upstream, ModelFallback>;
+/// The per-model breaker layer, answered by [`ModelFallback`] while a model's breaker is open.
+pub type BreakerLayer = KeyedCircuitBreakerLayer<
+    fn(&http::Request<RequestBody>) -> RequestModel,
+    RequestModel,
+>;
+
+/// The breakers' service: the upstream, answered by [`ModelFallback`] while open.
+pub type Breaker = KeyedCircuitBreakerService<
+    Upstream,
+    fn(&http::Request<RequestBody>) -> RequestModel,
+    RequestModel,
+    ModelFallback,
+>;
 
 /// A response from the breaker.
 pub type BreakerResponse = http::Response<CircuitBreakerBody<Incoming>>;
@@ -332,7 +368,12 @@ impl Fallback<http::Request<RequestBody>, Incoming> for ModelFallback {
             rejection.kind(),
             ErrorKind::CircuitOpen(CircuitOpenReason::Unhealthy | CircuitOpenReason::Forced)
         );
-        let Some(model) = self.model.clone().filter(|_| helps) else {
+        let refused_model = request.extensions().get::<RequestModel>();
+        let Some(model) = self
+            .model
+            .clone()
+            .filter(|model| helps && refused_model.is_none_or(|m| m.as_str() != &**model))
+        else {
             return Box::pin(ready(Err(rejection)));
         };
         if request.method() != Method::POST {

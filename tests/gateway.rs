@@ -408,7 +408,10 @@ async fn an_open_breaker_without_a_fallback_is_a_503_with_retry_after() {
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     assert!(headers.get(gateway::FALLBACK_HEADER).is_none());
     let message = json["error"]["message"].as_str().unwrap();
-    assert!(message.contains("breaker \"deepseek\" is open"), "{json}");
+    assert!(
+        message.contains("breaker \"deepseek-v4-flash\" is open"),
+        "the error names the model whose breaker refused: {json}"
+    );
     assert!(json["error"].get("type").is_some(), "{json}");
     assert_eq!(
         upstream.requests().len(),
@@ -419,6 +422,60 @@ async fn an_open_breaker_without_a_fallback_is_a_503_with_retry_after() {
     let error = gateway.client().chat(hello()).await.expect_err("refused");
     assert_eq!(error.status(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
     assert!(error.retry_after().is_some());
+    gateway.stop().await;
+}
+
+const PRO_CHAT: &str =
+    r#"{"model":"deepseek-v4-pro","messages":[{"role":"user","content":"Hello gateway"}]}"#;
+
+#[tokio::test]
+async fn one_failing_model_does_not_cut_off_the_others() {
+    let (upstream, gateway) = RunningGateway::start_with_upstream_and(gateway::GatewayConfig {
+        breaker: breaker_settings(),
+        ..Default::default()
+    })
+    .await;
+    upstream.script([Reply::status(503), Reply::status(503)]);
+    for _ in 0..2 {
+        assert_eq!(raw_chat(&gateway, FLASH_CHAT).await.0, 503);
+    }
+    let (status, _, json) = raw_chat(&gateway, FLASH_CHAT).await;
+    assert_eq!(status, 503, "the flash breaker is open");
+    assert!(
+        json["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("breaker \"deepseek-v4-flash\" is open"),
+        "{json}"
+    );
+    assert_eq!(upstream.requests().len(), 2);
+
+    // The pro model has its own breaker, still closed: its call reaches DeepSeek.
+    let (status, _, json) = raw_chat(&gateway, PRO_CHAT).await;
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["model"], "deepseek-v4-pro");
+    assert_eq!(upstream.requests().len(), 3);
+    // So does the models list.
+    assert!(gateway.client().models().await.is_ok());
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_call_for_the_fallback_model_is_not_sent_to_itself() {
+    let (upstream, gateway) = RunningGateway::start_with_upstream_and(gateway::GatewayConfig {
+        fallback_model: Some("deepseek-v4-pro".to_owned()),
+        breaker: breaker_settings(),
+        ..Default::default()
+    })
+    .await;
+    upstream.script([Reply::status(503), Reply::status(503)]);
+    for _ in 0..2 {
+        assert_eq!(raw_chat(&gateway, PRO_CHAT).await.0, 503);
+    }
+    let (status, headers, json) = raw_chat(&gateway, PRO_CHAT).await;
+    assert_eq!(status, 503, "{json}");
+    assert!(headers.get(gateway::FALLBACK_HEADER).is_none());
+    assert_eq!(upstream.requests().len(), 2, "nothing re-sent");
     gateway.stop().await;
 }
 
