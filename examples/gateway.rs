@@ -325,10 +325,8 @@ impl GatewayConfig {
 }
 
 /// The per-model breaker layer, answered by [`ModelFallback`] while a model's breaker is open.
-pub type BreakerLayer = KeyedCircuitBreakerLayer<
-    fn(&http::Request<RequestBody>) -> RequestModel,
-    RequestModel,
->;
+pub type BreakerLayer =
+    KeyedCircuitBreakerLayer<fn(&http::Request<RequestBody>) -> RequestModel, RequestModel>;
 
 /// The breakers' service: the upstream, answered by [`ModelFallback`] while open.
 pub type Breaker = KeyedCircuitBreakerService<
