@@ -59,6 +59,7 @@
 pub mod body;
 pub mod circuit_breaker;
 pub mod classify;
+pub mod concurrency;
 pub mod deepseek;
 pub mod error;
 pub mod metrics;

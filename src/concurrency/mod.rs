@@ -1,0 +1,1 @@
+//! Concurrency limits (being written for issue 9).
