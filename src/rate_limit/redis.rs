@@ -1,0 +1,657 @@
+//! A GCRA rate limit shared by every gateway replica through Redis (feature `redis`).
+//!
+//! Each decision is one `EVALSHA` of an atomic Lua script (loaded by [`redis::Script`]) that
+//! computes what redis-cell's `CL.THROTTLE` computes (reference §4.1, §4.3): one stored
+//! timestamp per key (the theoretical arrival time, TAT), `allow iff now >= TAT + n·T − τ`, and
+//! the answer `limited, limit, remaining, retry_after, reset_after`. The script reads the clock
+//! with Redis's `TIME`, so replicas whose own clocks disagree still agree on every decision,
+//! and it stores the TAT with a `PX` expiry of `reset_after`, so an idle key costs nothing.
+//!
+//! # Quota convention
+//! The public quota uses governor's convention: [`burst`](RedisRateLimiterBuilder::burst) is
+//! the number of requests a fresh key admits at once, and is the `limit` reported. redis-cell
+//! calls the same quantity `max_burst + 1`; so `CL.THROTTLE key 4 1 1` (max_burst 4, one per
+//! second) is `.quota(1, Duration::from_secs(1)).burst(5)` here, and both report limit 5.
+//! Times are microseconds inside the script and [`Duration`]s outside, where redis-cell gives
+//! whole seconds.
+//!
+//! # Keys
+//! The key you pass (an API key, a user ID, an IP) is never sent to Redis, logged or put in
+//! an event or error: the Redis key is the configured prefix followed by the hex SHA-1 of
+//! your key ([`RedisRateLimiter::redis_key`] computes it, e.g. for an operator looking at
+//! Redis). Any bytes work: spaces, unicode, very long keys.
+//!
+//! # When Redis is unreachable
+//! A decision that fails (connection refused or lost, a Redis error) or takes longer than the
+//! [`timeout`](RedisRateLimiterBuilder::timeout) follows the
+//! [`failure_mode`](RedisRateLimiterBuilder::failure_mode): fail open (the default, as Envoy's
+//! `failure_mode_deny: false`) admits the request with [`RedisDecision::checked`] `false`;
+//! fail closed returns an [`Error`] of kind [`ErrorKind::Network`]: the limiter could not be
+//! asked, which is not the caller exceeding a limit (so not `RateLimited`), and a gateway
+//! answers it with `502`. Either way the gateway keeps serving, the connection manager
+//! reconnects in the background, and the listener hears [`RedisLimitEvent::Unavailable`] once
+//! when Redis becomes unreachable and [`RedisLimitEvent::Recovered`] once when a decision
+//! comes from Redis again.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use tower_deepseek::rate_limit::redis::{RedisFailureMode, RedisLimitEvent, RedisRateLimiter};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), tower_deepseek::Error> {
+//! let limiter = RedisRateLimiter::builder()
+//!     .url("redis://127.0.0.1:6379/")
+//!     .key_prefix("gateway:rpm:")
+//!     .quota(60, Duration::from_secs(60)) // 60 requests a minute per key...
+//!     .burst(10) // ...at most 10 at once.
+//!     .failure_mode(RedisFailureMode::Open)
+//!     .listener(|event: &RedisLimitEvent| tracing::warn!(?event, "rate limit store"))
+//!     .build()?;
+//! let decision = limiter.check("user-42", 1).await?;
+//! if !decision.allowed {
+//!     println!("retry in {:?}", decision.retry_after);
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+mod layer;
+
+pub use layer::{RedisRateLimitFuture, RedisRateLimitLayer, RedisRateLimitService};
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use crate::classify::NetworkFailure;
+use crate::error::{Error, ErrorKind};
+
+/// The decision timeout when none is set: 50 ms. Envoy's global rate limit filter waits
+/// 20 ms for its rate limit service by default (reference §4.5); a gateway talking to Redis
+/// directly, possibly in another zone, gets a little more room, still far below any LLM call.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(50);
+
+/// The Redis key prefix when none is set.
+pub const DEFAULT_KEY_PREFIX: &str = "tower-deepseek:ratelimit:";
+
+/// The script: GCRA as redis-cell computes it, in microseconds (see the file for its contract).
+const GCRA_SCRIPT: &str = include_str!("redis/gcra.lua");
+
+/// The script works in whole microseconds; a shorter emission interval would lose precision.
+const MIN_EMISSION_INTERVAL_MICROS: f64 = 1.0;
+
+/// What the limiter does when Redis cannot answer in time.
+///
+/// ```
+/// use tower_deepseek::rate_limit::redis::RedisFailureMode;
+/// assert_eq!(RedisFailureMode::default(), RedisFailureMode::Open);
+/// ```
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum RedisFailureMode {
+    /// Admit the request unchecked (Envoy's default, `failure_mode_deny: false`): an outage of
+    /// the limiter does not become an outage of the gateway.
+    #[default]
+    Open,
+    /// Refuse the request with an [`ErrorKind::Network`] error.
+    Closed,
+}
+
+/// Why Redis was unreachable for a decision.
+///
+/// ```
+/// use tower_deepseek::rate_limit::redis::UnavailableCause;
+/// assert_eq!(UnavailableCause::Timeout.as_str(), "timeout");
+/// ```
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum UnavailableCause {
+    /// No answer within the decision timeout.
+    Timeout,
+    /// The connection failed or Redis answered with an error.
+    Error,
+}
+
+impl UnavailableCause {
+    /// A fixed lowercase name, fit for a metric label.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            UnavailableCause::Timeout => "timeout",
+            UnavailableCause::Error => "error",
+        }
+    }
+}
+
+/// Something that happened to the limiter's link to Redis. Never carries a rate-limit key.
+///
+/// ```
+/// use tower_deepseek::rate_limit::redis::{RedisLimitEvent, UnavailableCause};
+/// let event = RedisLimitEvent::Unavailable { fail_open: true, cause: UnavailableCause::Timeout };
+/// assert!(matches!(event, RedisLimitEvent::Unavailable { fail_open: true, .. }));
+/// ```
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RedisLimitEvent {
+    /// A decision could not be made by Redis, after the last one was (or at start). Emitted
+    /// once per outage, not per request.
+    Unavailable {
+        /// `true` when requests are admitted unchecked during the outage, `false` when they
+        /// are refused.
+        fail_open: bool,
+        /// Why the decision that noticed the outage failed.
+        cause: UnavailableCause,
+    },
+    /// A decision came from Redis again after an outage.
+    Recovered,
+}
+
+/// A hook for [`RedisLimitEvent`]s (alerts, metrics). Closures `Fn(&RedisLimitEvent)`
+/// implement it. Called synchronously on the request path: keep it short.
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicUsize, Ordering};
+/// use tower_deepseek::rate_limit::redis::{RedisLimitEvent, RedisLimitListener};
+///
+/// let outages = Arc::new(AtomicUsize::new(0));
+/// let counter = Arc::clone(&outages);
+/// let listener = move |event: &RedisLimitEvent| {
+///     if let RedisLimitEvent::Unavailable { .. } = event {
+///         counter.fetch_add(1, Ordering::Relaxed);
+///     }
+/// };
+/// listener.on_event(&RedisLimitEvent::Recovered);
+/// assert_eq!(outages.load(Ordering::Relaxed), 0);
+/// ```
+pub trait RedisLimitListener: Send + Sync + 'static {
+    /// Hears one event.
+    fn on_event(&self, event: &RedisLimitEvent);
+}
+
+impl<F> RedisLimitListener for F
+where
+    F: Fn(&RedisLimitEvent) + Send + Sync + 'static,
+{
+    fn on_event(&self, event: &RedisLimitEvent) {
+        self(event)
+    }
+}
+
+/// One decision: redis-cell's `CL.THROTTLE` answer, with durations instead of seconds.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_deepseek::rate_limit::redis::RedisDecision;
+///
+/// let decision = RedisDecision::unchecked(5);
+/// assert!(decision.allowed && !decision.checked);
+/// assert_eq!(decision.limit, 5);
+/// assert_eq!(decision.reset_after, Duration::ZERO);
+/// ```
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RedisDecision {
+    /// Whether the quantity was admitted (and counted).
+    pub allowed: bool,
+    /// The burst: how many units a fresh key admits at once (redis-cell's `max_burst + 1`).
+    pub limit: u64,
+    /// Units left right now after this decision (redis-cell's rounding: whole units).
+    pub remaining: u64,
+    /// When refused: the wait until the same quantity would pass. `None` when allowed, and
+    /// when the quantity exceeds the burst (it can never pass).
+    pub retry_after: Option<Duration>,
+    /// The wait until the key is back to a full burst (its TTL in Redis).
+    pub reset_after: Duration,
+    /// `false` when Redis could not be asked and the limiter failed open: the request was
+    /// admitted without being counted, and the other numbers are placeholders.
+    pub checked: bool,
+}
+
+impl RedisDecision {
+    /// The decision of a limiter that failed open: allowed, not checked, `remaining` equal to
+    /// `limit` and no reset time.
+    pub fn unchecked(limit: u64) -> RedisDecision {
+        RedisDecision {
+            allowed: true,
+            limit,
+            remaining: limit,
+            retry_after: None,
+            reset_after: Duration::ZERO,
+            checked: false,
+        }
+    }
+}
+
+/// Where the limiter gets its connection.
+#[derive(Clone)]
+enum Connection {
+    Manager(ConnectionManager),
+    Url(String),
+}
+
+/// Builds a [`RedisRateLimiter`]; see [`RedisRateLimiter::builder`].
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_deepseek::ErrorKind;
+/// use tower_deepseek::rate_limit::redis::RedisRateLimiter;
+///
+/// let error = RedisRateLimiter::builder()
+///     .url("redis://127.0.0.1:6379/")
+///     .quota(0, Duration::from_secs(1))
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(error.kind(), ErrorKind::Config);
+/// assert!(error.to_string().contains("rate"));
+/// ```
+#[must_use]
+pub struct RedisRateLimiterBuilder {
+    connection: Option<Connection>,
+    key_prefix: String,
+    rate: u32,
+    period: Duration,
+    burst: Option<u32>,
+    failure_mode: RedisFailureMode,
+    timeout: Duration,
+    listener: Option<Box<dyn RedisLimitListener>>,
+}
+
+impl fmt::Debug for RedisRateLimiterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRateLimiterBuilder")
+            .field("key_prefix", &self.key_prefix)
+            .field("rate", &self.rate)
+            .field("period", &self.period)
+            .field("burst", &self.burst)
+            .field("failure_mode", &self.failure_mode)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisRateLimiterBuilder {
+    /// Uses this connection manager (clones share its one multiplexed connection). It should
+    /// be able to reconnect quickly: see [`RedisRateLimiterBuilder::url`] for the settings the
+    /// limiter uses itself.
+    pub fn connection_manager(mut self, manager: ConnectionManager) -> Self {
+        self.connection = Some(Connection::Manager(manager));
+        self
+    }
+
+    /// Connects to this Redis URL (`redis://host:port/db`, `rediss://` is not enabled) with a
+    /// lazy connection manager: [`build`](Self::build) does not wait for Redis, so a gateway
+    /// starts while Redis is down. It reconnects with backoff capped at 1 s, so a recovery is
+    /// noticed within about a second. `build` must then run inside a Tokio runtime.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.connection = Some(Connection::Url(url.into()));
+        self
+    }
+
+    /// The prefix of every Redis key (default [`DEFAULT_KEY_PREFIX`]); give each limit its own
+    /// (e.g. `gateway:rpm:` and `gateway:tpm:`).
+    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// `rate` units per `period` (e.g. `quota(60, Duration::from_secs(60))`), the emission
+    /// interval being `period / rate`. Required; the burst defaults to `rate`, as governor's
+    /// `Quota::per_minute(60)` does.
+    pub fn quota(mut self, rate: u32, period: Duration) -> Self {
+        self.rate = rate;
+        self.period = period;
+        self
+    }
+
+    /// How many units a fresh key admits at once (governor's burst, redis-cell's
+    /// `max_burst + 1`); the default is the quota's rate.
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// What to do when Redis is unreachable or slow (default [`RedisFailureMode::Open`]).
+    pub fn failure_mode(mut self, mode: RedisFailureMode) -> Self {
+        self.failure_mode = mode;
+        self
+    }
+
+    /// How long one decision may take before it counts as Redis being unavailable (default
+    /// [`DEFAULT_TIMEOUT`]).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Hears [`RedisLimitEvent`]s.
+    pub fn listener(mut self, listener: impl RedisLimitListener) -> Self {
+        self.listener = Some(Box::new(listener));
+        self
+    }
+
+    /// Validates the settings and builds the limiter.
+    ///
+    /// Fails with [`ErrorKind::Config`] when no connection or URL is given, the URL is
+    /// invalid, the rate, period, burst or timeout is zero, the emission interval is below
+    /// one microsecond, or (for a URL) no Tokio runtime is running.
+    pub fn build(self) -> Result<RedisRateLimiter, Error> {
+        let config = |message: String| Error::new(ErrorKind::Config, message);
+        if self.rate == 0 {
+            return Err(config(
+                "redis rate limit: the quota's rate must be at least 1 per period, got 0".into(),
+            ));
+        }
+        if self.period.is_zero() {
+            return Err(config(
+                "redis rate limit: the quota's period must be longer than zero".into(),
+            ));
+        }
+        let burst = self.burst.unwrap_or(self.rate);
+        if burst == 0 {
+            return Err(config(
+                "redis rate limit: the burst must be at least 1 (governor's convention: the \
+                 requests a fresh key admits at once), got 0"
+                    .into(),
+            ));
+        }
+        if self.timeout.is_zero() {
+            return Err(config(
+                "redis rate limit: the decision timeout must be longer than zero".into(),
+            ));
+        }
+        let interval = self.period.as_secs_f64() * 1e6 / f64::from(self.rate);
+        if interval < MIN_EMISSION_INTERVAL_MICROS {
+            return Err(config(format!(
+                "redis rate limit: {} per {:?} is more than one unit per microsecond, the \
+                 script's resolution; count in larger units (e.g. thousands of tokens)",
+                self.rate, self.period
+            )));
+        }
+        let tolerance = interval * f64::from(burst);
+        let manager = match self.connection {
+            Some(Connection::Manager(manager)) => manager,
+            Some(Connection::Url(url)) => lazy_manager(&url)?,
+            None => {
+                return Err(config(
+                    "redis rate limit: no Redis given: call .url(..) or .connection_manager(..)"
+                        .into(),
+                ));
+            }
+        };
+        Ok(RedisRateLimiter {
+            inner: Arc::new(Inner {
+                manager,
+                script: redis::Script::new(GCRA_SCRIPT),
+                key_prefix: self.key_prefix.into_boxed_str(),
+                interval_arg: interval.to_string().into_boxed_str(),
+                tolerance_arg: tolerance.to_string().into_boxed_str(),
+                limit: u64::from(burst),
+                failure_mode: self.failure_mode,
+                timeout: self.timeout,
+                listener: self.listener,
+                unavailable: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// A lazy manager that reconnects quickly: each attempt capped at one second, backoff from
+/// 50 ms capped at one second, so a restarted Redis is found within about a second.
+fn lazy_manager(url: &str) -> Result<ConnectionManager, Error> {
+    if tokio::runtime::Handle::try_current().is_err() {
+        return Err(Error::new(
+            ErrorKind::Config,
+            "redis rate limit: building from a URL needs a running Tokio runtime (the \
+             connection manager spawns its reconnection task)",
+        ));
+    }
+    let client = redis::Client::open(url).map_err(|error| {
+        Error::new(
+            ErrorKind::Config,
+            "redis rate limit: the Redis URL is invalid",
+        )
+        .with_source(error)
+    })?;
+    let config = ConnectionManagerConfig::new()
+        .set_connection_timeout(Some(Duration::from_secs(1)))
+        .set_min_delay(Duration::from_millis(50))
+        .set_max_delay(Duration::from_secs(1))
+        .set_number_of_retries(3);
+    ConnectionManager::new_lazy_with_config(client, config).map_err(|error| {
+        Error::new(
+            ErrorKind::Config,
+            "redis rate limit: could not set up the connection manager",
+        )
+        .with_source(error)
+    })
+}
+
+/// A GCRA rate limit kept in Redis and shared by every process using the same Redis, key
+/// prefix and quota. Cheap to clone (one `Arc`). See the [module docs](self).
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use tower_deepseek::rate_limit::redis::RedisRateLimiter;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_deepseek::Error> {
+/// let client = redis::Client::open("redis://127.0.0.1:6379/").expect("valid URL");
+/// let manager = redis::aio::ConnectionManager::new(client).await.expect("Redis is up");
+/// let tokens = RedisRateLimiter::builder()
+///     .connection_manager(manager)
+///     .key_prefix("gateway:tpm:")
+///     .quota(100_000, Duration::from_secs(60))
+///     .build()?;
+/// let decision = tokens.check("team-a", 1_200).await?; // weight: estimated tokens
+/// println!("{} tokens left", decision.remaining);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RedisRateLimiter {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    manager: ConnectionManager,
+    script: redis::Script,
+    key_prefix: Box<str>,
+    // The script's arguments, formatted once.
+    interval_arg: Box<str>,
+    tolerance_arg: Box<str>,
+    limit: u64,
+    failure_mode: RedisFailureMode,
+    timeout: Duration,
+    listener: Option<Box<dyn RedisLimitListener>>,
+    // Whether the last decision failed; events fire on its changes only.
+    unavailable: AtomicBool,
+}
+
+impl fmt::Debug for RedisRateLimiter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &self.inner;
+        f.debug_struct("RedisRateLimiter")
+            .field("key_prefix", &inner.key_prefix)
+            .field("limit", &inner.limit)
+            .field("emission_interval_micros", &inner.interval_arg)
+            .field("failure_mode", &inner.failure_mode)
+            .field("timeout", &inner.timeout)
+            .field("unavailable", &inner.unavailable.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisRateLimiter {
+    /// A builder: set a connection ([`url`](RedisRateLimiterBuilder::url) or
+    /// [`connection_manager`](RedisRateLimiterBuilder::connection_manager)) and a
+    /// [`quota`](RedisRateLimiterBuilder::quota).
+    pub fn builder() -> RedisRateLimiterBuilder {
+        RedisRateLimiterBuilder {
+            connection: None,
+            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
+            rate: 0,
+            period: Duration::ZERO,
+            burst: None,
+            failure_mode: RedisFailureMode::Open,
+            timeout: DEFAULT_TIMEOUT,
+            listener: None,
+        }
+    }
+
+    /// The burst, reported as `limit` (redis-cell's `max_burst + 1`).
+    pub fn limit(&self) -> u64 {
+        self.inner.limit
+    }
+
+    /// The failure mode.
+    pub fn failure_mode(&self) -> RedisFailureMode {
+        self.inner.failure_mode
+    }
+
+    /// Whether the last decision could not be made by Redis.
+    pub fn is_unavailable(&self) -> bool {
+        self.inner.unavailable.load(Ordering::Relaxed)
+    }
+
+    /// The Redis key that holds `key`'s state: the prefix and the hex SHA-1 of `key`.
+    pub fn redis_key(&self, key: &str) -> String {
+        let digest = sha1_smol::Sha1::from(key.as_bytes()).digest().bytes();
+        let mut redis_key = String::with_capacity(self.inner.key_prefix.len() + 40);
+        redis_key.push_str(&self.inner.key_prefix);
+        for byte in digest {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            redis_key.push(char::from(HEX[usize::from(byte >> 4)]));
+            redis_key.push(char::from(HEX[usize::from(byte & 0x0f)]));
+        }
+        redis_key
+    }
+
+    /// Loads the script into Redis now, so the first decision does not pay the extra round
+    /// trips of `NOSCRIPT` then `SCRIPT LOAD` (which [`check`](Self::check) handles anyway).
+    pub async fn load_script(&self) -> Result<(), Error> {
+        let mut manager = self.inner.manager.clone();
+        self.inner
+            .script
+            .load_async(&mut manager)
+            .await
+            .map(drop)
+            .map_err(|error| {
+                Error::new(
+                    ErrorKind::Network(NetworkFailure::Other),
+                    "redis rate limit: could not load the GCRA script",
+                )
+                .with_source(error)
+            })
+    }
+
+    /// Takes `quantity` units (a weight, e.g. estimated tokens; `0` only looks) from `key`'s
+    /// limit, if they are all available, in one atomic script run on Redis's clock.
+    ///
+    /// When Redis cannot answer within the timeout: fail open gives an allowed decision with
+    /// [`checked`](RedisDecision::checked) `false`; fail closed gives an error of kind
+    /// [`ErrorKind::Network`]. The key is never logged or put in the error.
+    pub async fn check(&self, key: &str, quantity: u32) -> Result<RedisDecision, Error> {
+        self.decide(key, quantity, None).await
+    }
+
+    /// Like [`check`](Self::check) with "now" given in microseconds instead of read from
+    /// Redis's clock. For deterministic tests only (reproducing reference tables): replicas
+    /// must use [`check`](Self::check) so that they share one clock.
+    #[doc(hidden)]
+    pub async fn check_at_micros(
+        &self,
+        key: &str,
+        quantity: u32,
+        now_micros: u64,
+    ) -> Result<RedisDecision, Error> {
+        self.decide(key, quantity, Some(now_micros)).await
+    }
+
+    async fn decide(
+        &self,
+        key: &str,
+        quantity: u32,
+        now_micros: Option<u64>,
+    ) -> Result<RedisDecision, Error> {
+        let inner = &*self.inner;
+        let mut invocation = inner.script.key(self.redis_key(key));
+        invocation
+            .arg(&*inner.interval_arg)
+            .arg(&*inner.tolerance_arg)
+            .arg(quantity);
+        if let Some(now) = now_micros {
+            invocation.arg(now);
+        }
+        let mut manager = inner.manager.clone();
+        let reply = tokio::time::timeout(
+            inner.timeout,
+            invocation.invoke_async::<(i64, i64, i64, i64)>(&mut manager),
+        )
+        .await;
+        match reply {
+            Ok(Ok((limited, remaining, retry_after, reset_after))) => {
+                if inner.unavailable.load(Ordering::Relaxed)
+                    && inner.unavailable.swap(false, Ordering::Relaxed)
+                {
+                    tracing::info!("redis rate limit: Redis answers again");
+                    self.emit(&RedisLimitEvent::Recovered);
+                }
+                Ok(RedisDecision {
+                    allowed: limited == 0,
+                    limit: inner.limit,
+                    remaining: u64::try_from(remaining).unwrap_or(0),
+                    retry_after: u64::try_from(retry_after).ok().map(Duration::from_micros),
+                    reset_after: Duration::from_micros(u64::try_from(reset_after).unwrap_or(0)),
+                    checked: true,
+                })
+            }
+            Ok(Err(error)) => self.unavailable(UnavailableCause::Error, Some(error)),
+            Err(_elapsed) => self.unavailable(UnavailableCause::Timeout, None),
+        }
+    }
+
+    fn unavailable(
+        &self,
+        cause: UnavailableCause,
+        error: Option<redis::RedisError>,
+    ) -> Result<RedisDecision, Error> {
+        let inner = &*self.inner;
+        let fail_open = inner.failure_mode == RedisFailureMode::Open;
+        if !inner.unavailable.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                cause = cause.as_str(),
+                fail_open,
+                error = error.as_ref().map(tracing::field::display),
+                "redis rate limit: Redis is unavailable"
+            );
+            self.emit(&RedisLimitEvent::Unavailable { fail_open, cause });
+        }
+        if fail_open {
+            return Ok(RedisDecision::unchecked(inner.limit));
+        }
+        let message = match cause {
+            UnavailableCause::Timeout => format!(
+                "the shared rate limit could not be checked: Redis did not answer within {:?} \
+                 (fail-closed)",
+                inner.timeout
+            ),
+            UnavailableCause::Error => {
+                "the shared rate limit could not be checked: Redis failed (fail-closed)".to_owned()
+            }
+        };
+        let refused = Error::new(ErrorKind::Network(NetworkFailure::Other), message);
+        Err(match error {
+            Some(error) => refused.with_source(error),
+            None => refused,
+        })
+    }
+
+    fn emit(&self, event: &RedisLimitEvent) {
+        if let Some(listener) = &self.inner.listener {
+            listener.on_event(event);
+        }
+    }
+}
