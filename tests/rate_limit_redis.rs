@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -159,6 +160,10 @@ fn recording_limiter(
     (limiter, events)
 }
 
+/// One row of the case 41 table: (row, t in seconds, quantity, allowed, remaining,
+/// reset_after in seconds, retry_after in seconds).
+type Row = (u32, f64, u32, bool, u64, f64, Option<f64>);
+
 fn secs(seconds: f64) -> Duration {
     Duration::from_secs_f64(seconds)
 }
@@ -176,8 +181,7 @@ async fn case_41_reproduces_the_redis_cell_table() {
     // A realistic epoch in microseconds, so the script's float arithmetic is exercised.
     let t0: u64 = 1_764_000_000_000_000;
     let at = |seconds: f64| t0 + (seconds * 1e6).round() as u64;
-    // (row, t, quantity, allowed, remaining, reset_after, retry_after)
-    let table: &[(u32, f64, u32, bool, u64, f64, Option<f64>)] = &[
+    let table: &[Row] = &[
         (0, 0.0, 6, false, 5, 0.0, None),
         (1, 0.0, 1, true, 4, 1.0, None),
         (2, 0.0, 1, true, 3, 2.0, None),
@@ -439,6 +443,67 @@ async fn silent_redis_times_out_within_the_decision_timeout() {
     silent.abort();
 }
 
+/// During an outage one decision probes Redis; the others do not wait out the timeout.
+#[tokio::test]
+async fn during_an_outage_only_one_probe_waits_for_redis() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let silent = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let events: Events = Arc::default();
+    let sink = Arc::clone(&events);
+    let limiter = RedisRateLimiter::builder()
+        .url(format!("redis://127.0.0.1:{port}/"))
+        .quota(1, Duration::from_secs(1))
+        .failure_mode(RedisFailureMode::Closed)
+        .timeout(Duration::from_millis(300))
+        .listener(move |event: &RedisLimitEvent| sink.lock().expect("events").push(*event))
+        .build()
+        .expect("limiter");
+    let first = limiter.check("user", 1).await.expect_err("timed out");
+    assert!(first.to_string().contains("did not answer"), "{first}");
+
+    let probe = tokio::spawn({
+        let limiter = limiter.clone();
+        async move { limiter.check("user", 1).await }
+    });
+    // Once the probe is waiting on Redis, another decision is answered at its first poll.
+    let mut fast = None;
+    for _ in 0..100 {
+        tokio::task::yield_now().await;
+        if let Some(result) = limiter.check("user", 1).now_or_never() {
+            fast = Some(result);
+            break;
+        }
+    }
+    let fast = fast.expect("a decision answered without waiting for Redis");
+    let error = fast.expect_err("fail closed");
+    assert!(error.to_string().contains("being probed"), "{error}");
+    assert!(!probe.is_finished());
+    let probed = tokio::time::timeout(Duration::from_secs(5), probe)
+        .await
+        .expect("the probe ends at its timeout")
+        .expect("task");
+    assert!(
+        probed
+            .expect_err("timed out")
+            .to_string()
+            .contains("did not answer")
+    );
+    assert_eq!(
+        events.lock().expect("events").len(),
+        1,
+        "one outage, one event"
+    );
+    silent.abort();
+}
+
 #[tokio::test]
 async fn keys_with_arbitrary_bytes_work_and_never_reach_redis() {
     let Some(server) = RedisServer::start().await else {
@@ -645,3 +710,79 @@ async fn config_errors_name_the_bad_value() {
 }
 
 type Configure = fn(RedisRateLimiterBuilder) -> RedisRateLimiterBuilder;
+
+/// Not a pass/fail test: measures the round trip per decision against a local Redis. Run with
+/// `cargo test --release --all-features --test rate_limit_redis -- --ignored --nocapture
+/// measure_round_trip`.
+#[tokio::test(flavor = "current_thread")]
+#[ignore = "a measurement, run by hand"]
+async fn measure_round_trip() {
+    let Some(server) = RedisServer::start().await else {
+        return;
+    };
+    let limiter = limiter(
+        &server,
+        "bench:",
+        1_000_000,
+        Duration::from_secs(1),
+        1_000_000,
+    );
+    limiter.load_script().await.expect("script");
+    let mut ping = server.connection().await;
+    const N: usize = 20_000;
+    for _ in 0..1_000 {
+        limiter.check("warm-up", 1).await.expect("decision");
+    }
+
+    let mut samples = Vec::with_capacity(N);
+    for _ in 0..N {
+        let start = std::time::Instant::now();
+        let _: String = redis::cmd("PING")
+            .query_async(&mut ping)
+            .await
+            .expect("PING");
+        samples.push(start.elapsed());
+    }
+    report("PING (baseline)", &mut samples);
+
+    samples.clear();
+    for i in 0..N {
+        let start = std::time::Instant::now();
+        let decision = limiter.check(&format!("key-{}", i % 1000), 1).await;
+        samples.push(start.elapsed());
+        assert!(decision.expect("decision").checked);
+    }
+    report("check() sequential", &mut samples);
+
+    let start = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for task in 0..64 {
+        let limiter = limiter.clone();
+        tasks.spawn(async move {
+            for i in 0..N / 64 {
+                let key = format!("key-{task}-{}", i % 16);
+                limiter.check(&key, 1).await.expect("decision");
+            }
+        });
+    }
+    tasks.join_all().await;
+    let elapsed = start.elapsed();
+    let done = (N / 64) * 64;
+    println!(
+        "check() 64 concurrent on one connection: {done} decisions in {elapsed:?} = {:.0}/s",
+        done as f64 / elapsed.as_secs_f64()
+    );
+}
+
+fn report(name: &str, samples: &mut [Duration]) {
+    samples.sort();
+    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q) as usize];
+    println!(
+        "{name}: n={} mean={mean:?} p50={:?} p99={:?} max={:?}",
+        samples.len(),
+        at(0.5),
+        at(0.99),
+        at(1.0)
+    );
+}

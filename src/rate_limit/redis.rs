@@ -31,7 +31,10 @@
 //! answers it with `502`. Either way the gateway keeps serving, the connection manager
 //! reconnects in the background, and the listener hears [`RedisLimitEvent::Unavailable`] once
 //! when Redis becomes unreachable and [`RedisLimitEvent::Recovered`] once when a decision
-//! comes from Redis again.
+//! comes from Redis again. During an outage only one decision at a time asks Redis (the
+//! probe that notices the recovery); the others get the failure mode's answer at once rather
+//! than each waiting out the timeout. Every failed decision counts as unavailability,
+//! including a Redis error reply (a misconfigured server, a key of the wrong type).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -393,6 +396,7 @@ impl RedisRateLimiterBuilder {
                 timeout: self.timeout,
                 listener: self.listener,
                 unavailable: AtomicBool::new(false),
+                probing: AtomicBool::new(false),
             }),
         })
     }
@@ -468,6 +472,32 @@ struct Inner {
     listener: Option<Box<dyn RedisLimitListener>>,
     // Whether the last decision failed; events fire on its changes only.
     unavailable: AtomicBool,
+    // Whether a decision is asking Redis during an outage (see `Probe`).
+    probing: AtomicBool,
+}
+
+/// Why Redis did not make a decision.
+enum Failure {
+    Timeout,
+    Redis(redis::RedisError),
+    // Unavailable and another request is already probing: not asked.
+    Outage,
+}
+
+/// The one decision allowed to ask Redis during an outage; dropping it (answered, timed out
+/// or cancelled) lets the next one probe.
+struct Probe<'a>(&'a AtomicBool);
+
+impl<'a> Probe<'a> {
+    fn start(probing: &'a AtomicBool) -> Option<Probe<'a>> {
+        (!probing.swap(true, Ordering::Acquire)).then_some(Probe(probing))
+    }
+}
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
 }
 
 impl fmt::Debug for RedisRateLimiter {
@@ -577,6 +607,17 @@ impl RedisRateLimiter {
         now_micros: Option<u64>,
     ) -> Result<RedisDecision, Error> {
         let inner = &*self.inner;
+        // During an outage one decision at a time asks Redis (the probe that notices the
+        // recovery); the others take the failure mode at once instead of each waiting out the
+        // timeout behind a connection that is not coming back yet.
+        let _probe = if inner.unavailable.load(Ordering::Relaxed) {
+            match Probe::start(&inner.probing) {
+                Some(probe) => Some(probe),
+                None => return self.fail(Failure::Outage),
+            }
+        } else {
+            None
+        };
         let mut invocation = inner.script.key(self.redis_key(key));
         invocation
             .arg(&*inner.interval_arg)
@@ -608,23 +649,32 @@ impl RedisRateLimiter {
                     checked: true,
                 })
             }
-            Ok(Err(error)) => self.unavailable(UnavailableCause::Error, Some(error)),
-            Err(_elapsed) => self.unavailable(UnavailableCause::Timeout, None),
+            Ok(Err(error)) => self.fail(Failure::Redis(error)),
+            Err(_elapsed) => self.fail(Failure::Timeout),
         }
     }
 
-    fn unavailable(
-        &self,
-        cause: UnavailableCause,
-        error: Option<redis::RedisError>,
-    ) -> Result<RedisDecision, Error> {
+    /// The failure mode's answer to a decision Redis did not make.
+    fn fail(&self, failure: Failure) -> Result<RedisDecision, Error> {
         let inner = &*self.inner;
         let fail_open = inner.failure_mode == RedisFailureMode::Open;
-        if !inner.unavailable.swap(true, Ordering::Relaxed) {
+        let cause = match &failure {
+            Failure::Timeout => Some(UnavailableCause::Timeout),
+            Failure::Redis(_) => Some(UnavailableCause::Error),
+            // Already unavailable: no transition, no event.
+            Failure::Outage => None,
+        };
+        if let Some(cause) = cause
+            && !inner.unavailable.swap(true, Ordering::Relaxed)
+        {
+            let error = match &failure {
+                Failure::Redis(error) => Some(tracing::field::display(error)),
+                _ => None,
+            };
             tracing::warn!(
                 cause = cause.as_str(),
                 fail_open,
-                error = error.as_ref().map(tracing::field::display),
+                error,
                 "redis rate limit: Redis is unavailable"
             );
             self.emit(&RedisLimitEvent::Unavailable { fail_open, cause });
@@ -632,20 +682,21 @@ impl RedisRateLimiter {
         if fail_open {
             return Ok(RedisDecision::unchecked(inner.limit));
         }
-        let message = match cause {
-            UnavailableCause::Timeout => format!(
-                "the shared rate limit could not be checked: Redis did not answer within {:?} \
-                 (fail-closed)",
+        const PREFIX: &str = "the shared rate limit could not be checked";
+        let refused =
+            |message: String| Error::new(ErrorKind::Network(NetworkFailure::Other), message);
+        Err(match failure {
+            Failure::Timeout => refused(format!(
+                "{PREFIX}: Redis did not answer within {:?} (fail-closed)",
                 inner.timeout
-            ),
-            UnavailableCause::Error => {
-                "the shared rate limit could not be checked: Redis failed (fail-closed)".to_owned()
+            )),
+            Failure::Redis(error) => {
+                refused(format!("{PREFIX}: Redis failed (fail-closed)")).with_source(error)
             }
-        };
-        let refused = Error::new(ErrorKind::Network(NetworkFailure::Other), message);
-        Err(match error {
-            Some(error) => refused.with_source(error),
-            None => refused,
+            Failure::Outage => refused(format!(
+                "{PREFIX}: Redis is unavailable and is being probed by another request \
+                 (fail-closed)"
+            )),
         })
     }
 

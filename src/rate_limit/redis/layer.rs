@@ -101,7 +101,30 @@ impl<S, K: Clone> Layer<S> for RedisRateLimitLayer<K> {
     }
 }
 
-/// The service made by [`RedisRateLimitLayer`].
+/// The service made by [`RedisRateLimitLayer`]. It needs a `Clone` inner service: the clone
+/// that was driven to ready waits in the response future for the decision.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::{Request, Response};
+/// use tower::Layer;
+/// use tower_deepseek::rate_limit::redis::{RedisRateLimitLayer, RedisRateLimiter};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), tower_deepseek::Error> {
+/// // Built lazily: nothing connects until the first request.
+/// let limiter = RedisRateLimiter::builder()
+///     .url("redis://127.0.0.1:6379/")
+///     .quota(10, Duration::from_secs(1))
+///     .build()?;
+/// let layer = RedisRateLimitLayer::new(limiter, |_: &Request<()>| Some("all".to_owned()));
+/// let service = layer.layer(tower::service_fn(|_: Request<()>| async {
+///     Ok::<_, std::convert::Infallible>(Response::new(()))
+/// }));
+/// assert_eq!(service.limiter().limit(), 10);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct RedisRateLimitService<S, K> {
     inner: S,
@@ -118,6 +141,11 @@ impl<S, K> fmt::Debug for RedisRateLimitService<S, K> {
 }
 
 impl<S, K> RedisRateLimitService<S, K> {
+    /// The shared limiter.
+    pub fn limiter(&self) -> &RedisRateLimiter {
+        &self.limiter
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -167,6 +195,30 @@ where
 
 pin_project! {
     /// The future of a [`RedisRateLimitService`] call: the Redis decision, then the inner call.
+    /// A pinned enum of states; only the decision is boxed (see the comment on its type).
+    ///
+    /// ```no_run
+    /// use std::time::Duration;
+    /// use http::{Request, Response};
+    /// use tower::{Layer, Service, ServiceExt};
+    /// use tower_deepseek::rate_limit::redis::{RedisRateLimitLayer, RedisRateLimiter};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), tower_deepseek::Error> {
+    /// let limiter = RedisRateLimiter::builder()
+    ///     .url("redis://127.0.0.1:6379/")
+    ///     .quota(10, Duration::from_secs(1))
+    ///     .build()?;
+    /// let layer = RedisRateLimitLayer::new(limiter, |_: &Request<()>| Some("all".to_owned()));
+    /// let mut service = layer.layer(tower::service_fn(|_: Request<()>| async {
+    ///     Ok::<_, std::convert::Infallible>(Response::new(()))
+    /// }));
+    /// let future = service.ready().await?.call(Request::new(())); // a RedisRateLimitFuture
+    /// let response = future.await?;
+    /// assert!(response.headers().contains_key("x-ratelimit-remaining"));
+    /// # Ok(())
+    /// # }
+    /// ```
     pub struct RedisRateLimitFuture<S, ReqB>
     where
         S: Service<Request<ReqB>>,
