@@ -511,11 +511,12 @@ async fn keys_with_arbitrary_bytes_work_and_never_reach_redis() {
     };
     let limiter = limiter(&server, "keys:", 1, Duration::from_secs(60), 2);
     let long = "sk-".to_owned() + &"k".repeat(100_000);
-    let keys = [
-        "sk-live 0123 with spaces",
-        "ключ 🔑 \u{0} nul and \r\n newline",
-        "",
-        long.as_str(),
+    let keys: [&[u8]; 5] = [
+        b"sk-live 0123 with spaces",
+        "ключ 🔑 \u{0} nul and \r\n newline".as_bytes(),
+        b"",
+        long.as_bytes(),
+        b"sk-\xff\xfe not UTF-8",
     ];
     for key in keys {
         let first = limiter.check(key, 1).await.expect("decision");

@@ -547,8 +547,8 @@ impl RedisRateLimiter {
     }
 
     /// The Redis key that holds `key`'s state: the prefix and the hex SHA-1 of `key`.
-    pub fn redis_key(&self, key: &str) -> String {
-        let digest = sha1_smol::Sha1::from(key.as_bytes()).digest().bytes();
+    pub fn redis_key(&self, key: impl AsRef<[u8]>) -> String {
+        let digest = sha1_smol::Sha1::from(key.as_ref()).digest().bytes();
         let mut redis_key = String::with_capacity(self.inner.key_prefix.len() + 40);
         redis_key.push_str(&self.inner.key_prefix);
         for byte in digest {
@@ -578,13 +578,18 @@ impl RedisRateLimiter {
     }
 
     /// Takes `quantity` units (a weight, e.g. estimated tokens; `0` only looks) from `key`'s
-    /// limit, if they are all available, in one atomic script run on Redis's clock.
+    /// limit, if they are all available, in one atomic script run on Redis's clock. The key
+    /// may be any bytes (`&str`, `String`, `&[u8]`); only its hash reaches Redis.
     ///
     /// When Redis cannot answer within the timeout: fail open gives an allowed decision with
     /// [`checked`](RedisDecision::checked) `false`; fail closed gives an error of kind
     /// [`ErrorKind::Network`]. The key is never logged or put in the error.
-    pub async fn check(&self, key: &str, quantity: u32) -> Result<RedisDecision, Error> {
-        self.decide(key, quantity, None).await
+    pub async fn check(
+        &self,
+        key: impl AsRef<[u8]>,
+        quantity: u32,
+    ) -> Result<RedisDecision, Error> {
+        self.decide(key.as_ref(), quantity, None).await
     }
 
     /// Like [`check`](Self::check) with "now" given in microseconds instead of read from
@@ -593,16 +598,16 @@ impl RedisRateLimiter {
     #[doc(hidden)]
     pub async fn check_at_micros(
         &self,
-        key: &str,
+        key: impl AsRef<[u8]>,
         quantity: u32,
         now_micros: u64,
     ) -> Result<RedisDecision, Error> {
-        self.decide(key, quantity, Some(now_micros)).await
+        self.decide(key.as_ref(), quantity, Some(now_micros)).await
     }
 
     async fn decide(
         &self,
-        key: &str,
+        key: &[u8],
         quantity: u32,
         now_micros: Option<u64>,
     ) -> Result<RedisDecision, Error> {
