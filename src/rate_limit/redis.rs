@@ -58,8 +58,12 @@
 //! # }
 //! ```
 
+mod builder;
+mod events;
 mod layer;
 
+pub use builder::RedisRateLimiterBuilder;
+pub use events::{RedisLimitEvent, RedisLimitListener, UnavailableCause};
 pub use layer::{RedisRateLimitFuture, RedisRateLimitLayer, RedisRateLimitService};
 
 use std::fmt;
@@ -67,7 +71,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManager;
 
 use crate::classify::NetworkFailure;
 use crate::error::{Error, ErrorKind};
@@ -101,86 +105,6 @@ pub enum RedisFailureMode {
     Open,
     /// Refuse the request with an [`ErrorKind::Network`] error.
     Closed,
-}
-
-/// Why Redis was unreachable for a decision.
-///
-/// ```
-/// use tower_deepseek::rate_limit::redis::UnavailableCause;
-/// assert_eq!(UnavailableCause::Timeout.as_str(), "timeout");
-/// ```
-#[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum UnavailableCause {
-    /// No answer within the decision timeout.
-    Timeout,
-    /// The connection failed or Redis answered with an error.
-    Error,
-}
-
-impl UnavailableCause {
-    /// A fixed lowercase name, fit for a metric label.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            UnavailableCause::Timeout => "timeout",
-            UnavailableCause::Error => "error",
-        }
-    }
-}
-
-/// Something that happened to the limiter's link to Redis. Never carries a rate-limit key.
-///
-/// ```
-/// use tower_deepseek::rate_limit::redis::{RedisLimitEvent, UnavailableCause};
-/// let event = RedisLimitEvent::Unavailable { fail_open: true, cause: UnavailableCause::Timeout };
-/// assert!(matches!(event, RedisLimitEvent::Unavailable { fail_open: true, .. }));
-/// ```
-#[non_exhaustive]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RedisLimitEvent {
-    /// A decision could not be made by Redis, after the last one was (or at start). Emitted
-    /// once per outage, not per request.
-    Unavailable {
-        /// `true` when requests are admitted unchecked during the outage, `false` when they
-        /// are refused.
-        fail_open: bool,
-        /// Why the decision that noticed the outage failed.
-        cause: UnavailableCause,
-    },
-    /// A decision came from Redis again after an outage.
-    Recovered,
-}
-
-/// A hook for [`RedisLimitEvent`]s (alerts, metrics). Closures `Fn(&RedisLimitEvent)`
-/// implement it. Called synchronously on the request path: keep it short.
-///
-/// ```
-/// use std::sync::Arc;
-/// use std::sync::atomic::{AtomicUsize, Ordering};
-/// use tower_deepseek::rate_limit::redis::{RedisLimitEvent, RedisLimitListener};
-///
-/// let outages = Arc::new(AtomicUsize::new(0));
-/// let counter = Arc::clone(&outages);
-/// let listener = move |event: &RedisLimitEvent| {
-///     if let RedisLimitEvent::Unavailable { .. } = event {
-///         counter.fetch_add(1, Ordering::Relaxed);
-///     }
-/// };
-/// listener.on_event(&RedisLimitEvent::Recovered);
-/// assert_eq!(outages.load(Ordering::Relaxed), 0);
-/// ```
-pub trait RedisLimitListener: Send + Sync + 'static {
-    /// Hears one event.
-    fn on_event(&self, event: &RedisLimitEvent);
-}
-
-impl<F> RedisLimitListener for F
-where
-    F: Fn(&RedisLimitEvent) + Send + Sync + 'static,
-{
-    fn on_event(&self, event: &RedisLimitEvent) {
-        self(event)
-    }
 }
 
 /// One decision: redis-cell's `CL.THROTTLE` answer, with durations instead of seconds.
@@ -226,211 +150,6 @@ impl RedisDecision {
             checked: false,
         }
     }
-}
-
-/// Where the limiter gets its connection.
-#[derive(Clone)]
-enum Connection {
-    Manager(ConnectionManager),
-    Url(String),
-}
-
-/// Builds a [`RedisRateLimiter`]; see [`RedisRateLimiter::builder`].
-///
-/// ```
-/// use std::time::Duration;
-/// use tower_deepseek::ErrorKind;
-/// use tower_deepseek::rate_limit::redis::RedisRateLimiter;
-///
-/// let error = RedisRateLimiter::builder()
-///     .url("redis://127.0.0.1:6379/")
-///     .quota(0, Duration::from_secs(1))
-///     .build()
-///     .unwrap_err();
-/// assert_eq!(error.kind(), ErrorKind::Config);
-/// assert!(error.to_string().contains("rate"));
-/// ```
-#[must_use]
-pub struct RedisRateLimiterBuilder {
-    connection: Option<Connection>,
-    key_prefix: String,
-    rate: u32,
-    period: Duration,
-    burst: Option<u32>,
-    failure_mode: RedisFailureMode,
-    timeout: Duration,
-    listener: Option<Box<dyn RedisLimitListener>>,
-}
-
-impl fmt::Debug for RedisRateLimiterBuilder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisRateLimiterBuilder")
-            .field("key_prefix", &self.key_prefix)
-            .field("rate", &self.rate)
-            .field("period", &self.period)
-            .field("burst", &self.burst)
-            .field("failure_mode", &self.failure_mode)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisRateLimiterBuilder {
-    /// Uses this connection manager (clones share its one multiplexed connection). It should
-    /// be able to reconnect quickly: see [`RedisRateLimiterBuilder::url`] for the settings the
-    /// limiter uses itself.
-    pub fn connection_manager(mut self, manager: ConnectionManager) -> Self {
-        self.connection = Some(Connection::Manager(manager));
-        self
-    }
-
-    /// Connects to this Redis URL (`redis://host:port/db`, `rediss://` is not enabled) with a
-    /// lazy connection manager: [`build`](Self::build) does not wait for Redis, so a gateway
-    /// starts while Redis is down. It reconnects with backoff capped at 1 s, so a recovery is
-    /// noticed within about a second. `build` must then run inside a Tokio runtime.
-    pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.connection = Some(Connection::Url(url.into()));
-        self
-    }
-
-    /// The prefix of every Redis key (default [`DEFAULT_KEY_PREFIX`]); give each limit its own
-    /// (e.g. `gateway:rpm:` and `gateway:tpm:`).
-    pub fn key_prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.key_prefix = prefix.into();
-        self
-    }
-
-    /// `rate` units per `period` (e.g. `quota(60, Duration::from_secs(60))`), the emission
-    /// interval being `period / rate`. Required; the burst defaults to `rate`, as governor's
-    /// `Quota::per_minute(60)` does.
-    pub fn quota(mut self, rate: u32, period: Duration) -> Self {
-        self.rate = rate;
-        self.period = period;
-        self
-    }
-
-    /// How many units a fresh key admits at once (governor's burst, redis-cell's
-    /// `max_burst + 1`); the default is the quota's rate.
-    pub fn burst(mut self, burst: u32) -> Self {
-        self.burst = Some(burst);
-        self
-    }
-
-    /// What to do when Redis is unreachable or slow (default [`RedisFailureMode::Open`]).
-    pub fn failure_mode(mut self, mode: RedisFailureMode) -> Self {
-        self.failure_mode = mode;
-        self
-    }
-
-    /// How long one decision may take before it counts as Redis being unavailable (default
-    /// [`DEFAULT_TIMEOUT`]).
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
-        self
-    }
-
-    /// Hears [`RedisLimitEvent`]s.
-    pub fn listener(mut self, listener: impl RedisLimitListener) -> Self {
-        self.listener = Some(Box::new(listener));
-        self
-    }
-
-    /// Validates the settings and builds the limiter.
-    ///
-    /// Fails with [`ErrorKind::Config`] when no connection or URL is given, the URL is
-    /// invalid, the rate, period, burst or timeout is zero, the emission interval is below
-    /// one microsecond, or (for a URL) no Tokio runtime is running.
-    pub fn build(self) -> Result<RedisRateLimiter, Error> {
-        let config = |message: String| Error::new(ErrorKind::Config, message);
-        if self.rate == 0 {
-            return Err(config(
-                "redis rate limit: the quota's rate must be at least 1 per period, got 0".into(),
-            ));
-        }
-        if self.period.is_zero() {
-            return Err(config(
-                "redis rate limit: the quota's period must be longer than zero".into(),
-            ));
-        }
-        let burst = self.burst.unwrap_or(self.rate);
-        if burst == 0 {
-            return Err(config(
-                "redis rate limit: the burst must be at least 1 (governor's convention: the \
-                 requests a fresh key admits at once), got 0"
-                    .into(),
-            ));
-        }
-        if self.timeout.is_zero() {
-            return Err(config(
-                "redis rate limit: the decision timeout must be longer than zero".into(),
-            ));
-        }
-        let interval = self.period.as_secs_f64() * 1e6 / f64::from(self.rate);
-        if interval < MIN_EMISSION_INTERVAL_MICROS {
-            return Err(config(format!(
-                "redis rate limit: {} per {:?} is more than one unit per microsecond, the \
-                 script's resolution; count in larger units (e.g. thousands of tokens)",
-                self.rate, self.period
-            )));
-        }
-        let tolerance = interval * f64::from(burst);
-        let manager = match self.connection {
-            Some(Connection::Manager(manager)) => manager,
-            Some(Connection::Url(url)) => lazy_manager(&url)?,
-            None => {
-                return Err(config(
-                    "redis rate limit: no Redis given: call .url(..) or .connection_manager(..)"
-                        .into(),
-                ));
-            }
-        };
-        Ok(RedisRateLimiter {
-            inner: Arc::new(Inner {
-                manager,
-                script: redis::Script::new(GCRA_SCRIPT),
-                key_prefix: self.key_prefix.into_boxed_str(),
-                interval_arg: interval.to_string().into_boxed_str(),
-                tolerance_arg: tolerance.to_string().into_boxed_str(),
-                limit: u64::from(burst),
-                failure_mode: self.failure_mode,
-                timeout: self.timeout,
-                listener: self.listener,
-                unavailable: AtomicBool::new(false),
-                probing: AtomicBool::new(false),
-            }),
-        })
-    }
-}
-
-/// A lazy manager that reconnects quickly: each attempt capped at one second, backoff from
-/// 50 ms capped at one second, so a restarted Redis is found within about a second.
-fn lazy_manager(url: &str) -> Result<ConnectionManager, Error> {
-    if tokio::runtime::Handle::try_current().is_err() {
-        return Err(Error::new(
-            ErrorKind::Config,
-            "redis rate limit: building from a URL needs a running Tokio runtime (the \
-             connection manager spawns its reconnection task)",
-        ));
-    }
-    let client = redis::Client::open(url).map_err(|error| {
-        Error::new(
-            ErrorKind::Config,
-            "redis rate limit: the Redis URL is invalid",
-        )
-        .with_source(error)
-    })?;
-    let config = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(1)))
-        .set_min_delay(Duration::from_millis(50))
-        .set_max_delay(Duration::from_secs(1))
-        .set_number_of_retries(3);
-    ConnectionManager::new_lazy_with_config(client, config).map_err(|error| {
-        Error::new(
-            ErrorKind::Config,
-            "redis rate limit: could not set up the connection manager",
-        )
-        .with_source(error)
-    })
 }
 
 /// A GCRA rate limit kept in Redis and shared by every process using the same Redis, key
@@ -519,16 +238,7 @@ impl RedisRateLimiter {
     /// [`connection_manager`](RedisRateLimiterBuilder::connection_manager)) and a
     /// [`quota`](RedisRateLimiterBuilder::quota).
     pub fn builder() -> RedisRateLimiterBuilder {
-        RedisRateLimiterBuilder {
-            connection: None,
-            key_prefix: DEFAULT_KEY_PREFIX.to_owned(),
-            rate: 0,
-            period: Duration::ZERO,
-            burst: None,
-            failure_mode: RedisFailureMode::Open,
-            timeout: DEFAULT_TIMEOUT,
-            listener: None,
-        }
+        RedisRateLimiterBuilder::new()
     }
 
     /// The burst, reported as `limit` (redis-cell's `max_burst + 1`).
