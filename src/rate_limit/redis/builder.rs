@@ -127,7 +127,7 @@ impl RedisRateLimiterBuilder {
         self
     }
 
-    /// Hears [`RedisLimitEvent`]s.
+    /// Hears [`RedisLimitEvent`](super::RedisLimitEvent)s.
     pub fn listener(mut self, listener: impl RedisLimitListener) -> Self {
         self.listener = Some(Box::new(listener));
         self
