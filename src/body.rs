@@ -84,11 +84,13 @@ use std::borrow::Cow;
 use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
+use std::sync::LazyLock;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
+use memchr::memmem;
 use pin_project_lite::pin_project;
 use serde::Deserialize;
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
@@ -508,7 +510,10 @@ fn scan_frame<D: Buf + 'static, O: BodyObserver>(
             }
             scan.chunks += 1;
             observer.observe(BodyEvent::Chunk(bytes));
-            if memchr::memmem::find(bytes, INSUFFICIENT.as_bytes()).is_some() {
+            // One searcher for the process: building one per frame costs more than the search.
+            static FINDER: LazyLock<memmem::Finder<'static>> =
+                LazyLock::new(|| memmem::Finder::new(INSUFFICIENT.as_bytes()));
+            if FINDER.find(bytes).is_some() {
                 scan.finish_reason = Some(INSUFFICIENT.into());
             }
         }
