@@ -367,7 +367,7 @@ fn observe<B: http_body::Body>(call: Call, response: Response<B>) -> Response<Me
     });
     let format = BodyFormat::from_headers(&parts.headers);
     let observer = if outcome.is_success() && !body.is_end_stream() {
-        MetricsObserver::new(call, format)
+        MetricsObserver::new(call, format, body.size_hint().exact())
     } else {
         call.finish(outcome, None);
         MetricsObserver::idle()
@@ -399,6 +399,9 @@ enum JsonScan {
 /// observers through [`crate::body`]'s tuple impls.
 pub struct MetricsObserver {
     call: Option<Call>,
+    /// Bytes still to come of a body of known length (a server may drop a body once its
+    /// `content-length` is sent, without polling it to its end).
+    remaining: Option<u64>,
     sse: bool,
     seen: Seen,
     last_chunk: Option<Instant>,
@@ -418,10 +421,11 @@ const MODEL_KEY: &[u8] = b"\"model\"";
 const USAGE_KEY: &[u8] = b"\"usage\"";
 
 impl MetricsObserver {
-    fn new(call: Call, format: BodyFormat) -> MetricsObserver {
+    fn new(call: Call, format: BodyFormat, length: Option<u64>) -> MetricsObserver {
         let genai = call.genai();
         MetricsObserver {
             call: Some(call),
+            remaining: length,
             sse: format == BodyFormat::Sse,
             seen: Seen::default(),
             last_chunk: None,
@@ -436,6 +440,7 @@ impl MetricsObserver {
     fn idle() -> MetricsObserver {
         MetricsObserver {
             call: None,
+            remaining: None,
             sse: false,
             seen: Seen::default(),
             last_chunk: None,
@@ -534,7 +539,13 @@ impl BodyObserver for MetricsObserver {
             BodyEvent::FirstToken if self.sse => {
                 self.seen.first_chunk = Some(call.start.elapsed().as_secs_f64());
             }
-            BodyEvent::Chunk(data) if call.genai() => {
+            BodyEvent::Chunk(data) => {
+                if let Some(remaining) = &mut self.remaining {
+                    *remaining = remaining.saturating_sub(data.len() as u64);
+                }
+                if !call.genai() {
+                    return;
+                }
                 if self.sse {
                     self.sse_chunk(data);
                 } else {
@@ -553,15 +564,18 @@ impl BodyObserver for MetricsObserver {
             BodyEvent::Error(error) => {
                 self.finish(|classifier| classifier.classify(Observation::Error(error)))
             }
-            BodyEvent::Dropped(end) => self.finish(|classifier| {
-                if end.is_conclusive() {
-                    end.outcome(classifier)
-                } else {
-                    // The reader stopped before the body said how it ended: the caller did not
-                    // get the whole answer, which is a failed stream from where we stand.
-                    Outcome::Stream(StreamFailure::Truncated)
-                }
-            }),
+            BodyEvent::Dropped(end) => {
+                let complete = self.remaining == Some(0);
+                self.finish(|classifier| {
+                    if end.is_conclusive() || complete {
+                        end.outcome(classifier)
+                    } else {
+                        // The reader stopped before the body said how it ended: the caller did not
+                        // get the whole answer, which is a failed stream from where we stand.
+                        Outcome::Stream(StreamFailure::Truncated)
+                    }
+                })
+            }
             _ => {}
         }
     }
