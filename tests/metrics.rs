@@ -511,7 +511,7 @@ fn dashboard_and_alerts_use_only_exported_metric_names() {
     ] {
         let text = std::fs::read_to_string(root.join(file)).expect("deploy file");
         let mut used = BTreeSet::new();
-        for (at, _) in text.match_indices(|c| c == 'd' || c == 'g') {
+        for (at, _) in text.match_indices(['d', 'g']) {
             let rest = &text[at..];
             if !(rest.starts_with("deepseek_") || rest.starts_with("gen_ai_client_")) {
                 continue;

@@ -397,9 +397,12 @@ impl MetricsBuilder {
                 self.models.len()
             )));
         }
-        if let Some(bad) = self.models.iter().find(|m| !super::labels::is_label(m)) {
+        if let Some(position) = self.models.iter().position(|m| !super::labels::is_label(m)) {
+            // Named by position, not value: a key pasted into the wrong setting must not be
+            // echoed into an error message.
             return Err(config(format!(
-                "metrics model {bad:?} cannot be a label: up to 64 of `A-Za-z0-9._-:/`, not `other`, not `sk-...`"
+                "metrics model #{} cannot be a label: it must be 1 to 64 of `A-Za-z0-9._-:/`, not `other`, not starting with `sk-`",
+                position + 1
             )));
         }
         let fixed = std::iter::once(UNKNOWN).chain(self.models.iter().map(String::as_str));

@@ -14,7 +14,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::instruments::{CallKey, GenAiRecord, Metrics, Side, outcome_index};
-use super::scan::{FieldCapture, ValueKind, find_field, parse_usage};
+use super::scan::{FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, parse_usage};
 use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody};
 use crate::classify::{Classify, DeepSeekClassifier, Observation, Outcome, StreamFailure};
 use crate::deepseek::RequestModel;
@@ -417,9 +417,6 @@ impl fmt::Debug for MetricsObserver {
     }
 }
 
-const MODEL_KEY: &[u8] = b"\"model\"";
-const USAGE_KEY: &[u8] = b"\"usage\"";
-
 impl MetricsObserver {
     fn new(call: Call, format: BodyFormat, length: Option<u64>) -> MetricsObserver {
         let genai = call.genai();
@@ -485,18 +482,18 @@ impl MetricsObserver {
                 if let Some(usage) = usage {
                     self.seen.tokens = parse_usage(usage);
                 }
-                let complete = model.is_some() && usage.is_some();
-                let mut fields = Box::new([
-                    FieldCapture::new(MODEL_KEY, ValueKind::String),
-                    FieldCapture::new(USAGE_KEY, ValueKind::Object),
-                ]);
                 if let Some(model) = model {
                     self.set_model(model);
                 }
-                self.json = if complete {
+                self.json = if model.is_some() && usage.is_some() {
                     JsonScan::Done
                 } else {
-                    // Replay the first frame into the captures of the fields not found.
+                    // Follow the next frames; replay this one into the captures of the fields
+                    // not found (only the body's first frame ever takes this path).
+                    let mut fields = Box::new([
+                        FieldCapture::new(MODEL_KEY, ValueKind::String),
+                        FieldCapture::new(USAGE_KEY, ValueKind::Object),
+                    ]);
                     if self.seen.response_model.is_none() {
                         let _ = fields[0].feed(frame);
                     }

@@ -7,6 +7,28 @@
 //! have these keys only at the top level.
 
 use std::ops::Range;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
+/// The searchers for the two keys, built once (building one costs more than a short search).
+static MODEL_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(MODEL_KEY));
+static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(USAGE_KEY));
+
+/// The `model` key, with its quotes.
+pub(crate) const MODEL_KEY: &[u8] = b"\"model\"";
+/// The `usage` key, with its quotes.
+pub(crate) const USAGE_KEY: &[u8] = b"\"usage\"";
+
+fn find_key(haystack: &[u8], key: &[u8]) -> Option<usize> {
+    if key == MODEL_KEY {
+        MODEL_FINDER.find(haystack)
+    } else if key == USAGE_KEY {
+        USAGE_FINDER.find(haystack)
+    } else {
+        memchr::memmem::find(haystack, key)
+    }
+}
 
 /// The longest field value kept across frames (a usage object is ~300 bytes).
 const MAX_CAPTURE: usize = 1024;
@@ -84,7 +106,7 @@ pub(crate) fn value_end(bytes: &[u8], kind: ValueKind) -> ValueEnd {
 
 /// The value of `key` (written with its quotes, e.g. `"model"`) in one complete JSON text.
 pub(crate) fn find_field<'a>(json: &'a [u8], key: &[u8], kind: ValueKind) -> Option<&'a [u8]> {
-    let at = memchr::memmem::find(json, key)? + key.len();
+    let at = find_key(json, key)? + key.len();
     match value_end(&json[at..], kind) {
         ValueEnd::Complete(range) => Some(&json[at..][range]),
         _ => None,
@@ -188,13 +210,13 @@ impl FieldCapture {
             joined[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
             joined[self.tail_len..self.tail_len + head].copy_from_slice(&frame[..head]);
             let joined = &joined[..self.tail_len + head];
-            if let Some(at) = memchr::memmem::find(joined, key)
+            if let Some(at) = find_key(joined, key)
                 && at + key.len() > self.tail_len
             {
                 return Some(at + key.len() - self.tail_len);
             }
         }
-        memchr::memmem::find(frame, key).map(|at| at + key.len())
+        find_key(frame, key).map(|at| at + key.len())
     }
 
     /// Keeps the last `key.len() - 1` bytes seen, across short frames too.
