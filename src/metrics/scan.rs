@@ -72,35 +72,46 @@ pub(crate) fn value_end(bytes: &[u8], kind: ValueKind) -> ValueEnd {
             None => ValueEnd::Incomplete,
         },
         (ValueKind::Object, Some(b'{')) => {
+            // Jump between the bytes that matter (braces and quotes) rather than visiting
+            // each byte.
             let start = i;
             let mut depth = 0usize;
-            let mut in_string = false;
-            let mut escaped = false;
-            for (offset, &byte) in bytes[start..].iter().enumerate() {
-                if in_string {
-                    match byte {
-                        _ if escaped => escaped = false,
-                        b'\\' => escaped = true,
-                        b'"' => in_string = false,
-                        _ => {}
-                    }
-                    continue;
-                }
-                match byte {
-                    b'"' => in_string = true,
+            let mut at = start;
+            while let Some(offset) = memchr::memchr3(b'{', b'}', b'"', &bytes[at..]) {
+                at += offset;
+                match bytes[at] {
                     b'{' => depth += 1,
                     b'}' => {
                         depth -= 1;
                         if depth == 0 {
-                            return ValueEnd::Complete(start..start + offset + 1);
+                            return ValueEnd::Complete(start..at + 1);
                         }
                     }
-                    _ => {}
+                    _ => match string_end(&bytes[at + 1..]) {
+                        Some(len) => at += len + 1,
+                        None => return ValueEnd::Incomplete,
+                    },
                 }
+                at += 1;
             }
             ValueEnd::Incomplete
         }
         _ => ValueEnd::Invalid,
+    }
+}
+
+/// The length of a JSON string's contents up to its closing quote (escapes skipped).
+fn string_end(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        at += memchr::memchr2(b'"', b'\\', &bytes[at..])?;
+        if bytes[at] == b'"' {
+            return Some(at);
+        }
+        at += 2;
+        if at > bytes.len() {
+            return None;
+        }
     }
 }
 
@@ -244,36 +255,38 @@ impl FieldCapture {
 pub(crate) fn parse_usage(object: &[u8]) -> [Option<u64>; 4] {
     let mut tokens = [None; 4];
     let mut cached_details = None;
-    let mut key: &[u8] = &[];
-    let mut i = 0;
-    while i < object.len() {
-        match object[i] {
-            b'"' => {
-                let Some(len) = memchr::memchr(b'"', &object[i + 1..]) else {
-                    break;
-                };
-                key = &object[i + 1..i + 1 + len];
-                i += len + 2;
-            }
-            b'0'..=b'9' => {
-                let mut value: u64 = 0;
-                while i < object.len() && object[i].is_ascii_digit() {
-                    value = value
-                        .saturating_mul(10)
-                        .saturating_add(u64::from(object[i] - b'0'));
-                    i += 1;
-                }
-                match key {
-                    b"prompt_tokens" => tokens[0] = Some(value),
-                    b"completion_tokens" => tokens[1] = Some(value),
-                    b"prompt_cache_hit_tokens" => tokens[2] = Some(value),
-                    b"cached_tokens" => cached_details = Some(value),
-                    b"reasoning_tokens" => tokens[3] = Some(value),
-                    _ => {}
-                }
-                key = &[];
-            }
-            _ => i += 1,
+    let mut at = 0;
+    // Each key, then (if its value is a number) the number; everything else is skipped.
+    while let Some(offset) = memchr::memchr(b'"', &object[at..]) {
+        let key_start = at + offset + 1;
+        let Some(len) = memchr::memchr(b'"', &object[key_start..]) else {
+            break;
+        };
+        let key = &object[key_start..key_start + len];
+        at = key_start + len + 1;
+        while at < object.len() && (object[at].is_ascii_whitespace() || object[at] == b':') {
+            at += 1;
+        }
+        let digits = object[at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits == 0 {
+            continue;
+        }
+        let value = object[at..at + digits].iter().fold(0u64, |value, digit| {
+            value
+                .saturating_mul(10)
+                .saturating_add(u64::from(digit - b'0'))
+        });
+        at += digits;
+        match key {
+            b"prompt_tokens" => tokens[0] = Some(value),
+            b"completion_tokens" => tokens[1] = Some(value),
+            b"prompt_cache_hit_tokens" => tokens[2] = Some(value),
+            b"cached_tokens" => cached_details = Some(value),
+            b"reasoning_tokens" => tokens[3] = Some(value),
+            _ => {}
         }
     }
     if tokens[2].is_none() {
