@@ -1,0 +1,583 @@
+//! The tower layer, its service, its response future and its body observer.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use http::{Request, Response};
+use pin_project_lite::pin_project;
+use tokio::time::Instant;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::instruments::{CallKey, GenAiRecord, Metrics, Side, outcome_index};
+use super::scan::{FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, parse_usage};
+use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody};
+use crate::classify::{Classify, DeepSeekClassifier, Observation, Outcome, StreamFailure};
+use crate::deepseek::RequestModel;
+
+/// Names the operation of a request from its method and URI. It must return one of a small,
+/// fixed set of names (never the raw path): the operation table holds a bounded number of
+/// labels and reports the rest as `other`.
+pub type OperationFn = fn(&http::Method, &http::Uri) -> &'static str;
+
+/// The client side's default [`OperationFn`]: `chat` for `…/chat/completions`, `models` for
+/// `…/models`, `other` for anything else.
+///
+/// ```
+/// use tower_deepseek::metrics::operation_from_path;
+///
+/// let uri: http::Uri = "https://api.deepseek.com/chat/completions".parse().unwrap();
+/// assert_eq!(operation_from_path(&http::Method::POST, &uri), "chat");
+/// let uri: http::Uri = "/v1/users/42".parse().unwrap();
+/// assert_eq!(operation_from_path(&http::Method::GET, &uri), "other");
+/// ```
+pub fn operation_from_path(_method: &http::Method, uri: &http::Uri) -> &'static str {
+    let path = uri.path().trim_end_matches('/');
+    if path.ends_with("/chat/completions") {
+        "chat"
+    } else if path.ends_with("/models") {
+        "models"
+    } else {
+        "other"
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Operation {
+    Fixed(usize),
+    By(OperationFn),
+}
+
+/// What every call of one layer shares (one `Arc` clone per call).
+struct Shared {
+    metrics: Metrics,
+    side: Side,
+    operation: Operation,
+    classifier: Arc<dyn Classify>,
+}
+
+/// Records request (RED) metrics, and on the client side the GenAI metrics, for every call
+/// through it. See the [module docs](super) for the metric names and labels.
+///
+/// - **Client side** ([`MetricsLayer::client`], under [`DeepSeekClient`](crate::DeepSeekClient)):
+///   the model is the request's [`RequestModel`] extension, the operation comes from the path
+///   ([`operation_from_path`]), and the response body is observed for the response model, the
+///   token usage, the time to the first chunk and the time per chunk.
+/// - **Server side** ([`MetricsLayer::server`], in the gateway's inbound stack): a fixed
+///   operation name you give (or an [`OperationFn`]); the model is `unknown` unless a
+///   [`RequestModel`] extension is present.
+///
+/// The outcome is what the classifier ([`DeepSeekClassifier`] by default) says of the head,
+/// an error, or how the body ended: a body that ends early is a `stream_error`, with what it
+/// delivered still recorded. The body is never buffered.
+///
+/// ```
+/// # #[cfg(feature = "prometheus")]
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_deepseek::deepseek::RequestModel;
+/// use tower_deepseek::metrics::{Metrics, MetricsLayer};
+///
+/// let metrics = Metrics::builder().prometheus(prometheus::Registry::new()).build()?;
+/// let service = ServiceBuilder::new()
+///     .layer(MetricsLayer::client(&metrics))
+///     .service_fn(|_request: http::Request<()>| async {
+///         let body = r#"{"model":"deepseek-chat","usage":{"prompt_tokens":7,"completion_tokens":3}}"#;
+///         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(body))))
+///     });
+/// let mut request = http::Request::post("https://api.deepseek.com/chat/completions").body(())?;
+/// request.extensions_mut().insert(RequestModel::new("deepseek-chat"));
+/// let response = service.oneshot(request).await?;
+/// response.into_body().collect().await?;
+///
+/// let text = metrics.render_prometheus().unwrap_or_default();
+/// assert!(text.contains(
+///     r#"deepseek_requests_total{model="deepseek-chat",operation="chat",outcome="success",side="client"} 1"#
+/// ));
+/// assert!(text.contains(r#"gen_ai_token_type="input"} 7"#));
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "prometheus"))]
+/// # fn main() {}
+/// ```
+#[derive(Clone)]
+pub struct MetricsLayer {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for MetricsLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsLayer")
+            .field("side", &self.shared.side)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetricsLayer {
+    /// The outbound layer: goes under the DeepSeek client, records request and GenAI metrics.
+    pub fn client(metrics: &Metrics) -> MetricsLayer {
+        MetricsLayer::new(metrics, Side::Client, Operation::By(operation_from_path))
+    }
+
+    /// The inbound layer: goes in the server stack, records request metrics under the fixed
+    /// `operation` label (a name from a small set, e.g. the route's name, never a raw path).
+    pub fn server(metrics: &Metrics, operation: &str) -> MetricsLayer {
+        let index = metrics.operation_index(operation);
+        MetricsLayer::new(metrics, Side::Server, Operation::Fixed(index))
+    }
+
+    fn new(metrics: &Metrics, side: Side, operation: Operation) -> MetricsLayer {
+        MetricsLayer {
+            shared: Arc::new(Shared {
+                metrics: metrics.clone(),
+                side,
+                operation,
+                classifier: Arc::new(DeepSeekClassifier),
+            }),
+        }
+    }
+
+    fn with(self, change: impl FnOnce(&mut Shared)) -> MetricsLayer {
+        let shared = &self.shared;
+        let mut next = Shared {
+            metrics: shared.metrics.clone(),
+            side: shared.side,
+            operation: shared.operation,
+            classifier: Arc::clone(&shared.classifier),
+        };
+        change(&mut next);
+        MetricsLayer {
+            shared: Arc::new(next),
+        }
+    }
+
+    /// Labels every call with this fixed operation name.
+    pub fn operation(self, operation: &str) -> MetricsLayer {
+        let index = self.shared.metrics.operation_index(operation);
+        self.with(|shared| shared.operation = Operation::Fixed(index))
+    }
+
+    /// Names each call's operation with `operation` (see [`OperationFn`]).
+    pub fn operation_by(self, operation: OperationFn) -> MetricsLayer {
+        self.with(|shared| shared.operation = Operation::By(operation))
+    }
+
+    /// Classifies outcomes with `classifier` instead of [`DeepSeekClassifier`].
+    pub fn classifier(self, classifier: impl Classify) -> MetricsLayer {
+        self.with(|shared| shared.classifier = Arc::new(classifier))
+    }
+
+    /// The side this layer measures (the client side also records the GenAI metrics).
+    pub fn side(&self) -> Side {
+        self.shared.side
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = MetricsService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MetricsService {
+            inner,
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+/// The service made by [`MetricsLayer`].
+#[derive(Clone)]
+pub struct MetricsService<S> {
+    inner: S,
+    shared: Arc<Shared>,
+}
+
+impl<S> fmt::Debug for MetricsService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsService")
+            .field("side", &self.shared.side)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> MetricsService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+}
+
+/// The response body of a [`MetricsService`]: the inner body, observed as it passes.
+pub type MetricsBody<B> = ObservedBody<B, MetricsObserver>;
+
+impl<S, ReqB, RespB> Service<Request<ReqB>> for MetricsService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<RespB>>,
+    S::Error: StdError + 'static,
+    RespB: http_body::Body,
+{
+    type Response = Response<MetricsBody<RespB>>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        let shared = &self.shared;
+        let op = match shared.operation {
+            Operation::Fixed(index) => index,
+            Operation::By(name) => shared
+                .metrics
+                .operation_index(name(request.method(), request.uri())),
+        };
+        let model = shared.metrics.model_index(
+            request
+                .extensions()
+                .get::<RequestModel>()
+                .map(RequestModel::as_str),
+        );
+        let key = CallKey {
+            side: shared.side,
+            op,
+            model,
+        };
+        shared.metrics.call_started(key);
+        let call = Call {
+            shared: Arc::clone(shared),
+            key,
+            start: Instant::now(),
+        };
+        ResponseFuture {
+            future: self.inner.call(request),
+            call: Some(call),
+        }
+    }
+}
+
+/// One call being measured. Dropping it ends the call's in-flight count, so a cancelled call
+/// (its future or body dropped) never leaks a gauge increment.
+struct Call {
+    shared: Arc<Shared>,
+    key: CallKey,
+    start: Instant,
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.shared.metrics.call_ended(self.key);
+    }
+}
+
+impl Call {
+    fn genai(&self) -> bool {
+        self.shared.side == Side::Client
+    }
+
+    /// Records the finished call (the in-flight count ends when `self` drops).
+    fn finish(self, outcome: Outcome, seen: Option<&Seen>) {
+        let seconds = self.start.elapsed().as_secs_f64();
+        let metrics = &self.shared.metrics;
+        metrics.request(self.key, &outcome, seconds);
+        if self.genai() {
+            let response_model = seen
+                .and_then(|seen| seen.response_model)
+                .unwrap_or(self.key.model);
+            let record = GenAiRecord {
+                error: (!outcome.is_success()).then(|| outcome_index(&outcome)),
+                seconds,
+                tokens: seen.map_or([None; 4], |seen| {
+                    // A breakdown that is zero (no cache hit, no reasoning) is not recorded,
+                    // so its `_count` is the number of calls that had one.
+                    let [input, output, cached, reasoning] = seen.tokens;
+                    [
+                        input,
+                        output,
+                        cached.filter(|n| *n > 0),
+                        reasoning.filter(|n| *n > 0),
+                    ]
+                }),
+                first_chunk: seen.and_then(|seen| seen.first_chunk),
+            };
+            metrics.genai(self.key, response_model, &record);
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`MetricsService`] call. A pinned struct over the inner future, no
+    /// boxing.
+    pub struct ResponseFuture<F> {
+        #[pin]
+        future: F,
+        call: Option<Call>,
+    }
+}
+
+impl<F> fmt::Debug for ResponseFuture<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("pending", &self.call.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+    E: StdError + 'static,
+    B: http_body::Body,
+{
+    type Output = Result<Response<MetricsBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.future.poll(cx));
+        let Some(call) = this.call.take() else {
+            // Polled again after completion: the inner future answered; pass it on unmeasured.
+            return Poll::Ready(result.map(|response| {
+                let format = BodyFormat::from_headers(response.headers());
+                response.map(|body| ObservedBody::new(body, format, MetricsObserver::idle()))
+            }));
+        };
+        Poll::Ready(match result {
+            Ok(response) => Ok(observe(call, response)),
+            Err(error) => {
+                let outcome = call.shared.classifier.classify(Observation::Error(&error));
+                call.finish(outcome, None);
+                Err(error)
+            }
+        })
+    }
+}
+
+/// Judges the head; a success whose body is still to come is judged by its body.
+fn observe<B: http_body::Body>(call: Call, response: Response<B>) -> Response<MetricsBody<B>> {
+    let (parts, body) = response.into_parts();
+    let outcome = call.shared.classifier.classify(Observation::Head {
+        status: parts.status,
+        headers: &parts.headers,
+    });
+    let format = BodyFormat::from_headers(&parts.headers);
+    let observer = if outcome.is_success() && !body.is_end_stream() {
+        MetricsObserver::new(call, format, body.size_hint().exact())
+    } else {
+        call.finish(outcome, None);
+        MetricsObserver::idle()
+    };
+    Response::from_parts(parts, ObservedBody::new(body, format, observer))
+}
+
+/// What the body showed so far.
+#[derive(Debug, Default)]
+struct Seen {
+    response_model: Option<usize>,
+    tokens: [Option<u64>; 4],
+    first_chunk: Option<f64>,
+}
+
+/// The JSON scan's progress (non-streaming bodies).
+enum JsonScan {
+    /// Nothing seen: the first frame is scanned in place, without state, as it is usually
+    /// the whole body.
+    Start,
+    /// A field was not complete in the first frame: follow the frames.
+    Fields(Box<[FieldCapture; 2]>),
+    /// Both fields found (or given up).
+    Done,
+}
+
+/// The metrics layer's [`BodyObserver`]: holds the call until the body ends and reads the
+/// response model, the usage and the chunk timing on the way. Compose it with other
+/// observers through [`crate::body`]'s tuple impls.
+pub struct MetricsObserver {
+    call: Option<Call>,
+    /// Bytes still to come of a body of known length (a server may drop a body once its
+    /// `content-length` is sent, without polling it to its end).
+    remaining: Option<u64>,
+    sse: bool,
+    seen: Seen,
+    last_chunk: Option<Instant>,
+    json: JsonScan,
+}
+
+impl fmt::Debug for MetricsObserver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MetricsObserver")
+            .field("pending", &self.call.is_some())
+            .field("sse", &self.sse)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MetricsObserver {
+    fn new(call: Call, format: BodyFormat, length: Option<u64>) -> MetricsObserver {
+        let genai = call.genai();
+        MetricsObserver {
+            call: Some(call),
+            remaining: length,
+            sse: format == BodyFormat::Sse,
+            seen: Seen::default(),
+            last_chunk: None,
+            json: if genai {
+                JsonScan::Start
+            } else {
+                JsonScan::Done
+            },
+        }
+    }
+
+    fn idle() -> MetricsObserver {
+        MetricsObserver {
+            call: None,
+            remaining: None,
+            sse: false,
+            seen: Seen::default(),
+            last_chunk: None,
+            json: JsonScan::Done,
+        }
+    }
+
+    fn finish(&mut self, outcome: impl FnOnce(&dyn Classify) -> Outcome) {
+        if let Some(call) = self.call.take() {
+            let outcome = outcome(&*call.shared.classifier);
+            call.finish(outcome, Some(&self.seen));
+        }
+    }
+
+    fn set_model(&mut self, call_model: &[u8]) {
+        if let (Some(call), Ok(model)) = (&self.call, std::str::from_utf8(call_model)) {
+            self.seen.response_model = Some(call.shared.metrics.model_index(Some(model)));
+        }
+    }
+
+    fn sse_chunk(&mut self, data: &[u8]) {
+        let now = Instant::now();
+        if self.seen.response_model.is_none()
+            && let Some(model) = find_field(data, MODEL_KEY, ValueKind::String)
+        {
+            self.set_model(model);
+        }
+        if let (Some(last), Some(call)) = (self.last_chunk, &self.call) {
+            let model = self.seen.response_model.unwrap_or(call.key.model);
+            let gap = now.saturating_duration_since(last).as_secs_f64();
+            call.shared.metrics.chunk_gap(call.key, model, gap);
+        }
+        self.last_chunk = Some(now);
+    }
+
+    fn json_frame(&mut self, frame: &[u8]) {
+        match &mut self.json {
+            JsonScan::Done => {}
+            JsonScan::Start => {
+                let model = find_field(frame, MODEL_KEY, ValueKind::String);
+                let usage = find_field(frame, USAGE_KEY, ValueKind::Object);
+                if let Some(usage) = usage {
+                    self.seen.tokens = parse_usage(usage);
+                }
+                if let Some(model) = model {
+                    self.set_model(model);
+                }
+                self.json = if model.is_some() && usage.is_some() {
+                    JsonScan::Done
+                } else {
+                    // Follow the next frames; replay this one into the captures of the fields
+                    // not found (only the body's first frame ever takes this path).
+                    let mut fields = Box::new([
+                        FieldCapture::new(MODEL_KEY, ValueKind::String),
+                        FieldCapture::new(USAGE_KEY, ValueKind::Object),
+                    ]);
+                    if self.seen.response_model.is_none() {
+                        let _ = fields[0].feed(frame);
+                    }
+                    if usage.is_none() {
+                        let _ = fields[1].feed(frame);
+                    }
+                    JsonScan::Fields(fields)
+                };
+            }
+            JsonScan::Fields(fields) => {
+                let [model_field, usage_field] = &mut **fields;
+                let mut model = None;
+                if self.seen.response_model.is_none()
+                    && let Some(value) = model_field.feed(frame)
+                {
+                    model = Some(value.to_vec());
+                }
+                if let Some(usage) = usage_field.feed(frame) {
+                    self.seen.tokens = parse_usage(usage);
+                }
+                let done = (model_field.is_finished() || self.seen.response_model.is_some())
+                    && usage_field.is_finished();
+                if let Some(model) = model {
+                    self.set_model(&model);
+                }
+                if done {
+                    self.json = JsonScan::Done;
+                }
+            }
+        }
+    }
+}
+
+impl BodyObserver for MetricsObserver {
+    fn observe(&mut self, event: BodyEvent<'_>) {
+        let Some(call) = &self.call else {
+            return;
+        };
+        match event {
+            BodyEvent::FirstToken if self.sse => {
+                self.seen.first_chunk = Some(call.start.elapsed().as_secs_f64());
+            }
+            BodyEvent::Chunk(data) => {
+                if let Some(remaining) = &mut self.remaining {
+                    *remaining = remaining.saturating_sub(data.len() as u64);
+                }
+                if !call.genai() {
+                    return;
+                }
+                if self.sse {
+                    self.sse_chunk(data);
+                } else {
+                    self.json_frame(data);
+                }
+            }
+            BodyEvent::Usage(usage) => {
+                self.seen.tokens = [
+                    Some(usage.prompt_tokens),
+                    Some(usage.completion_tokens),
+                    usage.prompt_cache_hit_tokens,
+                    usage.reasoning_tokens(),
+                ];
+            }
+            BodyEvent::End(end) => self.finish(|classifier| end.outcome(classifier)),
+            BodyEvent::Error(error) => {
+                self.finish(|classifier| classifier.classify(Observation::Error(error)))
+            }
+            BodyEvent::Dropped(end) => {
+                let complete = self.remaining == Some(0);
+                self.finish(|classifier| {
+                    if end.is_conclusive() || complete {
+                        end.outcome(classifier)
+                    } else {
+                        // The reader stopped before the body said how it ended: the caller did not
+                        // get the whole answer, which is a failed stream from where we stand.
+                        Outcome::Stream(StreamFailure::Truncated)
+                    }
+                })
+            }
+            _ => {}
+        }
+    }
+
+    fn is_done(&self) -> bool {
+        self.call.is_none()
+    }
+}

@@ -1,0 +1,482 @@
+//! The Prometheus exporter: instruments registered in an injected registry, each labelled
+//! series resolved once (on first use) and cached by label index.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+use super::instruments::{
+    CHUNK_BUCKETS, CallKey, DURATION_BUCKETS, GenAiRecord, Metrics, OUTCOMES, PROVIDER, SIDES,
+    STATES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables, WAIT_BUCKETS, auth_reason,
+};
+use super::labels::Grid;
+use crate::classify::AuthFailure;
+use crate::error::{Error, ErrorKind};
+
+/// The labels of the request metrics.
+const RED_LABELS: [&str; 4] = ["side", "operation", "model", "outcome"];
+/// The labels shared by the GenAI metrics (semantic-convention attributes, dots as `_`).
+const GENAI_LABELS: [&str; 4] = [
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+];
+
+/// The GenAI series of one (operation, request model, response model), each resolved on
+/// first use.
+#[derive(Default)]
+struct GenAiSeries {
+    duration: [OnceLock<Histogram>; OUTCOMES.len()],
+    tokens: [OnceLock<Histogram>; TOKEN_TYPES.len()],
+    first_chunk: OnceLock<Histogram>,
+    chunk_gap: OnceLock<Histogram>,
+}
+
+pub(crate) struct PromSink {
+    registry: Registry,
+    requests: IntCounterVec,
+    duration: HistogramVec,
+    in_flight: IntGaugeVec,
+    auth_failures: IntCounterVec,
+    genai_duration: HistogramVec,
+    genai_tokens: HistogramVec,
+    genai_first_chunk: HistogramVec,
+    genai_chunk_gap: HistogramVec,
+    breaker_state: IntGaugeVec,
+    breaker_transitions: IntCounterVec,
+    breaker_not_permitted: IntCounterVec,
+    rate_limit_rejections: IntCounterVec,
+    rate_limit_wait: HistogramVec,
+    retry_attempts: IntCounterVec,
+    retry_budget_exhausted: IntCounter,
+    retries_gave_up: IntCounter,
+
+    red: Grid<(IntCounter, Histogram)>,
+    flights: Grid<IntGauge>,
+    auth: [[OnceLock<IntCounter>; 2]; SIDES.len()],
+    genai: Grid<Box<GenAiSeries>>,
+    states: Grid<IntGauge>,
+    transitions: Grid<IntCounter>,
+    not_permitted: Grid<IntCounter>,
+    rejections: Grid<IntCounter>,
+    waits: Grid<Histogram>,
+    retries: [OnceLock<IntCounter>; OUTCOMES.len()],
+}
+
+fn register<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    collector: C,
+) -> Result<C, Error> {
+    registry
+        .register(Box::new(collector.clone()))
+        .map_err(|error| {
+            Error::new(
+                ErrorKind::Config,
+                format!("the Prometheus registry refused a metrics instrument: {error}"),
+            )
+        })?;
+    Ok(collector)
+}
+
+fn build_error(error: prometheus::Error) -> Error {
+    Error::new(
+        ErrorKind::Config,
+        format!("a metrics instrument could not be built: {error}"),
+    )
+}
+
+fn counter(
+    registry: &Registry,
+    name: String,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntCounterVec, Error> {
+    register(
+        registry,
+        IntCounterVec::new(Opts::new(name, help), labels).map_err(build_error)?,
+    )
+}
+
+fn gauge(
+    registry: &Registry,
+    name: String,
+    help: &str,
+    labels: &[&str],
+) -> Result<IntGaugeVec, Error> {
+    register(
+        registry,
+        IntGaugeVec::new(Opts::new(name, help), labels).map_err(build_error)?,
+    )
+}
+
+fn histogram(
+    registry: &Registry,
+    name: String,
+    help: &str,
+    labels: &[&str],
+    buckets: &[f64],
+) -> Result<HistogramVec, Error> {
+    let opts = HistogramOpts::new(name, help).buckets(buckets.to_vec());
+    register(
+        registry,
+        HistogramVec::new(opts, labels).map_err(build_error)?,
+    )
+}
+
+impl PromSink {
+    pub(crate) fn new(
+        prefix: &str,
+        registry: Registry,
+        tables: &Tables,
+    ) -> Result<PromSink, Error> {
+        let r = &registry;
+        let with = |labels: &[&'static str], extra: &'static str| {
+            let mut all = labels.to_vec();
+            all.push(extra);
+            all
+        };
+        let breakers = tables.breakers.dimension();
+        let limiters = tables.limiters.dimension();
+        Ok(PromSink {
+            requests: counter(
+                r,
+                format!("{prefix}_requests_total"),
+                "Requests by side, operation, model and outcome class.",
+                &RED_LABELS,
+            )?,
+            duration: histogram(
+                r,
+                format!("{prefix}_request_duration_seconds"),
+                "Request duration, from the call to the end of the response body.",
+                &RED_LABELS,
+                &DURATION_BUCKETS,
+            )?,
+            in_flight: gauge(
+                r,
+                format!("{prefix}_requests_in_flight"),
+                "Requests started whose response body has not ended.",
+                &RED_LABELS[..3],
+            )?,
+            auth_failures: counter(
+                r,
+                format!("{prefix}_auth_failures_total"),
+                "Responses refusing the credentials: 401 (invalid_key) or 402 (insufficient_balance).",
+                &["side", "reason"],
+            )?,
+            genai_duration: histogram(
+                r,
+                "gen_ai_client_operation_duration_seconds".to_owned(),
+                "GenAI operation duration.",
+                &with(&GENAI_LABELS, "error_type"),
+                &DURATION_BUCKETS,
+            )?,
+            genai_tokens: histogram(
+                r,
+                "gen_ai_client_token_usage".to_owned(),
+                "Number of input and output tokens used.",
+                &with(&GENAI_LABELS, "gen_ai_token_type"),
+                &TOKEN_BUCKETS,
+            )?,
+            genai_first_chunk: histogram(
+                r,
+                "gen_ai_client_operation_time_to_first_chunk_seconds".to_owned(),
+                "Time to receive the first chunk of a streamed response.",
+                &GENAI_LABELS,
+                &DURATION_BUCKETS,
+            )?,
+            genai_chunk_gap: histogram(
+                r,
+                "gen_ai_client_operation_time_per_output_chunk_seconds".to_owned(),
+                "Time per output chunk after the first, for streams.",
+                &GENAI_LABELS,
+                &CHUNK_BUCKETS,
+            )?,
+            breaker_state: gauge(
+                r,
+                format!("{prefix}_circuit_breaker_state"),
+                "1 for the breaker's current state, 0 for the others.",
+                &["breaker", "state"],
+            )?,
+            breaker_transitions: counter(
+                r,
+                format!("{prefix}_circuit_breaker_transitions_total"),
+                "Breaker state transitions.",
+                &["breaker", "from", "to"],
+            )?,
+            breaker_not_permitted: counter(
+                r,
+                format!("{prefix}_circuit_breaker_not_permitted_calls_total"),
+                "Calls refused by a breaker.",
+                &["breaker", "state"],
+            )?,
+            rate_limit_rejections: counter(
+                r,
+                format!("{prefix}_rate_limit_rejections_total"),
+                "Calls refused by a rate limiter.",
+                &["limiter"],
+            )?,
+            rate_limit_wait: histogram(
+                r,
+                format!("{prefix}_rate_limit_wait_seconds"),
+                "Time calls waited for a rate limiter.",
+                &["limiter"],
+                &WAIT_BUCKETS,
+            )?,
+            retry_attempts: counter(
+                r,
+                format!("{prefix}_retry_attempts_total"),
+                "Retries, by the outcome class of the attempt retried.",
+                &["outcome"],
+            )?,
+            retry_budget_exhausted: register(
+                r,
+                IntCounter::new(
+                    format!("{prefix}_retry_budget_exhausted_total"),
+                    "Retries refused because the retry budget was spent.",
+                )
+                .map_err(build_error)?,
+            )?,
+            retries_gave_up: register(
+                r,
+                IntCounter::new(
+                    format!("{prefix}_retries_gave_up_total"),
+                    "Calls that failed after their last allowed attempt.",
+                )
+                .map_err(build_error)?,
+            )?,
+            red: Grid::new(tables.red_size()),
+            flights: Grid::new(tables.flight_size()),
+            auth: Default::default(),
+            genai: Grid::new(tables.genai_size()),
+            states: Grid::new(breakers * STATES.len()),
+            transitions: Grid::new(breakers * STATES.len() * STATES.len()),
+            not_permitted: Grid::new(breakers * STATES.len()),
+            rejections: Grid::new(limiters),
+            waits: Grid::new(limiters),
+            retries: Default::default(),
+            registry,
+        })
+    }
+
+    pub(crate) fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    // Every `with_label_values` below passes exactly as many values as its vector was built
+    // with (the arrays are fixed above), so it cannot panic on a label-count mismatch.
+
+    pub(crate) fn in_flight(&self, tables: &Tables, key: CallKey, index: usize, delta: i64) {
+        if let Some(gauge) = self.flights.get(index, || {
+            self.in_flight.with_label_values(&[
+                key.side.as_str(),
+                tables.operations.name(key.op),
+                tables.models.name(key.model),
+            ])
+        }) {
+            gauge.add(delta);
+        }
+    }
+
+    pub(crate) fn request(
+        &self,
+        tables: &Tables,
+        key: CallKey,
+        class: usize,
+        index: usize,
+        seconds: f64,
+    ) {
+        if let Some((count, duration)) = self.red.get(index, || {
+            let labels = [
+                key.side.as_str(),
+                tables.operations.name(key.op),
+                tables.models.name(key.model),
+                OUTCOMES[class],
+            ];
+            (
+                self.requests.with_label_values(&labels),
+                self.duration.with_label_values(&labels),
+            )
+        }) {
+            count.inc();
+            duration.observe(seconds);
+        }
+    }
+
+    pub(crate) fn auth_failure(&self, side: Side, failure: AuthFailure) {
+        let reason = auth_reason(failure);
+        let slot = usize::from(matches!(failure, AuthFailure::InsufficientBalance));
+        self.auth[side.index()][slot]
+            .get_or_init(|| {
+                self.auth_failures
+                    .with_label_values(&[side.as_str(), reason])
+            })
+            .inc();
+    }
+
+    fn series(&self, index: usize) -> Option<&GenAiSeries> {
+        self.genai.get(index, Box::default).map(|series| &**series)
+    }
+
+    pub(crate) fn genai(
+        &self,
+        tables: &Tables,
+        labels: [usize; 3],
+        index: usize,
+        record: &GenAiRecord,
+    ) {
+        let Some(series) = self.series(index) else {
+            return;
+        };
+        let names = genai_names(tables, labels);
+        let class = record.error.unwrap_or(0);
+        let error_type = record.error.map_or("", |class| OUTCOMES[class]);
+        series.duration[class]
+            .get_or_init(|| {
+                self.genai_duration
+                    .with_label_values(&[names[0], names[1], names[2], names[3], error_type])
+            })
+            .observe(record.seconds);
+        for (kind, tokens) in record.tokens.iter().enumerate() {
+            if let Some(tokens) = *tokens {
+                series.tokens[kind]
+                    .get_or_init(|| {
+                        self.genai_tokens.with_label_values(&[
+                            names[0],
+                            names[1],
+                            names[2],
+                            names[3],
+                            TOKEN_TYPES[kind],
+                        ])
+                    })
+                    .observe(tokens as f64);
+            }
+        }
+        if let Some(first) = record.first_chunk {
+            series
+                .first_chunk
+                .get_or_init(|| self.genai_first_chunk.with_label_values(&names))
+                .observe(first);
+        }
+    }
+
+    pub(crate) fn chunk_gap(
+        &self,
+        tables: &Tables,
+        labels: [usize; 3],
+        index: usize,
+        seconds: f64,
+    ) {
+        if let Some(series) = self.series(index) {
+            series
+                .chunk_gap
+                .get_or_init(|| {
+                    self.genai_chunk_gap
+                        .with_label_values(&genai_names(tables, labels))
+                })
+                .observe(seconds);
+        }
+    }
+
+    pub(crate) fn rate_limit_rejected(&self, tables: &Tables, limiter: usize) {
+        if let Some(counter) = self.rejections.get(limiter, || {
+            self.rate_limit_rejections
+                .with_label_values(&[tables.limiters.name(limiter)])
+        }) {
+            counter.inc();
+        }
+    }
+
+    pub(crate) fn rate_limit_waited(&self, tables: &Tables, limiter: usize, seconds: f64) {
+        if let Some(histogram) = self.waits.get(limiter, || {
+            self.rate_limit_wait
+                .with_label_values(&[tables.limiters.name(limiter)])
+        }) {
+            histogram.observe(seconds);
+        }
+    }
+
+    pub(crate) fn retry_attempt(&self, class: usize) {
+        if let Some(slot) = self.retries.get(class) {
+            slot.get_or_init(|| self.retry_attempts.with_label_values(&[OUTCOMES[class]]))
+                .inc();
+        }
+    }
+
+    pub(crate) fn retry_budget_exhausted(&self) {
+        self.retry_budget_exhausted.inc();
+    }
+
+    pub(crate) fn retry_gave_up(&self) {
+        self.retries_gave_up.inc();
+    }
+
+    pub(crate) fn breaker_state(&self, tables: &Tables, breaker: usize, state: usize) {
+        for (index, each) in STATES.iter().enumerate() {
+            if let Some(gauge) = self.states.get(breaker * STATES.len() + index, || {
+                self.breaker_state
+                    .with_label_values(&[tables.breakers.name(breaker), each.as_str()])
+            }) {
+                gauge.set(i64::from(index == state));
+            }
+        }
+    }
+
+    pub(crate) fn breaker_transition(
+        &self,
+        tables: &Tables,
+        breaker: usize,
+        from: usize,
+        to: usize,
+    ) {
+        let index = (breaker * STATES.len() + from) * STATES.len() + to;
+        if let Some(counter) = self.transitions.get(index, || {
+            self.breaker_transitions.with_label_values(&[
+                tables.breakers.name(breaker),
+                STATES[from].as_str(),
+                STATES[to].as_str(),
+            ])
+        }) {
+            counter.inc();
+        }
+        self.breaker_state(tables, breaker, to);
+    }
+
+    pub(crate) fn breaker_not_permitted(&self, tables: &Tables, breaker: usize, state: usize) {
+        if let Some(counter) = self.not_permitted.get(breaker * STATES.len() + state, || {
+            self.breaker_not_permitted
+                .with_label_values(&[tables.breakers.name(breaker), STATES[state].as_str()])
+        }) {
+            counter.inc();
+        }
+    }
+}
+
+fn genai_names(tables: &Tables, [op, request, response]: [usize; 3]) -> [&str; 4] {
+    [
+        tables.operations.name(op),
+        PROVIDER,
+        tables.models.name(request),
+        tables.models.name(response),
+    ]
+}
+
+impl Metrics {
+    /// The registry the instruments were registered in, when exporting to Prometheus.
+    #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+    pub fn registry(&self) -> Option<&Registry> {
+        self.inner.prometheus.as_ref().map(PromSink::registry)
+    }
+
+    /// The registry's metrics in the Prometheus text format (`None` without a registry).
+    #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]
+    pub fn render_prometheus(&self) -> Option<String> {
+        let registry = self.registry()?;
+        prometheus::TextEncoder::new()
+            .encode_to_string(&registry.gather())
+            .ok()
+    }
+}

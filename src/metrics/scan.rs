@@ -1,0 +1,296 @@
+//! A lean scan of a JSON response for the two fields the metrics need, `model` and `usage`,
+//! as frames pass: no document is built and nothing is buffered except the few bytes of a
+//! field split across frames.
+//!
+//! Why a byte search is sound here: inside a JSON string every `"` is escaped, so the bytes
+//! `"model"` or `"usage"` (quote, name, quote) can only be an object key; DeepSeek's responses
+//! have these keys only at the top level.
+
+use std::ops::Range;
+use std::sync::LazyLock;
+
+use memchr::memmem::Finder;
+
+/// The searchers for the two keys, built once (building one costs more than a short search).
+static MODEL_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(MODEL_KEY));
+static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(USAGE_KEY));
+
+/// The `model` key, with its quotes.
+pub(crate) const MODEL_KEY: &[u8] = b"\"model\"";
+/// The `usage` key, with its quotes.
+pub(crate) const USAGE_KEY: &[u8] = b"\"usage\"";
+
+fn find_key(haystack: &[u8], key: &[u8]) -> Option<usize> {
+    if key == MODEL_KEY {
+        MODEL_FINDER.find(haystack)
+    } else if key == USAGE_KEY {
+        USAGE_FINDER.find(haystack)
+    } else {
+        memchr::memmem::find(haystack, key)
+    }
+}
+
+/// The longest field value kept across frames (a usage object is ~300 bytes).
+const MAX_CAPTURE: usize = 1024;
+
+/// The JSON value type of a field.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ValueKind {
+    /// A string: the captured range is its raw contents, without the quotes.
+    String,
+    /// An object: the captured range runs from `{` to the matching `}`.
+    Object,
+}
+
+/// Where a field's value ends, in the bytes after its key.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum ValueEnd {
+    Complete(Range<usize>),
+    Incomplete,
+    Invalid,
+}
+
+/// Finds the value after a key: `<ws> : <ws> value`.
+pub(crate) fn value_end(bytes: &[u8], kind: ValueKind) -> ValueEnd {
+    let mut i = 0;
+    let skip_ws = |i: &mut usize| {
+        while *i < bytes.len() && bytes[*i].is_ascii_whitespace() {
+            *i += 1;
+        }
+    };
+    skip_ws(&mut i);
+    match bytes.get(i) {
+        None => return ValueEnd::Incomplete,
+        Some(b':') => i += 1,
+        Some(_) => return ValueEnd::Invalid,
+    }
+    skip_ws(&mut i);
+    match (kind, bytes.get(i)) {
+        (_, None) => ValueEnd::Incomplete,
+        (ValueKind::String, Some(b'"')) => match memchr::memchr(b'"', &bytes[i + 1..]) {
+            Some(len) => ValueEnd::Complete(i + 1..i + 1 + len),
+            None => ValueEnd::Incomplete,
+        },
+        (ValueKind::Object, Some(b'{')) => {
+            // Jump between the bytes that matter (braces and quotes) rather than visiting
+            // each byte.
+            let start = i;
+            let mut depth = 0usize;
+            let mut at = start;
+            while let Some(offset) = memchr::memchr3(b'{', b'}', b'"', &bytes[at..]) {
+                at += offset;
+                match bytes[at] {
+                    b'{' => depth += 1,
+                    b'}' => {
+                        depth -= 1;
+                        if depth == 0 {
+                            return ValueEnd::Complete(start..at + 1);
+                        }
+                    }
+                    _ => match string_end(&bytes[at + 1..]) {
+                        Some(len) => at += len + 1,
+                        None => return ValueEnd::Incomplete,
+                    },
+                }
+                at += 1;
+            }
+            ValueEnd::Incomplete
+        }
+        _ => ValueEnd::Invalid,
+    }
+}
+
+/// The length of a JSON string's contents up to its closing quote (escapes skipped).
+fn string_end(bytes: &[u8]) -> Option<usize> {
+    let mut at = 0;
+    loop {
+        at += memchr::memchr2(b'"', b'\\', &bytes[at..])?;
+        if bytes[at] == b'"' {
+            return Some(at);
+        }
+        at += 2;
+        if at > bytes.len() {
+            return None;
+        }
+    }
+}
+
+/// The value of `key` (written with its quotes, e.g. `"model"`) in one complete JSON text.
+pub(crate) fn find_field<'a>(json: &'a [u8], key: &[u8], kind: ValueKind) -> Option<&'a [u8]> {
+    let at = find_key(json, key)? + key.len();
+    match value_end(&json[at..], kind) {
+        ValueEnd::Complete(range) => Some(&json[at..][range]),
+        _ => None,
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Searching,
+    Capturing,
+    Finished,
+}
+
+/// Captures one field of a JSON body fed frame by frame.
+#[derive(Debug)]
+pub(crate) struct FieldCapture {
+    key: &'static [u8],
+    kind: ValueKind,
+    state: State,
+    /// The value's bytes so far, when it is split across frames.
+    captured: Vec<u8>,
+    /// The last bytes of the previous frame, to find a key split across two frames.
+    tail: [u8; 16],
+    tail_len: usize,
+}
+
+impl FieldCapture {
+    /// A capture of `key` (with its quotes; at most 16 bytes).
+    pub(crate) fn new(key: &'static [u8], kind: ValueKind) -> FieldCapture {
+        debug_assert!(key.len() <= 16);
+        FieldCapture {
+            key,
+            kind,
+            state: State::Searching,
+            captured: Vec::new(),
+            tail: [0; 16],
+            tail_len: 0,
+        }
+    }
+
+    /// Whether the capture is over (found, or given up).
+    pub(crate) fn is_finished(&self) -> bool {
+        self.state == State::Finished
+    }
+
+    /// Feeds the next frame; returns the value (see [`ValueKind`]) once it is complete.
+    pub(crate) fn feed<'a>(&'a mut self, frame: &'a [u8]) -> Option<&'a [u8]> {
+        match self.state {
+            State::Finished => None,
+            State::Searching => {
+                let Some(after) = self.find_key(frame) else {
+                    self.keep_tail(frame);
+                    return None;
+                };
+                let rest = &frame[after..];
+                match value_end(rest, self.kind) {
+                    ValueEnd::Complete(range) => {
+                        self.state = State::Finished;
+                        Some(&rest[range])
+                    }
+                    ValueEnd::Invalid => {
+                        self.state = State::Finished;
+                        None
+                    }
+                    ValueEnd::Incomplete if rest.len() > MAX_CAPTURE => {
+                        self.state = State::Finished;
+                        None
+                    }
+                    ValueEnd::Incomplete => {
+                        self.captured.extend_from_slice(rest);
+                        self.state = State::Capturing;
+                        None
+                    }
+                }
+            }
+            State::Capturing => {
+                let room = MAX_CAPTURE.saturating_sub(self.captured.len());
+                self.captured
+                    .extend_from_slice(&frame[..frame.len().min(room)]);
+                match value_end(&self.captured, self.kind) {
+                    ValueEnd::Complete(range) => {
+                        self.state = State::Finished;
+                        Some(&self.captured[range])
+                    }
+                    ValueEnd::Incomplete if self.captured.len() < MAX_CAPTURE => None,
+                    _ => {
+                        self.state = State::Finished;
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// The offset in `frame` just after the key, if the key ends in this frame.
+    fn find_key(&self, frame: &[u8]) -> Option<usize> {
+        let key = self.key;
+        if self.tail_len > 0 {
+            let head = frame.len().min(key.len() - 1);
+            let mut joined = [0u8; 32];
+            joined[..self.tail_len].copy_from_slice(&self.tail[..self.tail_len]);
+            joined[self.tail_len..self.tail_len + head].copy_from_slice(&frame[..head]);
+            let joined = &joined[..self.tail_len + head];
+            if let Some(at) = find_key(joined, key)
+                && at + key.len() > self.tail_len
+            {
+                return Some(at + key.len() - self.tail_len);
+            }
+        }
+        find_key(frame, key).map(|at| at + key.len())
+    }
+
+    /// Keeps the last `key.len() - 1` bytes seen, across short frames too.
+    fn keep_tail(&mut self, frame: &[u8]) {
+        let keep = self.key.len() - 1;
+        if frame.len() >= keep {
+            self.tail[..keep].copy_from_slice(&frame[frame.len() - keep..]);
+            self.tail_len = keep;
+        } else {
+            let total = self.tail_len + frame.len();
+            let drop = total.saturating_sub(keep);
+            self.tail.copy_within(drop..self.tail_len, 0);
+            let start = self.tail_len - drop;
+            self.tail[start..start + frame.len()].copy_from_slice(frame);
+            self.tail_len = start + frame.len();
+        }
+    }
+}
+
+/// Token counts from a `usage` object: input, output, cached input, reasoning.
+///
+/// Reads `prompt_tokens`, `completion_tokens`, `prompt_cache_hit_tokens` (or OpenAI's
+/// `prompt_tokens_details.cached_tokens` when DeepSeek's is absent) and
+/// `completion_tokens_details.reasoning_tokens`, by key name at any depth.
+pub(crate) fn parse_usage(object: &[u8]) -> [Option<u64>; 4] {
+    let mut tokens = [None; 4];
+    let mut cached_details = None;
+    let mut at = 0;
+    // Each key, then (if its value is a number) the number; everything else is skipped.
+    while let Some(offset) = memchr::memchr(b'"', &object[at..]) {
+        let key_start = at + offset + 1;
+        let Some(len) = memchr::memchr(b'"', &object[key_start..]) else {
+            break;
+        };
+        let key = &object[key_start..key_start + len];
+        at = key_start + len + 1;
+        while at < object.len() && (object[at].is_ascii_whitespace() || object[at] == b':') {
+            at += 1;
+        }
+        let digits = object[at..]
+            .iter()
+            .take_while(|b| b.is_ascii_digit())
+            .count();
+        if digits == 0 {
+            continue;
+        }
+        let value = object[at..at + digits].iter().fold(0u64, |value, digit| {
+            value
+                .saturating_mul(10)
+                .saturating_add(u64::from(digit - b'0'))
+        });
+        at += digits;
+        match key {
+            b"prompt_tokens" => tokens[0] = Some(value),
+            b"completion_tokens" => tokens[1] = Some(value),
+            b"prompt_cache_hit_tokens" => tokens[2] = Some(value),
+            b"cached_tokens" => cached_details = Some(value),
+            b"reasoning_tokens" => tokens[3] = Some(value),
+            _ => {}
+        }
+    }
+    if tokens[2].is_none() {
+        tokens[2] = cached_details;
+    }
+    tokens
+}

@@ -1,0 +1,378 @@
+//! Unit tests: the lean JSON scan, the bounded label tables, the builder's validation, and
+//! the layer's recording on paused time (exact time to first chunk and chunk gaps).
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody};
+use tower::{ServiceBuilder, ServiceExt};
+
+use super::labels::{LabelTable, is_label};
+use super::scan::{FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, parse_usage};
+use super::*;
+use crate::ErrorKind;
+use crate::deepseek::RequestModel;
+
+const COMPLETION: &str = r#"{"id":"x","object":"chat.completion","created":1,"model":"deepseek-v4-pro","choices":[{"index":0,"message":{"role":"assistant","content":"the \"model\": \"fake\" and \"usage\": {} inside a string"},"finish_reason":"stop"}],"usage":{"prompt_tokens":11,"completion_tokens":22,"total_tokens":33,"prompt_tokens_details":{"cached_tokens":4},"prompt_cache_hit_tokens":5,"prompt_cache_miss_tokens":6,"completion_tokens_details":{"reasoning_tokens":7}}}"#;
+
+#[test]
+fn find_field_reads_top_level_model_and_usage_not_lookalikes_in_strings() {
+    let json = COMPLETION.as_bytes();
+    assert_eq!(
+        find_field(json, MODEL_KEY, ValueKind::String),
+        Some(&b"deepseek-v4-pro"[..])
+    );
+    let usage = find_field(json, USAGE_KEY, ValueKind::Object).expect("usage");
+    assert_eq!(parse_usage(usage), [Some(11), Some(22), Some(5), Some(7)]);
+}
+
+#[test]
+fn parse_usage_falls_back_to_openai_cached_tokens() {
+    let usage =
+        br#"{"prompt_tokens":3,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":2}}"#;
+    assert_eq!(parse_usage(usage), [Some(3), Some(1), Some(2), None]);
+    assert_eq!(parse_usage(b"{}"), [None; 4]);
+}
+
+/// Every way of cutting the body in two (and in one-byte frames) finds the same fields.
+#[test]
+fn field_capture_finds_fields_split_across_frames_at_every_position() {
+    let json = COMPLETION.as_bytes();
+    let capture = |frames: &[&[u8]]| {
+        let mut model = FieldCapture::new(MODEL_KEY, ValueKind::String);
+        let mut usage = FieldCapture::new(USAGE_KEY, ValueKind::Object);
+        let (mut found_model, mut found_usage) = (None, None);
+        for frame in frames {
+            if let Some(value) = model.feed(frame) {
+                found_model = Some(value.to_vec());
+            }
+            if let Some(value) = usage.feed(frame) {
+                found_usage = Some(parse_usage(value));
+            }
+        }
+        (found_model, found_usage)
+    };
+    let expected = (
+        Some(b"deepseek-v4-pro".to_vec()),
+        Some([Some(11), Some(22), Some(5), Some(7)]),
+    );
+    for cut in 0..=json.len() {
+        let (head, tail) = json.split_at(cut);
+        assert_eq!(capture(&[head, tail]), expected, "cut at {cut}");
+    }
+    let bytes: Vec<&[u8]> = json.chunks(1).collect();
+    assert_eq!(capture(&bytes), expected, "one-byte frames");
+}
+
+#[test]
+fn label_table_keeps_configured_then_first_seen_then_other() {
+    let table = LabelTable::new(["unknown", "deepseek-v4-flash"], 4, true);
+    assert_eq!(table.index("deepseek-v4-flash"), 1);
+    assert_eq!(table.index("a"), 2);
+    assert_eq!(table.index("b"), 3);
+    assert_eq!(table.index("c"), table.other());
+    assert_eq!(table.index("a"), 2, "a known value keeps its index");
+    assert_eq!(table.name(table.other()), "other");
+    assert_eq!(table.dimension(), 5);
+
+    let closed = LabelTable::new(["unknown"], 4, false);
+    assert_eq!(closed.index("a"), closed.other());
+}
+
+#[test]
+fn keys_paths_and_long_values_are_never_labels() {
+    assert!(is_label("deepseek-v4-flash"));
+    assert!(!is_label("sk-0123456789abcdef"));
+    assert!(!is_label("model with spaces"));
+    assert!(!is_label("other"));
+    assert!(!is_label(""));
+    assert!(!is_label(&"m".repeat(65)));
+    assert!(!is_label("a\"b"));
+}
+
+#[test]
+fn builder_rejects_bad_settings_with_config_errors() {
+    let error = Metrics::builder().prefix("9bad").build().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Config);
+    assert!(error.to_string().contains("prefix"), "{error}");
+
+    let error = Metrics::builder()
+        .models(["a", "b"])
+        .max_models(2)
+        .build()
+        .unwrap_err();
+    assert!(error.to_string().contains("max_models"), "{error}");
+
+    let error = Metrics::builder()
+        .models(["sk-secret"])
+        .build()
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Config);
+    assert!(error.to_string().contains("model #1"), "{error}");
+    assert!(
+        !error.to_string().contains("sk-secret"),
+        "the value is not echoed: {error}"
+    );
+
+    let error = Metrics::builder().max_breakers(0).build().unwrap_err();
+    assert!(error.to_string().contains("max_breakers"), "{error}");
+}
+
+#[cfg(feature = "prometheus")]
+#[test]
+fn the_same_prefix_twice_in_one_registry_is_a_config_error() {
+    let registry = ::prometheus::Registry::new();
+    Metrics::builder()
+        .prometheus(registry.clone())
+        .build()
+        .expect("first");
+    let error = Metrics::builder().prometheus(registry).build().unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Config);
+    assert!(error.to_string().contains("registry"), "{error}");
+}
+
+#[cfg(feature = "prometheus")]
+fn sample(metrics: &Metrics, key: &str) -> Option<f64> {
+    let text = metrics.render_prometheus()?;
+    text.lines()
+        .find_map(|line| line.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
+}
+
+#[cfg(feature = "prometheus")]
+fn chat_request(model: &str) -> Request<()> {
+    let mut request = Request::post("https://api.deepseek.com/chat/completions")
+        .body(())
+        .expect("request");
+    request.extensions_mut().insert(RequestModel::new(model));
+    request
+}
+
+/// A stream of SSE frames, one every 100 ms after a 500 ms wait: on paused time, the time to
+/// the first chunk is exactly 0.5 s and each gap exactly 0.1 s.
+#[cfg(feature = "prometheus")]
+#[tokio::test(start_paused = true)]
+async fn stream_time_to_first_chunk_and_chunk_gaps_are_exact_on_paused_time() {
+    let metrics = Metrics::builder()
+        .prometheus(::prometheus::Registry::new())
+        .build()
+        .expect("metrics");
+    let frames = [
+        r#"data: {"model":"deepseek-v4-flash","choices":[{"delta":{"content":"a"}}]}"#,
+        r#"data: {"model":"deepseek-v4-flash","choices":[{"delta":{"content":"b"},"finish_reason":"stop"}]}"#,
+        r#"data: {"model":"deepseek-v4-flash","choices":[],"usage":{"prompt_tokens":9,"completion_tokens":2,"prompt_cache_hit_tokens":4}}"#,
+        "data: [DONE]",
+    ];
+    let service = ServiceBuilder::new()
+        .layer(MetricsLayer::client(&metrics))
+        .service_fn(move |_request: Request<()>| async move {
+            let stream = futures_util::stream::iter(frames).then(|frame| async move {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(format!("{frame}\n\n"))))
+            });
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            let mut response = Response::new(StreamBody::new(stream));
+            response
+                .headers_mut()
+                .insert("content-type", "text/event-stream".parse().expect("value"));
+            Ok::<_, Infallible>(response)
+        });
+    let response = service
+        .oneshot(chat_request("deepseek-v4-flash"))
+        .await
+        .expect("response");
+    let in_flight =
+        r#"deepseek_requests_in_flight{model="deepseek-v4-flash",operation="chat",side="client"}"#;
+    assert_eq!(
+        sample(&metrics, in_flight),
+        Some(1.0),
+        "in flight until the body ends"
+    );
+    response.into_body().collect().await.expect("body");
+    assert_eq!(sample(&metrics, in_flight), Some(0.0));
+
+    let labels = r#"{gen_ai_operation_name="chat",gen_ai_provider_name="deepseek",gen_ai_request_model="deepseek-v4-flash",gen_ai_response_model="deepseek-v4-flash"}"#;
+    let first = format!("gen_ai_client_operation_time_to_first_chunk_seconds_sum{labels}");
+    assert_eq!(sample(&metrics, &first), Some(0.5));
+    let gaps = format!("gen_ai_client_operation_time_per_output_chunk_seconds_count{labels}");
+    assert_eq!(sample(&metrics, &gaps), Some(2.0), "3 chunks, 2 gaps");
+    let gap_sum = format!("gen_ai_client_operation_time_per_output_chunk_seconds_sum{labels}");
+    assert!((sample(&metrics, &gap_sum).expect("sum") - 0.2).abs() < 1e-9);
+    let duration = r#"deepseek_request_duration_seconds_sum{model="deepseek-v4-flash",operation="chat",outcome="success",side="client"}"#;
+    assert_eq!(sample(&metrics, duration), Some(0.8));
+    let cached = r#"gen_ai_client_token_usage_sum{gen_ai_operation_name="chat",gen_ai_provider_name="deepseek",gen_ai_request_model="deepseek-v4-flash",gen_ai_response_model="deepseek-v4-flash",gen_ai_token_type="cached_input"}"#;
+    assert_eq!(sample(&metrics, cached), Some(4.0));
+}
+
+/// A JSON body in many small frames: the model and usage are still read, and the response
+/// model (different from the request's) gets its own label.
+#[cfg(feature = "prometheus")]
+#[tokio::test]
+async fn json_body_in_small_frames_reports_usage_and_response_model() {
+    let metrics = Metrics::builder()
+        .prometheus(::prometheus::Registry::new())
+        .build()
+        .expect("metrics");
+    let service = ServiceBuilder::new()
+        .layer(MetricsLayer::client(&metrics))
+        .service_fn(|_request: Request<()>| async {
+            let frames = COMPLETION
+                .as_bytes()
+                .chunks(7)
+                .map(|chunk| {
+                    Ok::<_, Infallible>(http_body::Frame::data(Bytes::copy_from_slice(chunk)))
+                })
+                .collect::<Vec<_>>();
+            Ok::<_, Infallible>(Response::new(StreamBody::new(futures_util::stream::iter(
+                frames,
+            ))))
+        });
+    let response = service
+        .oneshot(chat_request("deepseek-chat"))
+        .await
+        .expect("response");
+    response.into_body().collect().await.expect("body");
+    let tokens = |kind: &str| {
+        format!(
+            r#"gen_ai_client_token_usage_sum{{gen_ai_operation_name="chat",gen_ai_provider_name="deepseek",gen_ai_request_model="deepseek-chat",gen_ai_response_model="deepseek-v4-pro",gen_ai_token_type="{kind}"}}"#
+        )
+    };
+    assert_eq!(sample(&metrics, &tokens("input")), Some(11.0));
+    assert_eq!(sample(&metrics, &tokens("output")), Some(22.0));
+    assert_eq!(sample(&metrics, &tokens("cached_input")), Some(5.0));
+    assert_eq!(sample(&metrics, &tokens("reasoning")), Some(7.0));
+}
+
+/// A call whose future is dropped before it answers gives its in-flight count back and
+/// records no request.
+#[cfg(feature = "prometheus")]
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_call_leaves_nothing_in_flight() {
+    let metrics = Metrics::builder()
+        .prometheus(::prometheus::Registry::new())
+        .build()
+        .expect("metrics");
+    let service = ServiceBuilder::new()
+        .layer(MetricsLayer::server(&metrics, "chat"))
+        .service_fn(|_request: Request<()>| async {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        });
+    let call = service.oneshot(Request::new(()));
+    let timed_out = tokio::time::timeout(Duration::from_secs(1), call).await;
+    assert!(timed_out.is_err());
+    let in_flight =
+        r#"deepseek_requests_in_flight{model="unknown",operation="chat",side="server"}"#;
+    assert_eq!(sample(&metrics, in_flight), Some(0.0));
+    assert!(
+        !metrics
+            .render_prometheus()
+            .unwrap_or_default()
+            .contains("deepseek_requests_total{")
+    );
+}
+
+/// A 429 head is recorded at once as `rate_limited`, with its GenAI `error_type`.
+#[cfg(feature = "prometheus")]
+#[tokio::test]
+async fn an_error_head_is_recorded_with_its_outcome_class() {
+    let metrics = Metrics::builder()
+        .prometheus(::prometheus::Registry::new())
+        .build()
+        .expect("metrics");
+    let service = ServiceBuilder::new()
+        .layer(MetricsLayer::client(&metrics))
+        .service_fn(|_request: Request<()>| async {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+            *response.status_mut() = http::StatusCode::TOO_MANY_REQUESTS;
+            Ok::<_, Infallible>(response)
+        });
+    let response = service
+        .oneshot(chat_request("deepseek-v4-flash"))
+        .await
+        .expect("response");
+    let total = r#"deepseek_requests_total{model="deepseek-v4-flash",operation="chat",outcome="rate_limited",side="client"}"#;
+    assert_eq!(sample(&metrics, total), Some(1.0), "recorded at the head");
+    drop(response);
+    let genai = r#"gen_ai_client_operation_duration_seconds_count{error_type="rate_limited",gen_ai_operation_name="chat",gen_ai_provider_name="deepseek",gen_ai_request_model="deepseek-v4-flash",gen_ai_response_model="deepseek-v4-flash"}"#;
+    assert_eq!(sample(&metrics, genai), Some(1.0));
+}
+
+/// The OpenTelemetry exporter receives the same instruments and counts.
+#[cfg(feature = "opentelemetry")]
+#[tokio::test]
+async fn opentelemetry_meter_receives_the_same_counts() {
+    use ::opentelemetry::metrics::MeterProvider;
+    use opentelemetry_sdk::metrics::data::{AggregatedMetrics, MetricData};
+    use opentelemetry_sdk::metrics::{InMemoryMetricExporter, PeriodicReader, SdkMeterProvider};
+
+    let exporter = InMemoryMetricExporter::default();
+    let provider = SdkMeterProvider::builder()
+        .with_reader(PeriodicReader::builder(exporter.clone()).build())
+        .build();
+    let metrics = Metrics::builder()
+        .meter(provider.meter("tower-deepseek"))
+        .build()
+        .expect("metrics");
+    let service = ServiceBuilder::new()
+        .layer(MetricsLayer::client(&metrics))
+        .service_fn(|_request: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                COMPLETION.as_bytes(),
+            ))))
+        });
+    for _ in 0..3 {
+        let response = service
+            .clone()
+            .oneshot(chat_request("deepseek-v4-pro"))
+            .await
+            .expect("response");
+        response.into_body().collect().await.expect("body");
+    }
+    metrics.retry_gave_up();
+    provider.force_flush().expect("flush");
+
+    let finished = exporter.get_finished_metrics().expect("metrics");
+    let mut requests = 0;
+    let mut input_tokens = 0;
+    let mut gave_up = 0;
+    for resource in &finished {
+        for scope in resource.scope_metrics() {
+            for metric in scope.metrics() {
+                match (metric.name(), metric.data()) {
+                    ("deepseek.requests", AggregatedMetrics::U64(MetricData::Sum(sum))) => {
+                        for point in sum.data_points() {
+                            let success = point.attributes().any(|kv| {
+                                kv.key.as_str() == "outcome" && kv.value.as_str() == "success"
+                            });
+                            assert!(success);
+                            requests += point.value();
+                        }
+                    }
+                    (
+                        "gen_ai.client.token.usage",
+                        AggregatedMetrics::U64(MetricData::Histogram(histogram)),
+                    ) => {
+                        for point in histogram.data_points() {
+                            if point.attributes().any(|kv| {
+                                kv.key.as_str() == "gen_ai.token.type"
+                                    && kv.value.as_str() == "input"
+                            }) {
+                                input_tokens += point.sum();
+                            }
+                        }
+                    }
+                    ("deepseek.retries.gave_up", AggregatedMetrics::U64(MetricData::Sum(sum))) => {
+                        gave_up += sum.data_points().map(|p| p.value()).sum::<u64>();
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert_eq!(requests, 3);
+    assert_eq!(input_tokens, 33);
+    assert_eq!(gave_up, 1);
+}
