@@ -87,6 +87,7 @@ use tower_deepseek::circuit_breaker::{
 };
 use tower_deepseek::deepseek::{ChatChunk, ChatRequest, DeepSeekClient, RequestBody, RequestModel};
 use tower_deepseek::error::CircuitOpenReason;
+use tower_deepseek::metrics::{Metrics, MetricsEndpoint, MetricsLayer, MetricsService};
 use tower_deepseek::mock::MockDeepSeek;
 use tower_deepseek::trace_id::{PropagateTraceId, PropagateTraceIdLayer, TraceIdLayer};
 use tower_deepseek::upstream::Upstream;
@@ -175,10 +176,10 @@ fn seconds(text: &str) -> Option<Duration> {
 impl BreakerSettings {
     /// Validates the settings and builds the per-model breaker layer; an error names the
     /// variable.
-    pub fn layer(&self) -> Result<BreakerLayer, Error> {
+    pub fn layer(&self, metrics: &Metrics) -> Result<BreakerLayer, Error> {
         KeyedCircuitBreakerLayer::new(
             breaker_key as fn(&http::Request<RequestBody>) -> RequestModel,
-            self.template()?,
+            self.template()?.listener(metrics.clone()),
             MAX_BREAKERS,
         )
         .map_err(|e| config_error(format!("the GATEWAY_BREAKER_* settings are not valid: {e}")))
@@ -312,7 +313,7 @@ impl GatewayConfig {
             },
         };
         // Validated now, so a bad value stops the start-up rather than the first request.
-        breaker.layer()?;
+        breaker.template()?;
         Ok(GatewayConfig {
             listen,
             api_key: var("DEEPSEEK_API_KEY"),
@@ -340,7 +341,8 @@ pub type Breaker = KeyedCircuitBreakerService<
 pub type BreakerResponse = http::Response<CircuitBreakerBody<Incoming>>;
 
 /// The outbound stack under the client (see the module docs for the order).
-pub type Transport = PropagateTraceId<MapResponse<Breaker, fn(BreakerResponse) -> BreakerResponse>>;
+pub type Transport =
+    PropagateTraceId<MetricsService<MapResponse<Breaker, fn(BreakerResponse) -> BreakerResponse>>>;
 
 /// The gateway's DeepSeek client: the pooled upstream under the outbound stack.
 pub type Client = DeepSeekClient<Transport>;
@@ -425,7 +427,11 @@ fn note_fallback(response: BreakerResponse) -> BreakerResponse {
 }
 
 /// Builds the outbound stack over `upstream` (order and reasons in the module docs).
-pub fn transport(config: &GatewayConfig, upstream: Upstream) -> Result<Transport, Error> {
+pub fn transport(
+    config: &GatewayConfig,
+    upstream: Upstream,
+    metrics: &Metrics,
+) -> Result<Transport, Error> {
     if let Some(model) = &config.fallback_model
         && !valid_model(model)
     {
@@ -437,10 +443,13 @@ pub fn transport(config: &GatewayConfig, upstream: Upstream) -> Result<Transport
         model: config.fallback_model.as_deref().map(Arc::from),
         upstream: upstream.clone(),
     };
-    let breaker = config.breaker.layer()?.with_fallback(fallback);
+    let breaker = config.breaker.layer(metrics)?.with_fallback(fallback);
     Ok(ServiceBuilder::new()
         // Outermost: a re-sent (fallback) request carries the same trace ID.
         .layer(PropagateTraceIdLayer::new())
+        // Above the breaker: a refused call counts as `rejected`, a fallback answer as the
+        // model that answered.
+        .layer(MetricsLayer::client(metrics))
         .map_response(note_fallback as fn(BreakerResponse) -> BreakerResponse)
         .layer(breaker)
         .service(upstream))
@@ -478,8 +487,10 @@ pub async fn serve(
             mock = Some(server);
         }
     }
-    let client = builder.build(transport(&config, Upstream::new()?)?)?;
-    let app = router(client);
+    let registry = prometheus::Registry::new();
+    let metrics = gateway_metrics(&config, &registry)?;
+    let client = builder.build(transport(&config, Upstream::new()?, &metrics)?)?;
+    let app = router(client, &metrics, registry);
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -490,15 +501,51 @@ pub async fn serve(
     Ok(())
 }
 
-/// The gateway's routes.
-pub fn router(client: Client) -> Router {
-    Router::new()
+/// The gateway's metrics: model labels are the configured models and DeepSeek's published
+/// ones; callers choose model names, so no other name becomes a label (it is `other`).
+pub fn gateway_metrics(
+    config: &GatewayConfig,
+    registry: &prometheus::Registry,
+) -> Result<Metrics, Error> {
+    let mut models: Vec<&str> = vec![
+        "deepseek-v4-flash",
+        "deepseek-v4-pro",
+        "deepseek-chat",
+        "deepseek-reasoner",
+    ];
+    for model in [&config.model, &config.fallback_model]
+        .into_iter()
+        .flatten()
+    {
+        if !models.contains(&model.as_str()) {
+            models.push(model);
+        }
+    }
+    Metrics::builder()
+        .models(models)
+        .learn_models(false)
+        .prometheus(registry.clone())
+        .build()
+}
+
+/// The gateway's routes: the API under inbound metrics per operation (never the raw path),
+/// `/metrics` for Prometheus, `/healthz` (the process answers) and `/readyz` (it can serve).
+pub fn router(client: Client, metrics: &Metrics, registry: prometheus::Registry) -> Router {
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
-        .route("/v1/models", get(models))
-        .route("/models", get(models))
+        .route_layer(MetricsLayer::server(metrics, "chat"))
+        .merge(
+            Router::new()
+                .route("/v1/models", get(models))
+                .route("/models", get(models))
+                .route_layer(MetricsLayer::server(metrics, "models")),
+        )
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .with_state(client)
+        .with_state(client);
+    api.route_service("/metrics", MetricsEndpoint::new(registry))
+        .route("/healthz", get(|| ready("ok")))
+        .route("/readyz", get(|| ready("ready")))
         // Outermost, so even a rejected body is answered under the request's trace ID.
         .layer(TraceIdLayer::new())
 }

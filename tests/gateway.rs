@@ -479,6 +479,90 @@ async fn a_refused_call_for_the_fallback_model_is_not_sent_to_itself() {
     gateway.stop().await;
 }
 
+/// The series of `name` whose labels include every one of `labels`, summed.
+fn series_sum(scrape: &str, name: &str, labels: &[&str]) -> f64 {
+    scrape
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            series.split('{').next() == Some(name) && labels.iter().all(|l| series.contains(l))
+        })
+        .map(|(_, value)| value.parse::<f64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn the_gateway_serves_metrics_health_and_readiness() {
+    let gateway = RunningGateway::start(gateway::GatewayConfig::default()).await;
+    let (status, _, body) = raw("GET", format!("{}/healthz", gateway.url()), "").await;
+    assert_eq!((status, body.as_str()), (200, "ok"));
+    let (status, _, _) = raw("GET", format!("{}/readyz", gateway.url()), "").await;
+    assert_eq!(status, 200);
+
+    gateway.client().chat(hello()).await.expect("chat");
+    let (status, content_type, scrape) = raw("GET", format!("{}/metrics", gateway.url()), "").await;
+    assert_eq!(status, 200);
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    for side in ["side=\"server\"", "side=\"client\""] {
+        assert_eq!(
+            series_sum(
+                &scrape,
+                "deepseek_requests_total",
+                &[side, "operation=\"chat\"", "outcome=\"success\""]
+            ),
+            1.0,
+            "one successful chat call on the {side} side:\n{scrape}"
+        );
+    }
+    assert!(
+        series_sum(
+            &scrape,
+            "gen_ai_client_token_usage_sum",
+            &[
+                "gen_ai_token_type=\"input\"",
+                "gen_ai_request_model=\"deepseek-v4-flash\""
+            ]
+        ) > 0.0,
+        "the mock's usage is counted: {scrape}"
+    );
+    assert!(
+        !scrape.contains("mock-key-for-the-gateway"),
+        "no API key in metrics"
+    );
+
+    // The real exposition parser accepts it (CI installs promtool).
+    match std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    {
+        Ok(mut child) => {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(scrape.as_bytes())
+                .unwrap();
+            let output = child.wait_with_output().unwrap();
+            assert!(
+                output.status.success(),
+                "promtool check metrics: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Err(error) if std::env::var_os("CI").is_none() => {
+            eprintln!("note: promtool not found ({error}); skipping the exposition check");
+        }
+        Err(error) => panic!("promtool is required in CI: {error}"),
+    }
+    gateway.stop().await;
+}
+
 #[test]
 fn breaker_settings_come_from_the_environment_and_errors_name_the_variable() {
     let from = |pairs: &'static [(&'static str, &'static str)]| {
