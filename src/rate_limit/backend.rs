@@ -438,9 +438,12 @@ where
         }
         let weak: Weak<KeyedInner<K>> = Arc::downgrade(&self.inner);
         let every = self.inner.evict_every;
+        // The schedule starts now, not when the task is first polled.
+        let mut next = tokio::time::Instant::now() + every;
         runtime.spawn(async move {
             loop {
-                tokio::time::sleep(every).await;
+                tokio::time::sleep_until(next).await;
+                next = tokio::time::Instant::now().max(next) + every;
                 let Some(inner) = weak.upgrade() else {
                     return; // The last limiter is gone.
                 };

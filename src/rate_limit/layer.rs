@@ -361,7 +361,7 @@ impl RateLimitBuilder {
         self
     }
 
-    fn quota(&self) -> Result<governor::Quota, Error> {
+    pub(crate) fn checked_quota(&self) -> Result<governor::Quota, Error> {
         let Some((count, period)) = self.rate else {
             return Err(Error::new(
                 ErrorKind::Config,
@@ -374,7 +374,14 @@ impl RateLimitBuilder {
         quota(&self.name, count, period, self.burst)
     }
 
-    fn limits<Bk>(self, backend: Bk) -> Limits<Bk> {
+    pub(crate) fn keyed_backend<K>(&self) -> Result<KeyedLimiter<K>, Error>
+    where
+        K: Hash + Eq + Clone + Send + Sync + 'static,
+    {
+        KeyedLimiter::from_quota(&self.name, self.checked_quota()?, self.evict_every)
+    }
+
+    pub(crate) fn into_limits<Bk>(self, backend: Bk) -> Limits<Bk> {
         let rng = match self.seed {
             Some(seed) => fastrand::Rng::with_seed(seed),
             None => fastrand::Rng::new(),
@@ -391,10 +398,10 @@ impl RateLimitBuilder {
 
     /// One global limit.
     pub fn build(self) -> Result<RateLimitLayer, Error> {
-        let backend = DirectLimiter::from_quota(self.quota()?);
+        let backend = DirectLimiter::from_quota(self.checked_quota()?);
         Ok(RateLimitLayer {
             extractor: Arc::new(Global),
-            limits: Arc::new(self.limits(backend)),
+            limits: Arc::new(self.into_limits(backend)),
         })
     }
 
@@ -403,10 +410,10 @@ impl RateLimitBuilder {
     where
         K: Hash + Eq + Clone + Send + Sync + 'static,
     {
-        let backend = KeyedLimiter::from_quota(&self.name, self.quota()?, self.evict_every)?;
+        let backend = self.keyed_backend()?;
         Ok(RateLimitLayer {
             extractor: Arc::new(extractor),
-            limits: Arc::new(self.limits(backend)),
+            limits: Arc::new(self.into_limits(backend)),
         })
     }
 
@@ -419,7 +426,7 @@ impl RateLimitBuilder {
     ) -> Result<RateLimitLayer<E, Bk>, Error> {
         Ok(RateLimitLayer {
             extractor: Arc::new(extractor),
-            limits: Arc::new(self.limits(backend)),
+            limits: Arc::new(self.into_limits(backend)),
         })
     }
 }

@@ -6,6 +6,7 @@ mod clock;
 mod events;
 mod key;
 mod layer;
+mod tokens;
 
 pub use backend::{Decide, Decision, DirectLimiter, KeyedLimiter, RateLimitBackend};
 pub use clock::{TokioClock, TokioReference};
@@ -15,4 +16,12 @@ pub use layer::{
     Jitter, RateLimitBuilder, RateLimitLayer, RateLimitResponse, RateLimitResponseFuture,
     RateLimitResponseLayer, RateLimitService, ResponseFuture,
 };
+pub use tokens::{
+    DEFAULT_COMPLETION_ALLOWANCE, DEFAULT_TOKEN_ESTIMATE, TokenLimitBody, TokenLimitBuilder,
+    TokenLimitLayer, TokenLimitService, TokenObserver, TokenResponseFuture,
+};
+
 pub use crate::error::RateLimitInfo;
+
+#[cfg(test)]
+mod tests;
