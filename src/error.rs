@@ -885,8 +885,8 @@ mod tests {
 
     #[test]
     fn rate_limit_retry_after_is_never_zero() {
-        let error = Error::new(ErrorKind::RateLimited, "local limit")
-            .with_retry_after(Duration::ZERO);
+        let error =
+            Error::new(ErrorKind::RateLimited, "local limit").with_retry_after(Duration::ZERO);
         assert_eq!(error.to_http_response().headers()["retry-after"], "1");
         let info = RateLimitInfo::new(3, 0, Duration::from_nanos(1));
         let error = Error::rate_limited("limiter", Duration::from_nanos(1), info);

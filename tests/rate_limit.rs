@@ -54,7 +54,12 @@ async fn a_streaming_reservation_is_reconciled_with_the_final_usage_chunk() {
         .build()
         .expect("valid");
     let transport = ServiceBuilder::new()
-        .layer(RateLimitLayer::builder().per_minute(600).build().expect("valid"))
+        .layer(
+            RateLimitLayer::builder()
+                .per_minute(600)
+                .build()
+                .expect("valid"),
+        )
         .layer(tokens.clone())
         .service(Upstream::new().expect("upstream"));
     let client = DeepSeekClient::builder()
@@ -74,7 +79,11 @@ async fn a_streaming_reservation_is_reconciled_with_the_final_usage_chunk() {
     drop(stream);
     let used = i64::try_from(usage.expect("the mock reports usage")).unwrap();
     assert!(used > 0 && used < RESERVED);
-    assert_eq!(tokens.balance(&()), RESERVED - used, "the unused part is credited");
+    assert_eq!(
+        tokens.balance(&()),
+        RESERVED - used,
+        "the unused part is credited"
+    );
 
     // A non-streaming call is reconciled from its JSON body. The credit paid for most of its
     // reservation (it was spent), and its own unused part is credited: had the body's usage
@@ -108,7 +117,11 @@ async fn the_token_budget_refuses_what_does_not_fit() {
         .max_tokens(990);
     let error = client.chat(large).await.expect_err("does not fit now");
     assert_eq!(error.kind(), ErrorKind::RateLimited);
-    assert!(error.retry_after().is_some_and(|wait| wait > Duration::ZERO));
+    assert!(
+        error
+            .retry_after()
+            .is_some_and(|wait| wait > Duration::ZERO)
+    );
     let calls = mock.requests().len();
     assert_eq!(calls, 2, "a refused call is not sent");
 }
@@ -132,7 +145,10 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        LIVE.fetch_add(
+            new_size as isize - layout.size() as isize,
+            Ordering::Relaxed,
+        );
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 }
@@ -172,5 +188,8 @@ fn memory_per_key_with_a_million_keys() {
     );
     assert_eq!(limiter.len(), 0);
     assert!(per_key < 128.0, "{per_key} bytes per key");
-    assert!(evicted - before < (after - before) / 100, "memory given back");
+    assert!(
+        evicted - before < (after - before) / 100,
+        "memory given back"
+    );
 }

@@ -123,7 +123,12 @@ pub(crate) fn quota(
     period: Duration,
     burst: Option<u32>,
 ) -> Result<Quota, Error> {
-    let config = |why: String| Err(Error::new(ErrorKind::Config, format!("rate limit {name:?}: {why}")));
+    let config = |why: String| {
+        Err(Error::new(
+            ErrorKind::Config,
+            format!("rate limit {name:?}: {why}"),
+        ))
+    };
     if count == 0 {
         return config("the rate must allow at least 1 call per period (got 0)".into());
     }
@@ -244,11 +249,7 @@ fn decide_with(
 }
 
 /// Takes as many of `cost` cells as fit now, in chunks no larger than the burst.
-fn charge_with(
-    burst: u32,
-    cost: u32,
-    mut take: impl FnMut(NonZeroU32) -> bool,
-) -> u32 {
+fn charge_with(burst: u32, cost: u32, mut take: impl FnMut(NonZeroU32) -> bool) -> u32 {
     let mut taken = 0;
     let mut left = cost;
     while left > 0 {
@@ -308,7 +309,7 @@ struct KeyedInner<K: Hash + Eq + Clone> {
 /// task that the limiter starts on its first decision inside a runtime. The task holds only a
 /// `Weak` reference, so it ends at its next tick after the last clone is dropped. Each sweep
 /// runs governor's `retain_recent` (drops every key whose state is indistinguishable from a
-/// fresh one: idle for at least the time to refill its burst) and `shrink_to_fit`. A sweep
+/// fresh one: idle for the time to refill its burst plus one interval) and `shrink_to_fit`. A sweep
 /// visits every key once, off the request path; the per-call cost of this design is one
 /// relaxed atomic load. [`evict_idle`](Self::evict_idle) runs a sweep by hand.
 ///
@@ -323,7 +324,8 @@ struct KeyedInner<K: Hash + Eq + Clone> {
 /// assert!(matches!(limiter.decide(&1, NonZeroU32::MIN), Decide::Now(Decision::Allowed)));
 /// assert!(matches!(limiter.decide(&2, NonZeroU32::MIN), Decide::Now(Decision::Allowed)));
 /// assert_eq!(limiter.len(), 2);
-/// tokio::time::advance(Duration::from_secs(1)).await;
+/// // governor keeps a key until it is one interval past full (2 s here).
+/// tokio::time::advance(Duration::from_secs(2)).await;
 /// limiter.evict_idle();
 /// assert_eq!(limiter.len(), 0);
 /// # Ok(())
@@ -412,8 +414,8 @@ where
         self.inner.limiter.is_empty()
     }
 
-    /// Drops every key idle long enough to be back to a full burst, and gives the memory
-    /// back. The background sweeper does this every `evict_every`.
+    /// Drops every key idle long enough to be back to a full burst (plus one interval: governor's
+    /// margin), and gives the memory back. The background sweeper does this every `evict_every`.
     pub fn evict_idle(&self) {
         self.inner.limiter.retain_recent();
         self.inner.limiter.shrink_to_fit();

@@ -135,10 +135,7 @@ impl<B> KeyExtractor<B> for ClientIp {
 
     #[inline]
     fn extract(&self, request: &Request<B>) -> Option<IpAddr> {
-        request
-            .extensions()
-            .get::<SocketAddr>()
-            .map(SocketAddr::ip)
+        request.extensions().get::<SocketAddr>().map(SocketAddr::ip)
     }
 }
 

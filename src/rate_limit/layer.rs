@@ -17,7 +17,7 @@ use tower_service::Service;
 
 use super::backend::{Decide, Decision, DirectLimiter, KeyedLimiter, RateLimitBackend, quota};
 use super::events::{RateLimitEvent, RateLimitListener};
-use super::key::{Global, KeyExtractor};
+use super::key::{Global, HeaderKey, KeyExtractor};
 use crate::error::{BoxError, Error, ErrorKind, RateLimitInfo};
 
 /// A random extra wait added to every wait of a waiting limiter, so callers released together
@@ -136,7 +136,10 @@ impl<Bk> Limits<Bk> {
         let jitter = if self.jitter == Jitter::NONE {
             Duration::ZERO
         } else {
-            let mut rng = self.rng.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let mut rng = self
+                .rng
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             self.jitter.sample(&mut rng)
         };
         let wait = retry_after.saturating_add(jitter);
@@ -254,8 +257,12 @@ impl<S, E, Bk> Layer<S> for RateLimitLayer<E, Bk> {
 ///     .per_minute(600)
 ///     .burst(20)
 ///     .wait_up_to(Duration::from_millis(250))
-///     .build_keyed(HeaderKey::authorization())?;
+///     .build_per_api_key()?;
 /// # let _ = per_key;
+/// let per_path = RateLimitLayer::builder()
+///     .per_second(5)
+///     .build_keyed::<_, String>(|request: &http::Request<()>| request.uri().path().to_owned())?;
+/// # let _ = per_path;
 /// let zero = RateLimitLayer::builder().per_second(10).burst(0).build().unwrap_err();
 /// assert_eq!(zero.kind(), ErrorKind::Config);
 /// assert!(zero.to_string().contains("burst"));
@@ -405,8 +412,20 @@ impl RateLimitBuilder {
         })
     }
 
-    /// One limit per key, the key picked by `extractor` (see [`KeyExtractor`]).
-    pub fn build_keyed<E, K>(self, extractor: E) -> Result<RateLimitLayer<E, KeyedLimiter<K>>, Error>
+    /// One limit per caller API key: keyed by a keyed hash of the `authorization` header
+    /// ([`HeaderKey::authorization`]; the key itself is never stored).
+    pub fn build_per_api_key(self) -> Result<RateLimitLayer<HeaderKey, KeyedLimiter<u64>>, Error> {
+        self.build_keyed(HeaderKey::authorization())
+    }
+
+    /// One limit per key, the key picked by `extractor` (see [`KeyExtractor`]). The key type
+    /// `K` is inferred from the service the layer wraps; name it (`build_keyed::<_, u64>`)
+    /// when the layer is built apart from any service and the extractor (such as
+    /// [`HeaderKey`], which serves every body type) does not fix it.
+    pub fn build_keyed<E, K>(
+        self,
+        extractor: E,
+    ) -> Result<RateLimitLayer<E, KeyedLimiter<K>>, Error>
     where
         K: Hash + Eq + Clone + Send + Sync + 'static,
     {
@@ -643,7 +662,10 @@ where
                 StateProj::Slow { slow } => match ready!(slow.as_mut().poll(cx)) {
                     Ok(future) => future,
                     Err(error) => {
-                        self.as_mut().project().state.set(State::Rejected { error: None });
+                        self.as_mut()
+                            .project()
+                            .state
+                            .set(State::Rejected { error: None });
                         return Poll::Ready(Err(error));
                     }
                 },

@@ -24,10 +24,17 @@ async fn hit<S>(service: &mut S) -> Result<(), Error>
 where
     S: Service<Request<()>, Response = Response<()>, Error = Error>,
 {
-    service.ready().await?.call(Request::new(())).await.map(drop)
+    service
+        .ready()
+        .await?
+        .call(Request::new(()))
+        .await
+        .map(drop)
 }
 
-fn direct(builder: RateLimitBuilder) -> impl Service<Request<()>, Response = Response<()>, Error = Error> + Clone {
+fn direct(
+    builder: RateLimitBuilder,
+) -> impl Service<Request<()>, Response = Response<()>, Error = Error> + Clone {
     ServiceBuilder::new()
         .layer(builder.build().expect("valid"))
         .service_fn(ok)
@@ -69,7 +76,10 @@ async fn case_39_does_not_allow_one_extra_cell_after_longer_interval() {
     for _ in 0..5 {
         assert!(hit(&mut service).await.is_ok());
     }
-    assert!(hit(&mut service).await.is_err(), "the 6th after a long idle");
+    assert!(
+        hit(&mut service).await.is_err(),
+        "the 6th after a long idle"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -95,7 +105,9 @@ async fn case_39_correct_wait_time() {
             let wait = error.retry_after().expect("a wait");
             assert!(wait > Duration::ZERO);
             advance(wait).await;
-            hit(&mut service).await.expect("passes exactly after the wait");
+            hit(&mut service)
+                .await
+                .expect("passes exactly after the wait");
         }
     }
     assert!(refused > 0);
@@ -123,14 +135,21 @@ async fn case_40_check_n_beyond_burst_is_insufficient_capacity_and_below_burst_w
     // Through the token layer, a call costing more than the burst is a clear error.
     let layer = TokenLimitLayer::builder().per_minute(100).build().unwrap();
     let mut request = Request::new(());
-    request.extensions_mut().insert(TokenEstimate::new(90, Some(20)));
-    let service = ServiceBuilder::new().layer(layer).service_fn(|_r: Request<()>| async {
-        Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
-    });
+    request
+        .extensions_mut()
+        .insert(TokenEstimate::new(90, Some(20)));
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(|_r: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        });
     let error = service.oneshot(request).await.unwrap_err();
     assert_eq!(error.kind(), ErrorKind::InvalidRequest);
     let text = error.to_string();
-    assert!(text.contains("costs 110") && text.contains("burst is 100"), "{text}");
+    assert!(
+        text.contains("costs 110") && text.contains("burst is 100"),
+        "{text}"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -142,7 +161,11 @@ async fn case_42_keys_are_independent_and_idle_keys_are_evicted() {
         .unwrap();
     let limiter = layer.backend().clone();
     let service = ServiceBuilder::new().layer(layer).service_fn(ok);
-    let call = |path: &'static str| service.clone().oneshot(Request::get(path).body(()).unwrap());
+    let call = |path: &'static str| {
+        service
+            .clone()
+            .oneshot(Request::get(path).body(()).unwrap())
+    };
     call("/a").await.unwrap();
     call("/a").await.unwrap_err();
     call("/b").await.expect("another key has its own bucket");
@@ -170,11 +193,15 @@ async fn the_sweeper_ends_when_the_last_layer_is_dropped() {
         .unwrap();
     let service = ServiceBuilder::new().layer(layer).service_fn(ok);
     service.oneshot(Request::new(())).await.unwrap(); // starts the sweeper, drops the layer
-    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
     advance(Duration::from_secs(2)).await;
     tokio::task::yield_now().await;
     assert_eq!(
-        tokio::runtime::Handle::current().metrics().num_alive_tasks(),
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
         tasks - 1
     );
 }
@@ -213,7 +240,9 @@ async fn case_43_a_jittered_wait_is_the_wait_plus_the_seeded_jitter() {
     );
     hit(&mut service).await.unwrap();
     for _ in 0..5 {
-        hit(&mut service).await.expect("admitted after the jittered wait");
+        hit(&mut service)
+            .await
+            .expect("admitted after the jittered wait");
     }
     // Each call starts right after the previous admission: its wait is exactly one interval,
     // plus the seeded jitter, plus at most the 1 ms granularity of tokio's timer.
@@ -255,7 +284,11 @@ async fn rejection_headers_are_exact_rounded_up_and_never_zero() {
     advance(Duration::from_millis(19_500) - Duration::from_nanos(1)).await;
     let error = hit(&mut service).await.unwrap_err();
     assert_eq!(error.retry_after(), Some(Duration::from_nanos(1)));
-    assert_eq!(error.to_http_response().headers()["retry-after"], "1", "never 0");
+    assert_eq!(
+        error.to_http_response().headers()["retry-after"],
+        "1",
+        "never 0"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -265,7 +298,15 @@ async fn the_response_layer_answers_429_with_the_headers() {
         .layer(RateLimitLayer::builder().per_second(2).build().unwrap())
         .service_fn(|_r: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) });
     for _ in 0..2 {
-        assert_eq!(service.clone().oneshot(Request::new(())).await.unwrap().status(), 200);
+        assert_eq!(
+            service
+                .clone()
+                .oneshot(Request::new(()))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
     let refused = service.oneshot(Request::new(())).await.unwrap();
     assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -321,7 +362,10 @@ async fn a_waiting_call_whose_capacity_is_taken_meanwhile_is_refused_at_its_dead
     let second = tokio::spawn(service.clone().oneshot(Request::new(())));
     let results = [first.await.unwrap(), second.await.unwrap()];
     assert_eq!(results.iter().filter(|result| result.is_ok()).count(), 1);
-    let refused = results.iter().find_map(|result| result.as_ref().err()).unwrap();
+    let refused = results
+        .iter()
+        .find_map(|result| result.as_ref().err())
+        .unwrap();
     assert_eq!(refused.kind(), ErrorKind::RateLimited);
 }
 
@@ -338,13 +382,21 @@ async fn a_waiting_call_holds_no_inner_readiness() {
         .layer(layer)
         .concurrency_limit(1)
         .service_fn(ok);
-    let call = |path: &'static str| service.clone().oneshot(Request::get(path).body(()).unwrap());
+    let call = |path: &'static str| {
+        service
+            .clone()
+            .oneshot(Request::get(path).body(()).unwrap())
+    };
     call("/slow").await.unwrap();
     let start = Instant::now();
     let slow = tokio::spawn(call("/slow"));
     tokio::task::yield_now().await;
     call("/fast").await.unwrap();
-    assert_eq!(start.elapsed(), Duration::ZERO, "not blocked by the waiting call");
+    assert_eq!(
+        start.elapsed(),
+        Duration::ZERO,
+        "not blocked by the waiting call"
+    );
     slow.await.unwrap().unwrap();
     assert_eq!(start.elapsed(), Duration::from_secs(1));
 }
@@ -394,7 +446,12 @@ async fn events_name_the_limiter_and_never_the_key() {
     let events = events.lock().unwrap();
     assert_eq!(events.len(), 1);
     assert!(events[0].contains("Rejected") && events[0].contains("inbound"));
-    for text in [events[0].clone(), error.to_string(), format!("{error:?}"), format!("{service:?}")] {
+    for text in [
+        events[0].clone(),
+        error.to_string(),
+        format!("{error:?}"),
+        format!("{service:?}"),
+    ] {
         assert!(!text.contains("sk-secret"), "{text}");
     }
     assert!(error.to_string().contains("inbound"));
@@ -403,9 +460,25 @@ async fn events_name_the_limiter_and_never_the_key() {
 #[test]
 fn bad_settings_are_config_errors_saying_which_value() {
     let cases = [
-        (RateLimitLayer::builder().per_second(0).build().err(), "at least 1 call"),
-        (RateLimitLayer::builder().per_second(5).burst(0).build().err(), "burst"),
-        (RateLimitLayer::builder().rate(5, Duration::ZERO).build().err(), "period"),
+        (
+            RateLimitLayer::builder().per_second(0).build().err(),
+            "at least 1 call",
+        ),
+        (
+            RateLimitLayer::builder()
+                .per_second(5)
+                .burst(0)
+                .build()
+                .err(),
+            "burst",
+        ),
+        (
+            RateLimitLayer::builder()
+                .rate(5, Duration::ZERO)
+                .build()
+                .err(),
+            "period",
+        ),
         (RateLimitLayer::builder().build().err(), "no rate set"),
         (
             RateLimitLayer::builder()
@@ -422,12 +495,18 @@ fn bad_settings_are_config_errors_saying_which_value() {
                 .err(),
             "eviction",
         ),
-        (TokenLimitLayer::builder().per_minute(0).build().err(), "at least 1"),
+        (
+            TokenLimitLayer::builder().per_minute(0).build().err(),
+            "at least 1",
+        ),
     ];
     for (error, needle) in cases {
         let error = error.expect("refused");
         assert_eq!(error.kind(), ErrorKind::Config);
-        assert!(error.to_string().contains(needle), "{error} lacks {needle:?}");
+        assert!(
+            error.to_string().contains(needle),
+            "{error} lacks {needle:?}"
+        );
     }
 }
 
@@ -479,7 +558,10 @@ fn json_usage(total: u64) -> Response<Full<Bytes>> {
 async fn token_reservation_is_reconciled_from_a_json_body() {
     let used = Arc::new(Mutex::new(300u64));
     let answer = Arc::clone(&used);
-    let layer = TokenLimitLayer::builder().per_minute(1_000).build().unwrap();
+    let layer = TokenLimitLayer::builder()
+        .per_minute(1_000)
+        .build()
+        .unwrap();
     let service = ServiceBuilder::new()
         .layer(layer.clone())
         .service_fn(move |_r: Request<()>| {
@@ -488,11 +570,17 @@ async fn token_reservation_is_reconciled_from_a_json_body() {
         });
     let call = |prompt: u32, max: u32| {
         let mut request = Request::new(());
-        request.extensions_mut().insert(TokenEstimate::new(prompt, Some(max)));
+        request
+            .extensions_mut()
+            .insert(TokenEstimate::new(prompt, Some(max)));
         let service = service.clone();
         async move {
             let response = service.oneshot(request).await?;
-            response.into_body().collect().await.map_err(|e| Error::from_boxed(e.into()))?;
+            response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| Error::from_boxed(e.into()))?;
             Ok::<_, Error>(())
         }
     };
@@ -519,7 +607,11 @@ async fn token_reservation_is_reconciled_from_a_json_body() {
     let refused = call(100, 100).await.unwrap_err();
     assert_eq!(refused.kind(), ErrorKind::RateLimited);
     assert_eq!(refused.retry_after(), Some(Duration::from_secs(6)));
-    assert_eq!(layer.balance(&()), -400, "a refusal leaves the balance as it was");
+    assert_eq!(
+        layer.balance(&()),
+        -400,
+        "a refusal leaves the balance as it was"
+    );
     advance(Duration::from_secs(6)).await;
     *used.lock().unwrap() = 200;
     call(100, 100).await.unwrap();
@@ -528,7 +620,10 @@ async fn token_reservation_is_reconciled_from_a_json_body() {
 
 #[tokio::test(start_paused = true)]
 async fn a_failed_call_gives_its_reservation_back() {
-    let layer = TokenLimitLayer::builder().per_minute(1_000).build().unwrap();
+    let layer = TokenLimitLayer::builder()
+        .per_minute(1_000)
+        .build()
+        .unwrap();
     let service = ServiceBuilder::new()
         .layer(layer.clone())
         .service_fn(|_r: Request<()>| async {
@@ -537,7 +632,9 @@ async fn a_failed_call_gives_its_reservation_back() {
             Ok::<_, Infallible>(response)
         });
     let mut request = Request::new(());
-    request.extensions_mut().insert(TokenEstimate::new(400, Some(400)));
+    request
+        .extensions_mut()
+        .insert(TokenEstimate::new(400, Some(400)));
     let response = service.clone().oneshot(request).await.unwrap();
     assert_eq!(response.status(), 503);
     assert_eq!(layer.balance(&()), 800);
@@ -552,7 +649,9 @@ async fn tokens_without_an_estimate_reserve_the_default() {
         .unwrap();
     let service = ServiceBuilder::new()
         .layer(layer)
-        .service_fn(|_r: Request<()>| async { Ok::<_, Infallible>(Response::new(Full::new(Bytes::new()))) });
+        .service_fn(|_r: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        });
     let first = service.clone().oneshot(Request::new(())).await.unwrap();
     drop(first); // no usage reported: the reservation stands
     let error = service.oneshot(Request::new(())).await.unwrap_err();

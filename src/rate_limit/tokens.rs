@@ -184,7 +184,7 @@ impl<S, E, K, Bk> Layer<S> for TokenLimitLayer<E, K, Bk> {
 ///     .name("outbound-tokens")
 ///     .per_minute(200_000)
 ///     .default_estimate(2_000)
-///     .build_keyed(HeaderKey::authorization())?;
+///     .build_keyed::<_, u64>(HeaderKey::authorization())?;
 /// # let _ = layer;
 /// assert!(TokenLimitLayer::builder().per_minute(0).build().is_err());
 /// # Ok(())
@@ -370,7 +370,9 @@ where
             Decision::Allowed => None,
             Decision::Limited { retry_after, info } => Some(limits.reject(retry_after, info)),
             Decision::Exceeded { limit } => Some(limits.exceeded(estimate, limit)),
-            Decision::Unavailable { fail_open } => limits.unavailable(fail_open, budget.burst.into()),
+            Decision::Unavailable { fail_open } => {
+                limits.unavailable(fail_open, budget.burst.into())
+            }
         };
         if let Some(error) = error {
             budget.credit(key, balance); // Refused: the balance stays as it was.
@@ -486,14 +488,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
-            TokenStateProj::Rejected { error } => Poll::Ready(Err(error.take().unwrap_or_else(
-                || {
+            TokenStateProj::Rejected { error } => {
+                Poll::Ready(Err(error.take().unwrap_or_else(|| {
                     Error::new(
                         ErrorKind::InvalidRequest,
                         "a token limit response future was polled after it completed",
                     )
-                },
-            ))),
+                })))
+            }
             TokenStateProj::Called { future, ticket } => {
                 let result = ready!(future.poll(cx));
                 let ticket = ticket.take();
@@ -541,7 +543,10 @@ pub struct TokenObserver<K, Bk> {
 impl<K, Bk> fmt::Debug for TokenObserver<K, Bk> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TokenObserver")
-            .field("reserved", &self.ticket.as_ref().map(|ticket| ticket.reserved))
+            .field(
+                "reserved",
+                &self.ticket.as_ref().map(|ticket| ticket.reserved),
+            )
             .field("used", &self.used)
             .finish()
     }
@@ -556,10 +561,10 @@ where
         match event {
             BodyEvent::Usage(usage) => self.used = Some(usage.total_tokens),
             BodyEvent::Chunk(bytes) => {
-                if let Some(scan) = &mut self.scan {
-                    if let Some(total) = scan.feed(bytes) {
-                        self.used = Some(total);
-                    }
+                if let Some(scan) = &mut self.scan
+                    && let Some(total) = scan.feed(bytes)
+                {
+                    self.used = Some(total);
                 }
             }
             BodyEvent::End(_) | BodyEvent::Dropped(_) | BodyEvent::Error(_) => {
@@ -656,7 +661,10 @@ mod scan_tests {
         }
         // Byte by byte.
         let mut scan = UsageScan::default();
-        let found = body.iter().filter_map(|b| scan.feed(std::slice::from_ref(b))).last();
+        let found = body
+            .iter()
+            .filter_map(|b| scan.feed(std::slice::from_ref(b)))
+            .last();
         assert_eq!(found, Some(42));
     }
 }
