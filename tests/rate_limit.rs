@@ -193,3 +193,58 @@ fn memory_per_key_with_a_million_keys() {
         "memory given back"
     );
 }
+
+// --- Inbound: the gateway's per-API-key limit in an axum router ------------------------------
+
+#[tokio::test]
+async fn an_axum_router_answers_429_per_api_key_with_the_headers() {
+    use axum::error_handling::HandleErrorLayer;
+    use axum::response::IntoResponse;
+    use axum::routing::post;
+    use tower::ServiceExt;
+    use tower_deepseek::Error;
+
+    let inbound = RateLimitLayer::builder()
+        .name("inbound")
+        .per_minute(60)
+        .burst(2)
+        .build_per_api_key()
+        .expect("valid");
+    let app = axum::Router::new()
+        .route("/v1/chat/completions", post(|| async { "ok" }))
+        .layer(
+            ServiceBuilder::new()
+                // The limiter's error is the crate's `Error`: axum's `IntoResponse` makes it the 429.
+                .layer(HandleErrorLayer::new(|error: Error| async move {
+                    error.into_response()
+                }))
+                .layer(inbound),
+        );
+    let call = |key: &'static str| {
+        let request = http::Request::post("/v1/chat/completions")
+            .header("authorization", key)
+            .body(axum::body::Body::empty())
+            .unwrap();
+        app.clone().oneshot(request)
+    };
+    for _ in 0..2 {
+        assert_eq!(call("Bearer sk-alice").await.unwrap().status(), 200);
+    }
+    let refused = call("Bearer sk-alice").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let headers = refused.headers();
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(headers["x-ratelimit-limit"], "2");
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+    assert_eq!(headers["x-ratelimit-reset"], "2");
+    let body = axum::body::to_bytes(refused.into_body(), 4096)
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        text.contains("rate_limit_error") && !text.contains("sk-alice"),
+        "{text}"
+    );
+    // Another key has its own bucket.
+    assert_eq!(call("Bearer sk-bob").await.unwrap().status(), 200);
+}
