@@ -78,19 +78,21 @@ impl<B> KeyExtractor<B> for Global {
 /// assert_ne!(by_key.extract(&request("Bearer a")), by_key.extract(&request("Bearer b")));
 /// assert!(!format!("{by_key:?}").contains("Bearer"));
 /// ```
+///
+/// The random seed is per process: replicas sharing a limit through a store (Redis) need the
+/// same key for the same caller, so give them one hasher with
+/// [`with_hasher`](HeaderKey::with_hasher) (and build them from one binary when that hasher is
+/// the standard library's, whose algorithm may change between Rust releases).
 #[derive(Clone, Debug)]
-pub struct HeaderKey {
+pub struct HeaderKey<S = RandomState> {
     name: HeaderName,
-    hasher: RandomState,
+    hasher: S,
 }
 
 impl HeaderKey {
     /// Keys by the value of header `name`.
     pub fn new(name: HeaderName) -> HeaderKey {
-        HeaderKey {
-            name,
-            hasher: RandomState::new(),
-        }
+        HeaderKey::with_hasher(name, RandomState::new())
     }
 
     /// Keys by the `authorization` header (the caller's API key).
@@ -99,7 +101,17 @@ impl HeaderKey {
     }
 }
 
-impl<B> KeyExtractor<B> for HeaderKey {
+impl<S> HeaderKey<S> {
+    /// Keys by the value of header `name`, hashed by `hasher`.
+    pub fn with_hasher(name: HeaderName, hasher: S) -> HeaderKey<S> {
+        HeaderKey { name, hasher }
+    }
+}
+
+impl<B, S> KeyExtractor<B> for HeaderKey<S>
+where
+    S: BuildHasher + Send + Sync + 'static,
+{
     type Key = u64;
 
     #[inline]
