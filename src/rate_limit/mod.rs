@@ -94,8 +94,8 @@ pub use layer::{
     RateLimitResponseLayer, RateLimitService, ResponseFuture,
 };
 pub use tokens::{
-    DEFAULT_COMPLETION_ALLOWANCE, DEFAULT_TOKEN_ESTIMATE, TokenLimitBody, TokenLimitBuilder,
-    TokenLimitLayer, TokenLimitService, TokenObserver, TokenResponseFuture,
+    DEFAULT_COMPLETION_ALLOWANCE, DEFAULT_TOKEN_ESTIMATE, MAX_LEDGER_KEYS, TokenLimitBody,
+    TokenLimitBuilder, TokenLimitLayer, TokenLimitService, TokenObserver, TokenResponseFuture,
 };
 
 pub use crate::error::RateLimitInfo;

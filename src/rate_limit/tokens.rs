@@ -2,6 +2,7 @@
 //! the response reports.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::fmt;
 use std::future::{Future, Ready};
 use std::hash::Hash;
@@ -23,6 +24,9 @@ use super::layer::{Limits, RateLimitBuilder};
 use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody};
 use crate::deepseek::TokenEstimate;
 use crate::error::{BoxError, Error, ErrorKind};
+
+/// The most keys whose balance a [`TokenLimitLayer`] remembers; past it the ledger is cleared.
+pub const MAX_LEDGER_KEYS: usize = 100_000;
 
 /// Default reservation for a request without a [`TokenEstimate`].
 pub const DEFAULT_TOKEN_ESTIMATE: u32 = 1_000;
@@ -51,8 +55,24 @@ impl<K: Hash + Eq, Bk> Budget<K, Bk> {
     }
 
     fn credit(&self, key: K, tokens: i64) {
-        if tokens != 0 {
-            *self.ledger().entry(key).or_insert(0) += tokens;
+        if tokens == 0 {
+            return;
+        }
+        let mut ledger = self.ledger();
+        if ledger.len() >= MAX_LEDGER_KEYS && !ledger.contains_key(&key) {
+            // Bounded memory: forget every balance rather than grow without limit.
+            ledger.clear();
+        }
+        match ledger.entry(key) {
+            Entry::Occupied(mut balance) => {
+                *balance.get_mut() += tokens;
+                if *balance.get() == 0 {
+                    balance.remove(); // Nothing owed either way: keep the ledger small.
+                }
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(tokens);
+            }
         }
     }
 }
@@ -79,9 +99,10 @@ impl<K: Hash + Eq, Bk> Budget<K, Bk> {
 /// **The approximation, honestly**: GCRA cannot give cells back, so a refund is a credit spent
 /// by the next call of the same key instead of capacity available at once; a key that goes
 /// quiet never gets its credit (it loses nothing: its bucket refills anyway). Debts larger than
-/// a burst are capped to the burst when applied. The ledger is cleared of idle keys... it holds
-/// only keys with a non-zero balance and is taken and re-inserted under one short lock per call
-/// (an LLM call: tens of nanoseconds against seconds).
+/// a burst are capped to the burst when applied. The ledger holds only keys with a non-zero
+/// balance, at most [`MAX_LEDGER_KEYS`] of them (when full, it is cleared: balances are
+/// forgotten, never invented), and is read and written under one short lock per call (an LLM
+/// call: tens of nanoseconds against seconds).
 ///
 /// Token limits refuse at once: they never wait (a token wait would be long and its length
 /// unknown until the call before it ends).
