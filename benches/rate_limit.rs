@@ -10,6 +10,8 @@
 //!   the header's value as a `String` (an allocation per call). Quotas are a billion per
 //!   second: nothing is ever refused. Each call is `ready().await` then `call().await` on a
 //!   current-thread runtime, the response dropped.
+//! - `rate_limit_parts`: `tokio::time::Instant::now()` alone (every GCRA decision reads the
+//!   clock once) and our direct limiter's decision alone.
 //! - `rate_limit_throughput`: time per call when 1 or 2 OS threads, each with its own
 //!   current-thread runtime and its own service clone, share one limiter. Criterion's time per
 //!   iteration is total wall time over total calls, so `1 / time` is the throughput.
@@ -24,8 +26,10 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
+use std::num::NonZeroU32;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_deepseek::rate_limit::{HeaderKey, RateLimitLayer};
+
+use tower_deepseek::rate_limit::{DirectLimiter, HeaderKey, RateLimitBackend, RateLimitLayer};
 
 fn ready_service(_request: Request<()>) -> std::future::Ready<Result<Response<Body>, Infallible>> {
     std::future::ready(Ok(Response::new(Body::empty())))
@@ -170,6 +174,17 @@ fn bench(c: &mut Criterion) {
     group.bench_function("tower_deepseek_keyed_header_string", |b| {
         let mut service = keyed_string.clone();
         b.iter(|| runtime.block_on(drive(&mut service, 1)));
+    });
+    group.finish();
+
+    // Where the time goes: the clock read every GCRA decision needs, and the decision alone.
+    let mut group = c.benchmark_group("rate_limit_parts");
+    group.bench_function("tokio_instant_now", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()))
+    });
+    let limiter = DirectLimiter::new("bench", RATE, Duration::from_secs(1), None).expect("valid");
+    group.bench_function("direct_decide", |b| {
+        b.iter(|| black_box(limiter.decide(&(), NonZeroU32::MIN)))
     });
     group.finish();
 
