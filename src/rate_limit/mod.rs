@@ -79,20 +79,22 @@
 //! [`RateLimitEvent::BackendUnavailable`]). Plug one in with
 //! [`build_with_backend`](RateLimitBuilder::build_with_backend).
 mod backend;
+mod builder;
 mod clock;
 mod events;
 mod key;
 mod layer;
+mod response;
 mod tokens;
+mod usage_scan;
 
 pub use backend::{Decide, Decision, DirectLimiter, KeyedLimiter, RateLimitBackend};
+pub use builder::RateLimitBuilder;
 pub use clock::{TokioClock, TokioReference};
 pub use events::{RateLimitEvent, RateLimitListener};
 pub use key::{ClientIp, ExtensionKey, Global, HeaderKey, KeyExtractor, ModelKey};
-pub use layer::{
-    Jitter, RateLimitBuilder, RateLimitLayer, RateLimitResponse, RateLimitResponseFuture,
-    RateLimitResponseLayer, RateLimitService, ResponseFuture,
-};
+pub use layer::{Jitter, RateLimitLayer, RateLimitService, ResponseFuture};
+pub use response::{RateLimitResponse, RateLimitResponseFuture, RateLimitResponseLayer};
 pub use tokens::{
     DEFAULT_COMPLETION_ALLOWANCE, DEFAULT_TOKEN_ESTIMATE, MAX_LEDGER_KEYS, TokenLimitBody,
     TokenLimitBuilder, TokenLimitLayer, TokenLimitService, TokenObserver, TokenResponseFuture,
