@@ -1,1 +1,210 @@
-fn main() {}
+//! The rate limiter's per-call cost, beside the bare service, tower_governor 0.8 (global key)
+//! and tower-resilience 0.13's rate limiter (the anchors), in one criterion run so the ratios
+//! come from one run.
+//!
+//! - `rate_limit`: per-call time of an `http::Request<()>` carrying an `authorization`
+//!   header (built per call for every variant, so the baseline pays for it too) through a
+//!   ready `service_fn` answering `http::Response<axum::body::Body>` (the body tower_governor
+//!   requires): bare, tower_governor 0.8 with its global key, tower-resilience 0.13, ours
+//!   direct, ours keyed by the header's keyed hash ([`HeaderKey`], a `u64` key), ours keyed by
+//!   the header's value as a `String` (an allocation per call). Quotas are a billion per
+//!   second: nothing is ever refused. Each call is `ready().await` then `call().await` on a
+//!   current-thread runtime, the response dropped.
+//! - `rate_limit_parts`: `tokio::time::Instant::now()` alone (every GCRA decision reads the
+//!   clock once) and our direct limiter's decision alone.
+//! - `rate_limit_throughput`: time per call when 1 or 2 OS threads, each with its own
+//!   current-thread runtime and its own service clone, share one limiter. Criterion's time per
+//!   iteration is total wall time over total calls, so `1 / time` is the throughput.
+//!
+//! Run: `cargo bench --all-features --bench rate_limit`
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::sync::Barrier;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{Request, Response};
+use std::num::NonZeroU32;
+use tower::{Service, ServiceBuilder, ServiceExt};
+
+use tower_deepseek::rate_limit::{DirectLimiter, HeaderKey, RateLimitBackend, RateLimitLayer};
+
+fn ready_service(_request: Request<()>) -> std::future::Ready<Result<Response<Body>, Infallible>> {
+    std::future::ready(Ok(Response::new(Body::empty())))
+}
+
+fn request() -> Request<()> {
+    let mut request = Request::new(());
+    request.headers_mut().insert(
+        http::header::AUTHORIZATION,
+        http::HeaderValue::from_static("Bearer sk-bench-0123456789"),
+    );
+    request
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+async fn drive<S>(service: &mut S, calls: u64)
+where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    for _ in 0..calls {
+        let ready = service.ready().await.expect("ready");
+        black_box(ready.call(request()).await.expect("call"));
+    }
+}
+
+/// Runs `calls` calls split over `threads` threads sharing `service` (cloned per thread).
+fn throughput<S>(service: &S, threads: u64, calls: u64) -> Duration
+where
+    S: Service<Request<()>> + Clone + Send,
+    S::Error: std::fmt::Debug,
+{
+    let barrier = Barrier::new(threads as usize + 1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let mut service = service.clone();
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let runtime = runtime();
+                    barrier.wait();
+                    runtime.block_on(drive(&mut service, calls / threads));
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        for handle in handles {
+            handle.join().expect("thread");
+        }
+        start.elapsed()
+    })
+}
+
+/// A billion calls per second with a burst of a billion: never refuses in a benchmark.
+const RATE: u32 = 1_000_000_000;
+
+fn bench(c: &mut Criterion) {
+    let runtime = runtime();
+    let bare = tower::service_fn(ready_service);
+
+    let governor_config = tower_governor::governor::GovernorConfigBuilder::default()
+        .key_extractor(tower_governor::key_extractor::GlobalKeyExtractor)
+        .per_nanosecond(1)
+        .burst_size(RATE)
+        .finish()
+        .expect("tower_governor config");
+    let tower_governor = ServiceBuilder::new()
+        .layer(tower_governor::GovernorLayer::new(governor_config))
+        .service_fn(ready_service);
+
+    let resilience = ServiceBuilder::new()
+        .layer(
+            tower_resilience::ratelimiter::RateLimiterLayer::builder()
+                .limit_for_period(RATE as usize)
+                .refresh_period(Duration::from_secs(1))
+                .timeout_duration(Duration::ZERO)
+                .build()
+                .expect("tower-resilience layer"),
+        )
+        .service_fn(ready_service);
+
+    let direct = ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::builder()
+                .rate(RATE, Duration::from_secs(1))
+                .build()
+                .expect("layer"),
+        )
+        .service_fn(ready_service);
+    let keyed_hash = ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::builder()
+                .rate(RATE, Duration::from_secs(1))
+                .build_keyed(HeaderKey::authorization())
+                .expect("layer"),
+        )
+        .service_fn(ready_service);
+    let keyed_string = ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::builder()
+                .rate(RATE, Duration::from_secs(1))
+                .build_keyed(|request: &Request<()>| {
+                    request
+                        .headers()
+                        .get(http::header::AUTHORIZATION)
+                        .and_then(|value| value.to_str().ok())
+                        .unwrap_or_default()
+                        .to_owned()
+                })
+                .expect("layer"),
+        )
+        .service_fn(ready_service);
+
+    let mut group = c.benchmark_group("rate_limit");
+    group.bench_function("bare_service_fn", |b| {
+        let mut service = bare;
+        b.iter(|| runtime.block_on(drive(&mut service, 1)));
+    });
+    group.bench_function("tower_governor_0_8_global", |b| {
+        let mut service = tower_governor.clone();
+        b.iter(|| runtime.block_on(drive(&mut service, 1)));
+    });
+    group.bench_function("tower_resilience_0_13", |b| {
+        let mut service = resilience.clone();
+        b.iter(|| runtime.block_on(drive(&mut service, 1)));
+    });
+    group.bench_function("tower_deepseek_direct", |b| {
+        let mut service = direct.clone();
+        b.iter(|| runtime.block_on(drive(&mut service, 1)));
+    });
+    group.bench_function("tower_deepseek_keyed_header_hash", |b| {
+        let mut service = keyed_hash.clone();
+        b.iter(|| runtime.block_on(drive(&mut service, 1)));
+    });
+    group.bench_function("tower_deepseek_keyed_header_string", |b| {
+        let mut service = keyed_string.clone();
+        b.iter(|| runtime.block_on(drive(&mut service, 1)));
+    });
+    group.finish();
+
+    // Where the time goes: the clock read every GCRA decision needs, and the decision alone.
+    let mut group = c.benchmark_group("rate_limit_parts");
+    group.bench_function("tokio_instant_now", |b| {
+        b.iter(|| black_box(tokio::time::Instant::now()))
+    });
+    let limiter = DirectLimiter::new("bench", RATE, Duration::from_secs(1), None).expect("valid");
+    group.bench_function("direct_decide", |b| {
+        b.iter(|| black_box(limiter.decide(&(), NonZeroU32::MIN)))
+    });
+    group.finish();
+
+    let mut group = c.benchmark_group("rate_limit_throughput");
+    for threads in [1, 2] {
+        group.bench_function(format!("bare_{threads}_threads"), |b| {
+            b.iter_custom(|iters| throughput(&bare, threads, iters.max(threads)))
+        });
+        group.bench_function(format!("tower_deepseek_direct_{threads}_threads"), |b| {
+            b.iter_custom(|iters| throughput(&direct, threads, iters.max(threads)))
+        });
+        group.bench_function(format!("tower_deepseek_keyed_{threads}_threads"), |b| {
+            b.iter_custom(|iters| throughput(&keyed_hash, threads, iters.max(threads)))
+        });
+        group.bench_function(format!("tower_resilience_0_13_{threads}_threads"), |b| {
+            b.iter_custom(|iters| throughput(&resilience, threads, iters.max(threads)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

@@ -296,6 +296,58 @@ struct Inner {
     api: Option<ApiError>,
     upstream_trace_id: Option<Box<str>>,
     source: Option<BoxError>,
+    rate_limit: Option<RateLimitInfo>,
+}
+
+/// The state of a rate limit when it refused a call, for the `x-ratelimit-*` response headers
+/// (see [`Error::rate_limited`] and [`Error::to_http_response`]).
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_deepseek::error::RateLimitInfo;
+///
+/// let info = RateLimitInfo::new(10, 0, Duration::from_millis(4500));
+/// assert_eq!((info.limit(), info.remaining()), (10, 0));
+/// assert_eq!(info.reset(), Duration::from_millis(4500));
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RateLimitInfo {
+    limit: u64,
+    remaining: u64,
+    reset: Duration,
+}
+
+impl RateLimitInfo {
+    /// `limit` calls (or tokens) fit in a burst, `remaining` of them are left now, and the limit
+    /// is back to full after `reset`.
+    pub fn new(limit: u64, remaining: u64, reset: Duration) -> RateLimitInfo {
+        RateLimitInfo {
+            limit,
+            remaining,
+            reset,
+        }
+    }
+
+    /// The burst size: what `x-ratelimit-limit` reports.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// What is left of the burst now: what `x-ratelimit-remaining` reports.
+    pub fn remaining(&self) -> u64 {
+        self.remaining
+    }
+
+    /// The time until the whole burst is available again: what `x-ratelimit-reset` reports
+    /// (in whole seconds, rounded up).
+    pub fn reset(&self) -> Duration {
+        self.reset
+    }
+}
+
+/// Whole seconds, rounded up: an HTTP header must not promise a retry earlier than the wait.
+fn whole_seconds_up(wait: Duration) -> u64 {
+    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
 }
 
 /// Longest `x-ds-trace-id` kept in an error; anything longer is not an ID DeepSeek sent.
@@ -313,8 +365,44 @@ impl Error {
                 api: None,
                 upstream_trace_id: None,
                 source: None,
+                rate_limit: None,
             }),
         }
+    }
+
+    /// The error of a local (or shared) rate limiter that refused a call: kind
+    /// [`ErrorKind::RateLimited`], the wait before a retry can pass, and the limit's state for
+    /// the `x-ratelimit-*` headers of [`to_http_response`](Error::to_http_response).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_deepseek::error::RateLimitInfo;
+    /// use tower_deepseek::{Error, ErrorKind};
+    ///
+    /// let info = RateLimitInfo::new(5, 0, Duration::from_millis(4200));
+    /// let error = Error::rate_limited("limiter \"inbound\"", Duration::from_millis(200), info);
+    /// assert_eq!(error.kind(), ErrorKind::RateLimited);
+    /// let response = error.to_http_response();
+    /// assert_eq!(response.status(), 429);
+    /// assert_eq!(response.headers()["retry-after"], "1");
+    /// assert_eq!(response.headers()["x-ratelimit-limit"], "5");
+    /// assert_eq!(response.headers()["x-ratelimit-remaining"], "0");
+    /// assert_eq!(response.headers()["x-ratelimit-reset"], "5");
+    /// ```
+    pub fn rate_limited(
+        message: impl Into<Cow<'static, str>>,
+        retry_after: Duration,
+        info: RateLimitInfo,
+    ) -> Error {
+        let mut error = Error::new(ErrorKind::RateLimited, message).with_retry_after(retry_after);
+        error.inner.rate_limit = Some(info);
+        error
+    }
+
+    /// The limit's state, when a rate limiter of this crate refused the call
+    /// ([`Error::rate_limited`]).
+    pub fn rate_limit_info(&self) -> Option<RateLimitInfo> {
+        self.inner.rate_limit
     }
 
     /// Wraps any error from a transport or another layer, classifying it through its source
@@ -492,7 +580,11 @@ impl Error {
     }
 
     /// The error as an HTTP response in the OpenAI error shape, with [`Error::http_status`]
-    /// and, when known, a `Retry-After` header in whole seconds (rounded up).
+    /// and, when known, a `Retry-After` header in whole seconds (rounded up; at least 1 for a
+    /// rate-limit error, since `Retry-After: 0` invites an immediate retry that would be refused
+    /// again). A rate limiter's refusal ([`Error::rate_limited`]) also gets
+    /// `x-ratelimit-limit`, `x-ratelimit-remaining` and `x-ratelimit-reset` (seconds, rounded
+    /// up).
     pub fn to_http_response(&self) -> http::Response<String> {
         let mut response = http::Response::new(self.to_openai_json().to_string());
         *response.status_mut() = self.http_status();
@@ -502,8 +594,25 @@ impl Error {
             http::HeaderValue::from_static("application/json"),
         );
         if let Some(wait) = self.inner.retry_after {
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let mut seconds = whole_seconds_up(wait);
+            if self.inner.kind == ErrorKind::RateLimited {
+                seconds = seconds.max(1);
+            }
             headers.insert(http::header::RETRY_AFTER, http::HeaderValue::from(seconds));
+        }
+        if let Some(info) = self.inner.rate_limit {
+            headers.insert(
+                http::HeaderName::from_static("x-ratelimit-limit"),
+                http::HeaderValue::from(info.limit),
+            );
+            headers.insert(
+                http::HeaderName::from_static("x-ratelimit-remaining"),
+                http::HeaderValue::from(info.remaining),
+            );
+            headers.insert(
+                http::HeaderName::from_static("x-ratelimit-reset"),
+                http::HeaderValue::from(whole_seconds_up(info.reset)),
+            );
         }
         response
     }
@@ -528,6 +637,9 @@ impl fmt::Debug for Error {
         }
         if let Some(source) = &self.inner.source {
             debug.field("source", source);
+        }
+        if let Some(info) = &self.inner.rate_limit {
+            debug.field("rate_limit", info);
         }
         debug.finish()
     }
@@ -769,5 +881,21 @@ mod tests {
         let response = error.to_http_response();
         assert_eq!(response.headers()["retry-after"], "2");
         assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    }
+
+    #[test]
+    fn rate_limit_retry_after_is_never_zero() {
+        let error =
+            Error::new(ErrorKind::RateLimited, "local limit").with_retry_after(Duration::ZERO);
+        assert_eq!(error.to_http_response().headers()["retry-after"], "1");
+        let info = RateLimitInfo::new(3, 0, Duration::from_nanos(1));
+        let error = Error::rate_limited("limiter", Duration::from_nanos(1), info);
+        let response = error.to_http_response();
+        assert_eq!(response.headers()["retry-after"], "1");
+        assert_eq!(response.headers()["x-ratelimit-reset"], "1");
+        // Other kinds keep their exact (rounded-up) wait.
+        let open = Error::new(ErrorKind::CircuitOpen(CircuitOpenReason::Forced), "b")
+            .with_retry_after(Duration::ZERO);
+        assert_eq!(open.to_http_response().headers()["retry-after"], "0");
     }
 }

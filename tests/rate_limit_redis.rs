@@ -787,3 +787,91 @@ fn report(name: &str, samples: &mut [Duration]) {
         at(1.0)
     );
 }
+
+/// Two gateway replicas, each with its own `RateLimitLayer` over its own Redis limiter: one
+/// limit per caller key across both, with the 429 headers from Redis's numbers.
+#[tokio::test]
+async fn rate_limit_layer_over_redis_shares_one_limit_across_replicas() {
+    use tower_deepseek::rate_limit::{RateLimitEvent, RateLimitLayer};
+    let Some(mut server) = RedisServer::start().await else {
+        return;
+    };
+    let events: Arc<Mutex<Vec<String>>> = Arc::default();
+    let replica = |limiter: RedisRateLimiter| {
+        let sink = Arc::clone(&events);
+        let layer = RateLimitLayer::builder()
+            .name("inbound")
+            .listener(move |event: &RateLimitEvent<'_>| {
+                sink.lock().expect("events").push(format!("{event:?}"))
+            })
+            .build_with_backend(
+                |request: &Request<String>| {
+                    request
+                        .headers()
+                        .get("x-api-key")
+                        .cloned()
+                        .unwrap_or_else(|| http::HeaderValue::from_static("anonymous"))
+                },
+                limiter,
+            )
+            .expect("layer");
+        ServiceBuilder::new()
+            .layer(layer)
+            .service_fn(|_request: Request<String>| async {
+                Ok::<_, tower_deepseek::Error>(Response::new(String::from("hello")))
+            })
+    };
+    let one = replica(limiter(
+        &server,
+        "layer-backend:",
+        3,
+        Duration::from_secs(60),
+        3,
+    ));
+    let two = replica(limiter(
+        &server,
+        "layer-backend:",
+        3,
+        Duration::from_secs(60),
+        3,
+    ));
+
+    // Three calls of one key, split over the replicas, use up the shared burst of 3.
+    for service in [&one, &two, &one] {
+        let response = service.clone().oneshot(request(Some("key-a"))).await;
+        assert_eq!(response.expect("admitted").body(), "hello");
+    }
+    let refused = two
+        .clone()
+        .oneshot(request(Some("key-a")))
+        .await
+        .expect_err("the fourth call of key-a is over the shared limit");
+    assert_eq!(refused.kind(), ErrorKind::RateLimited);
+    let wait = refused.retry_after().expect("a wait");
+    assert!(
+        wait > Duration::from_secs(15) && wait <= Duration::from_secs(20),
+        "{wait:?}"
+    );
+    let http = refused.to_http_response();
+    assert_eq!(http.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(http.headers()["x-ratelimit-limit"], "3");
+    assert_eq!(http.headers()["x-ratelimit-remaining"], "0");
+    // Another key has its own budget on both replicas.
+    assert!(one.clone().oneshot(request(Some("key-b"))).await.is_ok());
+
+    // Redis gone: the limiter fails open (its default), the layer lets calls through and says
+    // so in an event.
+    server.kill();
+    let response = two.clone().oneshot(request(Some("key-a"))).await;
+    assert_eq!(response.expect("failed open").body(), "hello");
+    let events = events.lock().expect("events");
+    assert!(
+        events.iter().any(|e| e.contains("BackendUnavailable")),
+        "{events:?}"
+    );
+    assert!(events.iter().any(|e| e.contains("Rejected")), "{events:?}");
+    assert!(
+        events.iter().all(|e| !e.contains("key-a")),
+        "no key in events"
+    );
+}

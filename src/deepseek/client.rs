@@ -106,6 +106,51 @@ impl fmt::Display for RequestModel {
     }
 }
 
+/// An estimate of the tokens a chat request will use. [`DeepSeekClient`] puts it in every chat
+/// request's extensions next to [`RequestModel`], so a token-budget limiter under the client
+/// (see `rate_limit::TokenLimitLayer`) reserves tokens without parsing the body.
+///
+/// `prompt` is an **approximation**: the UTF-8 length in bytes of every message's content (and
+/// reasoning content) divided by four, rounded up: about right for English text (four
+/// characters a token), near enough for Chinese (three bytes a character, about one token a
+/// character), and blind to tool schemas, which are not counted. Bytes rather than characters,
+/// because the length is free and counting characters is not. The limiter reconciles
+/// the reservation with the real `usage` when the response ends, so the estimate only has to be
+/// in the right range.
+///
+/// ```
+/// use tower_deepseek::deepseek::TokenEstimate;
+///
+/// let estimate = TokenEstimate::new(12, Some(500));
+/// assert_eq!(estimate.total(), 512);
+/// assert_eq!(TokenEstimate::from_bytes(9), 3); // 9 / 4, rounded up
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TokenEstimate {
+    /// The estimated prompt tokens.
+    pub prompt: u32,
+    /// The request's `max_tokens`, when it sets one.
+    pub max_tokens: Option<u32>,
+}
+
+impl TokenEstimate {
+    /// An estimate of `prompt` tokens with an optional completion cap.
+    pub fn new(prompt: u32, max_tokens: Option<u32>) -> TokenEstimate {
+        TokenEstimate { prompt, max_tokens }
+    }
+
+    /// The prompt estimate for `bytes` bytes of text: `bytes / 4`, rounded up (saturating).
+    pub fn from_bytes(bytes: usize) -> u32 {
+        u32::try_from(bytes.div_ceil(4)).unwrap_or(u32::MAX)
+    }
+
+    /// `prompt + max_tokens` (saturating); just the prompt when there is no cap (the limiter
+    /// then adds its configured completion allowance).
+    pub fn total(&self) -> u32 {
+        self.prompt.saturating_add(self.max_tokens.unwrap_or(0))
+    }
+}
+
 /// Configuration of a [`DeepSeekClient`], resolved once at build time.
 struct Config {
     base_url: String,
@@ -427,6 +472,15 @@ impl<S> DeepSeekClient<S> {
             request.stream_options = None;
         }
         request.validate()?;
+        let bytes: usize = request
+            .messages
+            .iter()
+            .map(|message| {
+                message.content.as_deref().map_or(0, str::len)
+                    + message.reasoning_content.as_deref().map_or(0, str::len)
+            })
+            .sum();
+        let estimate = TokenEstimate::new(TokenEstimate::from_bytes(bytes), request.max_tokens);
         let body = serde_json::to_vec(&request).map(Bytes::from).map_err(|e| {
             Error::new(
                 ErrorKind::InvalidRequest,
@@ -441,7 +495,9 @@ impl<S> DeepSeekClient<S> {
         };
         let mut http_request =
             self.build_request(Method::POST, &self.config.chat_uri, accept, body);
-        http_request.extensions_mut().insert(model);
+        let extensions = http_request.extensions_mut();
+        extensions.insert(model);
+        extensions.insert(estimate);
         Ok(http_request)
     }
 }

@@ -6,7 +6,7 @@ pub mod types;
 
 pub use client::{
     ApiKey, DEFAULT_BASE_URL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_MODEL, DeepSeekClient,
-    DeepSeekClientBuilder, RequestBody, RequestModel,
+    DeepSeekClientBuilder, RequestBody, RequestModel, TokenEstimate,
 };
 
 pub use sse::{ChatStream, DEFAULT_MAX_LINE_LEN, SseDecoder, SseEvent};

@@ -58,10 +58,12 @@
 //! # }
 //! ```
 
+mod backend;
 mod builder;
 mod events;
 mod layer;
 
+pub use backend::RedisDecisionFuture;
 pub use builder::RedisRateLimiterBuilder;
 pub use events::{RedisLimitEvent, RedisLimitListener, UnavailableCause};
 pub use layer::{RedisRateLimitFuture, RedisRateLimitLayer, RedisRateLimitService};
