@@ -309,11 +309,11 @@ fn decide(
             _ => None,
         }),
     };
-    if !replayable {
-        return give_up(GiveUpReason::NotReplayable);
-    }
     if attempt >= config.max_attempts {
         return give_up(GiveUpReason::Attempts);
+    }
+    if !replayable {
+        return give_up(GiveUpReason::NotReplayable);
     }
     if wait.is_some_and(|wait| wait > config.max_retry_after) {
         return give_up(GiveUpReason::RetryAfterTooLong);
