@@ -76,8 +76,9 @@ pin_project! {
     pub struct TimeoutBody<B> {
         #[pin]
         inner: ObservedBody<B, FirstTokenSeen>,
-        #[pin]
-        timer: Option<Sleep>,
+        // Boxed so that the body is `Unpin` when the inner body is (a `ChatStream` over it
+        // can then be polled with `StreamExt::next`); one allocation per timed body.
+        timer: Option<Pin<Box<Sleep>>>,
         phase: TimeoutPhase,
         timeouts: Timeouts,
         started: Instant,
@@ -99,7 +100,7 @@ impl<B: Body> TimeoutBody<B> {
         ]);
         TimeoutBody {
             inner: ObservedBody::new(body, format, FirstTokenSeen { watch, seen: false }),
-            timer: first.map(|(at, _)| tokio::time::sleep_until(at)),
+            timer: first.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
             phase: first.map_or(TimeoutPhase::Total, |(_, phase)| phase),
             timeouts: *timeouts,
             started,
@@ -151,12 +152,12 @@ where
                     ]);
                     match next {
                         Some((at, phase)) => {
-                            if let Some(timer) = this.timer.as_mut().as_pin_mut() {
-                                timer.reset(at);
+                            if let Some(timer) = this.timer.as_mut() {
+                                timer.as_mut().reset(at);
                             }
                             *this.phase = phase;
                         }
-                        None => this.timer.set(None),
+                        None => *this.timer = None,
                     }
                 }
                 return Poll::Ready(Some(Ok(frame)));
@@ -165,16 +166,16 @@ where
                 return Poll::Ready(Some(Err(Error::from_boxed(error.into()))));
             }
             Poll::Ready(None) => {
-                this.timer.set(None);
+                *this.timer = None;
                 return Poll::Ready(None);
             }
             Poll::Pending => {}
         }
-        if let Some(timer) = this.timer.as_mut().as_pin_mut()
-            && timer.poll(cx).is_ready()
+        if let Some(timer) = this.timer.as_mut()
+            && timer.as_mut().poll(cx).is_ready()
         {
             *this.expired = true;
-            this.timer.set(None);
+            *this.timer = None;
             let limit = match *this.phase {
                 TimeoutPhase::FirstToken => this.timeouts.first_token,
                 TimeoutPhase::Idle => this.timeouts.idle,
