@@ -140,7 +140,7 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 let has_data = frame.data_ref().is_some_and(|data| data.has_remaining());
                 let seen = this.inner.as_ref().get_ref().observer().seen;
-                if has_data && seen && this.timer.is_some() {
+                if has_data && seen && (this.timer.is_some() || this.timeouts.idle.is_some()) {
                     // From the first token on, each data frame restarts the idle bound.
                     let next = earliest([
                         this.timeouts
@@ -152,8 +152,9 @@ where
                     ]);
                     match next {
                         Some((at, phase)) => {
-                            if let Some(timer) = this.timer.as_mut() {
-                                timer.as_mut().reset(at);
+                            match this.timer.as_mut() {
+                                Some(timer) => timer.as_mut().reset(at),
+                                None => *this.timer = Some(Box::pin(tokio::time::sleep_until(at))),
                             }
                             *this.phase = phase;
                         }
