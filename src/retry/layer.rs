@@ -19,6 +19,7 @@ use tower_service::Service;
 use super::config::{Hold, RetryConfig, RetryLayerBuilder};
 use super::events::{GiveUpReason, RetryEvent, RetryMetrics};
 use super::policy::{ReplayBody, RetryContext, RetryDecision};
+use super::template::Template;
 use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody};
 use crate::classify::{self, Classify, Observation, Outcome, TimeoutPhase};
 use crate::error::{BoxError, Error, ErrorKind};
@@ -155,12 +156,10 @@ where
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
         let config = &self.config;
-        let (request, template) = if config.max_attempts > 1 {
-            let (parts, body) = request.into_parts();
-            let template = body.try_replay().map(|copy| (parts.clone(), copy));
-            (Request::from_parts(parts, body), template)
+        let template = if config.max_attempts > 1 {
+            Template::of(&request)
         } else {
-            (request, None)
+            None
         };
         if let Some(budget) = &config.budget {
             budget.on_call();
@@ -233,7 +232,7 @@ pin_project! {
         timer_kind: TimerKind,
         service: S,
         config: Arc<RetryConfig>,
-        template: Option<(http::request::Parts, ReqB)>,
+        template: Option<Template<ReqB>>,
         attempt: u32,
         deadline: Option<Instant>,
         previous_delay: Duration,
@@ -476,9 +475,10 @@ where
                 }
                 StateProj::Readying => match this.service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
-                        let Some(request) =
-                            next_request(this.template, *this.attempt + 1 < config.max_attempts)
-                        else {
+                        let Some(request) = Template::request(
+                            this.template,
+                            *this.attempt + 1 < config.max_attempts,
+                        ) else {
                             return Poll::Ready(Err(internal("no request to replay")));
                         };
                         *this.attempt += 1;
@@ -554,23 +554,6 @@ where
             }
         }
     }
-}
-
-/// The next attempt's request: a copy of the template while more attempts may follow, the
-/// template itself for the last one.
-fn next_request<ReqB: ReplayBody>(
-    template: &mut Option<(http::request::Parts, ReqB)>,
-    more: bool,
-) -> Option<Request<ReqB>> {
-    if more
-        && let Some((parts, body)) = template.as_ref()
-        && let Some(copy) = body.try_replay()
-    {
-        return Some(Request::from_parts(parts.clone(), copy));
-    }
-    template
-        .take()
-        .map(|(parts, body)| Request::from_parts(parts, body))
 }
 
 fn set_timer(mut timer: Pin<&mut Option<Sleep>>, at: Option<Instant>) {

@@ -110,6 +110,7 @@ mod config;
 mod events;
 mod layer;
 mod policy;
+mod template;
 #[cfg(test)]
 mod tests;
 
