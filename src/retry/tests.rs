@@ -946,3 +946,64 @@ async fn case_38_sre_adaptive_throttling() {
     advance(Duration::from_secs(121)).await;
     assert_eq!(throttle.reject_probability(), 0.0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn every_attempt_carries_the_method_uri_headers_and_extensions() {
+    #[derive(Clone, Debug, PartialEq)]
+    struct Model(&'static str);
+    for header_count in [2, 9] {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&seen);
+        let service = tower::service_fn(move |req: Request<Full<Bytes>>| {
+            let calls = {
+                let mut seen = sink.lock().unwrap();
+                seen.push((
+                    req.method().clone(),
+                    req.uri().clone(),
+                    req.headers().clone(),
+                    req.extensions().get::<Model>().cloned(),
+                ));
+                seen.len()
+            };
+            async move {
+                let mut response = Response::new(Full::new(Bytes::new()));
+                if calls < 3 {
+                    *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                }
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let mut request = Request::post("https://api.deepseek.com/chat/completions")
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        for i in 0..header_count {
+            let name = http::HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap();
+            request
+                .headers_mut()
+                .append(name, i.to_string().parse().unwrap());
+        }
+        request
+            .headers_mut()
+            .append("x-h0", "again".parse().unwrap());
+        request.extensions_mut().insert(Model("deepseek-v4-flash"));
+        let expected = (
+            request.method().clone(),
+            request.uri().clone(),
+            request.headers().clone(),
+            Some(Model("deepseek-v4-flash")),
+        );
+        let response = quick()
+            .build()
+            .unwrap()
+            .layer(service)
+            .oneshot(request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 3);
+        for attempt in seen.iter() {
+            assert_eq!(attempt, &expected, "{header_count} headers");
+        }
+    }
+}
