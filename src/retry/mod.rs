@@ -105,6 +105,7 @@
 //! [`Classify`]: crate::classify::Classify
 
 mod backoff;
+mod body;
 mod budget;
 mod config;
 mod events;
@@ -115,10 +116,11 @@ mod template;
 mod tests;
 
 pub use backoff::{Backoff, FastRandom, Jitter, RandomSource};
+pub use body::RetryBody;
 pub use budget::{AdaptiveThrottle, GrpcThrottle, RetryBudget, TpsBudget};
 pub use config::{DEFAULT_ATTEMPT_CAP, Hold, RetryLayerBuilder};
 pub use events::{GiveUpReason, RetryEvent, RetryListener, RetryMetrics};
-pub use layer::{ResponseFuture, RetryBody, RetryLayer, RetryService};
+pub use layer::{ResponseFuture, RetryLayer, RetryService};
 pub use policy::{
     DeepSeekRetryPolicy, ReplayBody, Replayable, RetryContext, RetryDecision, RetryPolicy, SendOnce,
 };
