@@ -104,6 +104,10 @@ pub enum TimeoutPhase {
     Idle,
     /// The whole call (or the whole attempt, for a per-attempt timeout).
     Total,
+    /// One attempt of a retried call ran past the retry layer's per-attempt timeout.
+    Attempt,
+    /// The retry layer's overall deadline (across all attempts and back-off waits) passed.
+    Deadline,
 }
 
 /// How a connection failed.

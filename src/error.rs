@@ -106,6 +106,10 @@ impl ErrorKind {
             ErrorKind::Timeout(TimeoutPhase::Headers) => "timed out waiting for response headers",
             ErrorKind::Timeout(TimeoutPhase::FirstToken) => "timed out waiting for the first token",
             ErrorKind::Timeout(TimeoutPhase::Idle) => "timed out waiting for the next chunk",
+            ErrorKind::Timeout(TimeoutPhase::Attempt) => "an attempt timed out",
+            ErrorKind::Timeout(TimeoutPhase::Deadline) => {
+                "timed out: the deadline across all retries passed"
+            }
             ErrorKind::Timeout(_) => "timed out",
             ErrorKind::RateLimited => "rate limited",
             ErrorKind::Server => "DeepSeek server error",

@@ -1,0 +1,635 @@
+//! The tower layer, its service, its response future and its response body.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use http::{HeaderMap, Request, Response};
+use http_body::Body;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::body::{Held, HeldRead, RetryBody};
+use super::config::{Hold, RetryConfig, RetryLayerBuilder};
+use super::events::{GiveUpReason, RetryEvent, RetryMetrics};
+use super::policy::{ReplayBody, RetryContext, RetryDecision};
+use super::template::Template;
+use crate::body::BodyFormat;
+use crate::classify::{self, Observation, Outcome, TimeoutPhase};
+use crate::error::{BoxError, Error, ErrorKind};
+use crate::timeout::{deadline as deadline_after, timeout_error};
+
+/// Retries failed calls through a service: DeepSeek's rules, back-off with jitter,
+/// `Retry-After`, a deadline, a shared budget, and never after a stream has reached the
+/// caller. All services made by one layer (and their clones) share its budget and counters.
+/// See the [module docs](super).
+///
+/// ```
+/// use std::sync::Arc;
+/// use std::sync::atomic::{AtomicU32, Ordering};
+/// use http::{Request, Response, StatusCode};
+/// use http_body_util::Full;
+/// use tower::{ServiceBuilder, ServiceExt};
+/// use tower_deepseek::retry::RetryLayer;
+///
+/// # #[tokio::main(flavor = "current_thread", start_paused = true)]
+/// # async fn main() -> Result<(), tower_deepseek::Error> {
+/// let calls = Arc::new(AtomicU32::new(0));
+/// let counter = Arc::clone(&calls);
+/// let service = ServiceBuilder::new()
+///     .layer(RetryLayer::builder().build()?)
+///     .service_fn(move |_req: Request<Full<bytes::Bytes>>| {
+///         // Two 503s, then an answer.
+///         let status = match counter.fetch_add(1, Ordering::Relaxed) {
+///             0 | 1 => StatusCode::SERVICE_UNAVAILABLE,
+///             _ => StatusCode::OK,
+///         };
+///         async move {
+///             let mut response = Response::new(Full::new(bytes::Bytes::from_static(b"{}")));
+///             *response.status_mut() = status;
+///             Ok::<_, std::convert::Infallible>(response)
+///         }
+///     });
+/// let response = service.oneshot(Request::new(Full::default())).await?;
+/// assert_eq!(response.status(), StatusCode::OK);
+/// assert_eq!(calls.load(Ordering::Relaxed), 3);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RetryLayer {
+    config: Arc<RetryConfig>,
+}
+
+impl fmt::Debug for RetryLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryLayer")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl RetryLayer {
+    /// A builder with the defaults (see [`RetryLayerBuilder`]).
+    pub fn builder() -> RetryLayerBuilder {
+        RetryLayerBuilder::default()
+    }
+
+    pub(crate) fn from_config(config: RetryConfig) -> RetryLayer {
+        RetryLayer {
+            config: Arc::new(config),
+        }
+    }
+
+    /// The call counts of every service made by this layer.
+    pub fn metrics(&self) -> RetryMetrics {
+        self.config.counters.snapshot()
+    }
+}
+
+impl<S> Layer<S> for RetryLayer {
+    type Service = RetryService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RetryService {
+            inner,
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+/// The service made by [`RetryLayer`].
+#[derive(Clone)]
+pub struct RetryService<S> {
+    inner: S,
+    config: Arc<RetryConfig>,
+}
+
+impl<S> fmt::Debug for RetryService<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RetryService")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> RetryService<S> {
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The call counts of every service made by this layer.
+    pub fn metrics(&self) -> RetryMetrics {
+        self.config.counters.snapshot()
+    }
+}
+
+impl<S, ReqB, RB> Service<Request<ReqB>> for RetryService<S>
+where
+    S: Service<Request<ReqB>, Response = Response<RB>> + Clone,
+    S::Error: Into<BoxError>,
+    ReqB: ReplayBody,
+    RB: Body,
+    RB::Data: 'static,
+    RB::Error: StdError + Send + Sync + 'static,
+{
+    type Response = Response<RetryBody<RB>>;
+    type Error = Error;
+    type Future = ResponseFuture<S, ReqB, RB>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|error| Error::from_boxed(error.into()))
+    }
+
+    fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        // The ready service goes into the future; a fresh clone stays for the next poll_ready
+        // (tower's `Retry` does the same). Retries drive this one to ready again.
+        let clone = self.inner.clone();
+        let mut service = std::mem::replace(&mut self.inner, clone);
+        let config = &self.config;
+        let template = if config.max_attempts > 1 {
+            Template::of(&request)
+        } else {
+            None
+        };
+        if let Some(budget) = &config.budget {
+            budget.on_call();
+        }
+        let timed = config.deadline.is_some() || config.attempt_timeout.is_some();
+        let now = timed.then(Instant::now);
+        let deadline = now
+            .zip(config.deadline)
+            .map(|(now, d)| deadline_after(now, d));
+        let (timer, timer_kind) = match now {
+            Some(now) => attempt_timer(config, now, deadline),
+            None => (None, TimerKind::Attempt),
+        };
+        ResponseFuture {
+            state: State::Calling {
+                future: service.call(request),
+            },
+            timer: timer.map(tokio::time::sleep_until),
+            timer_kind,
+            service,
+            config: Arc::clone(config),
+            template,
+            attempt: 1,
+            deadline,
+            previous_delay: Duration::ZERO,
+            held: None,
+            held_parts: None,
+        }
+    }
+}
+
+/// What the armed timer bounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TimerKind {
+    Attempt,
+    Deadline,
+    Backoff,
+}
+
+/// The timer for an attempt starting at `now`: the earlier of the per-attempt timeout and
+/// the overall deadline.
+fn attempt_timer(
+    config: &RetryConfig,
+    now: Instant,
+    deadline: Option<Instant>,
+) -> (Option<Instant>, TimerKind) {
+    let attempt_end = config.attempt_timeout.map(|d| deadline_after(now, d));
+    match (attempt_end, deadline) {
+        (Some(a), Some(d)) if d <= a => (Some(d), TimerKind::Deadline),
+        (Some(a), _) => (Some(a), TimerKind::Attempt),
+        (None, Some(d)) => (Some(d), TimerKind::Deadline),
+        (None, None) => (None, TimerKind::Attempt),
+    }
+}
+
+pin_project! {
+    /// The future of a [`RetryService`] call: an attempt in flight, a held stream being read
+    /// to its first token, a back-off wait, or the service being driven to ready for the next
+    /// attempt. A pinned enum of states, no boxing.
+    #[project = ResponseFutureProj]
+    pub struct ResponseFuture<S, ReqB, RB>
+    where
+        S: Service<Request<ReqB>>,
+        RB: Body,
+    {
+        #[pin]
+        state: State<S::Future>,
+        #[pin]
+        timer: Option<Sleep>,
+        timer_kind: TimerKind,
+        service: S,
+        config: Arc<RetryConfig>,
+        template: Option<Template<ReqB>>,
+        attempt: u32,
+        deadline: Option<Instant>,
+        previous_delay: Duration,
+        held: Option<Pin<Box<Held<RB>>>>,
+        held_parts: Option<http::response::Parts>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<F> {
+        Calling {
+            #[pin]
+            future: F,
+        },
+        Holding,
+        Backoff,
+        Readying,
+        Done,
+    }
+}
+
+impl<S, ReqB, RB> fmt::Debug for ResponseFuture<S, ReqB, RB>
+where
+    S: Service<Request<ReqB>>,
+    RB: Body,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture")
+            .field("attempt", &self.attempt)
+            .field("deadline", &self.deadline)
+            .field("replayable", &self.template.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What happens after a failed attempt.
+enum Next {
+    Retry(Duration),
+    Stop,
+}
+
+/// Decides about a failed attempt and reports the decision (events, counters).
+fn decide(
+    config: &RetryConfig,
+    outcome: Outcome,
+    headers: Option<&HeaderMap>,
+    attempt: u32,
+    replayable: bool,
+    deadline: Option<Instant>,
+    previous_delay: Duration,
+) -> Next {
+    let give_up = |reason| {
+        config.emit(RetryEvent::GaveUp {
+            name: &config.name,
+            attempts: attempt,
+            outcome,
+            reason,
+        });
+        Next::Stop
+    };
+    let context = RetryContext {
+        outcome,
+        attempt,
+        headers,
+    };
+    let wait = match config.policy.decide(&context) {
+        RetryDecision::Stop => return give_up(GiveUpReason::NotRetryable),
+        RetryDecision::RetryAfter(wait) => Some(wait),
+        RetryDecision::Retry => outcome.retry_after().or_else(|| match outcome {
+            // A 503 may say when to come back too; ask classify's parser only then.
+            Outcome::Server(_) => headers.and_then(|h| classify::retry_after(h, SystemTime::now())),
+            _ => None,
+        }),
+    };
+    if attempt >= config.max_attempts {
+        return give_up(GiveUpReason::Attempts);
+    }
+    if !replayable {
+        return give_up(GiveUpReason::NotReplayable);
+    }
+    if wait.is_some_and(|wait| wait > config.max_retry_after) {
+        return give_up(GiveUpReason::RetryAfterTooLong);
+    }
+    let delay = match wait {
+        // The upstream's wait replaces the back-off (gRPC pushback semantics): no sooner, and
+        // no later than asked.
+        Some(wait) => wait,
+        None => config
+            .backoff
+            .delay(attempt, previous_delay, config.random.next_f64())
+            .unwrap_or_default(),
+    };
+    if let Some(deadline) = deadline
+        && Instant::now() + delay >= deadline
+    {
+        return give_up(GiveUpReason::Deadline);
+    }
+    if let Some(budget) = &config.budget
+        && !budget.try_retry()
+    {
+        config.emit(RetryEvent::BudgetExhausted {
+            name: &config.name,
+            attempts: attempt,
+            outcome,
+        });
+        return Next::Stop;
+    }
+    config.emit(RetryEvent::Retry {
+        name: &config.name,
+        attempt,
+        delay,
+        outcome,
+    });
+    config.counters.retried();
+    Next::Retry(delay)
+}
+
+impl<S, ReqB, RB> Future for ResponseFuture<S, ReqB, RB>
+where
+    S: Service<Request<ReqB>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    ReqB: ReplayBody,
+    RB: Body,
+    RB::Data: 'static,
+    RB::Error: StdError + Send + Sync + 'static,
+{
+    type Output = Result<Response<RetryBody<RB>>, Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        let config = &**this.config;
+        loop {
+            // Set when an attempt failed: how, and the response headers if there was a head.
+            let failed: (Outcome, Option<Response<RB>>, Option<Error>);
+            match this.state.as_mut().project() {
+                StateProj::Calling { future } => match future.poll(cx) {
+                    Poll::Ready(Ok(response)) => {
+                        let outcome = config.classifier.classify(Observation::Head {
+                            status: response.status(),
+                            headers: response.headers(),
+                        });
+                        if outcome.is_success() {
+                            let hold = match config.hold {
+                                Hold::Off => false,
+                                _ if this.template.is_none()
+                                    || *this.attempt >= config.max_attempts =>
+                                {
+                                    false
+                                }
+                                Hold::Streams => {
+                                    BodyFormat::from_headers(response.headers()) == BodyFormat::Sse
+                                }
+                                Hold::All => true,
+                            };
+                            if !hold {
+                                this.state.set(State::Done);
+                                succeeded(config, *this.attempt);
+                                return Poll::Ready(Ok(response.map(RetryBody::direct)));
+                            }
+                            let (parts, body) = response.into_parts();
+                            let format = BodyFormat::from_headers(&parts.headers);
+                            *this.held = Some(Box::pin(Held::new(
+                                body,
+                                format,
+                                config.hold == Hold::All,
+                                Arc::clone(&config.classifier),
+                            )));
+                            *this.held_parts = Some(parts);
+                            this.state.set(State::Holding);
+                            continue;
+                        }
+                        failed = (outcome, Some(response), None);
+                    }
+                    Poll::Ready(Err(error)) => {
+                        let error = Error::from_boxed(error.into());
+                        let outcome = config.classifier.classify(Observation::Error(&error));
+                        failed = (outcome, None, Some(error));
+                    }
+                    Poll::Pending => {
+                        let Some(phase) = fired(this.timer.as_mut(), *this.timer_kind, cx) else {
+                            return Poll::Pending;
+                        };
+                        failed = timed_out(
+                            this.state.as_mut(),
+                            this.held,
+                            this.held_parts,
+                            config,
+                            phase,
+                        );
+                    }
+                },
+                StateProj::Holding => {
+                    let Some(held) = this.held.as_mut() else {
+                        return Poll::Ready(Err(internal("no held body")));
+                    };
+                    match held.as_mut().read(cx) {
+                        Poll::Ready(HeldRead::Deliver) => {
+                            let outcome = held.verdict();
+                            if outcome.is_success() {
+                                succeeded(config, *this.attempt);
+                                return Poll::Ready(hand_over(
+                                    this.state.as_mut(),
+                                    this.held,
+                                    this.held_parts,
+                                ));
+                            }
+                            failed = (outcome, None, None);
+                        }
+                        Poll::Ready(HeldRead::Failed(outcome)) => {
+                            failed = (outcome, None, None);
+                        }
+                        Poll::Pending => {
+                            let Some(phase) = fired(this.timer.as_mut(), *this.timer_kind, cx)
+                            else {
+                                return Poll::Pending;
+                            };
+                            failed = timed_out(
+                                this.state.as_mut(),
+                                this.held,
+                                this.held_parts,
+                                config,
+                                phase,
+                            );
+                        }
+                    }
+                }
+                StateProj::Backoff => {
+                    if let Some(timer) = this.timer.as_mut().as_pin_mut()
+                        && timer.poll(cx).is_pending()
+                    {
+                        return Poll::Pending;
+                    }
+                    let now = Instant::now();
+                    let (at, kind) = attempt_timer(config, now, *this.deadline);
+                    set_timer(this.timer.as_mut(), at);
+                    *this.timer_kind = kind;
+                    this.state.set(State::Readying);
+                    continue;
+                }
+                StateProj::Readying => match this.service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let Some(request) = Template::request(
+                            this.template,
+                            *this.attempt + 1 < config.max_attempts,
+                        ) else {
+                            return Poll::Ready(Err(internal("no request to replay")));
+                        };
+                        *this.attempt += 1;
+                        let future = this.service.call(request);
+                        this.state.set(State::Calling { future });
+                        continue;
+                    }
+                    Poll::Ready(Err(error)) => {
+                        this.state.set(State::Done);
+                        config.counters.finished(false, *this.attempt);
+                        return Poll::Ready(Err(Error::from_boxed(error.into())));
+                    }
+                    Poll::Pending => {
+                        let Some(phase) = fired(this.timer.as_mut(), *this.timer_kind, cx) else {
+                            return Poll::Pending;
+                        };
+                        failed = timed_out(
+                            this.state.as_mut(),
+                            this.held,
+                            this.held_parts,
+                            config,
+                            phase,
+                        );
+                    }
+                },
+                StateProj::Done => {
+                    return Poll::Ready(Err(internal("polled after it completed")));
+                }
+            }
+
+            // An attempt failed: retry it, or answer with it.
+            let (outcome, response, error) = failed;
+            if let Some(budget) = &config.budget {
+                budget.on_outcome(&outcome);
+            }
+            let next = decide(
+                config,
+                outcome,
+                response.as_ref().map(Response::headers),
+                *this.attempt,
+                this.template.is_some(),
+                *this.deadline,
+                *this.previous_delay,
+            );
+            match next {
+                Next::Retry(delay) => {
+                    drop((response, error));
+                    *this.held = None;
+                    *this.held_parts = None;
+                    *this.previous_delay = delay;
+                    if delay.is_zero() {
+                        set_timer(this.timer.as_mut(), None);
+                        // Straight to readiness, with the next attempt's timer.
+                        let (at, kind) = attempt_timer(config, Instant::now(), *this.deadline);
+                        set_timer(this.timer.as_mut(), at);
+                        *this.timer_kind = kind;
+                        this.state.set(State::Readying);
+                    } else {
+                        set_timer(this.timer.as_mut(), Some(Instant::now() + delay));
+                        *this.timer_kind = TimerKind::Backoff;
+                        this.state.set(State::Backoff);
+                    }
+                }
+                Next::Stop => {
+                    config.counters.finished(false, *this.attempt);
+                    this.state.set(State::Done);
+                    return Poll::Ready(match (response, error) {
+                        (Some(response), _) => Ok(response.map(RetryBody::direct)),
+                        (None, Some(error)) => Err(error),
+                        (None, None) => hand_over(this.state.as_mut(), this.held, this.held_parts),
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn set_timer(mut timer: Pin<&mut Option<Sleep>>, at: Option<Instant>) {
+    match (timer.as_mut().as_pin_mut(), at) {
+        (Some(sleep), Some(at)) => sleep.reset(at),
+        (None, Some(at)) => timer.set(Some(tokio::time::sleep_until(at))),
+        (Some(_), None) => timer.set(None),
+        (None, None) => {}
+    }
+}
+
+fn succeeded(config: &RetryConfig, attempts: u32) {
+    if let Some(budget) = &config.budget {
+        budget.on_outcome(&Outcome::Success);
+    }
+    config.counters.finished(true, attempts);
+    config.emit(RetryEvent::Succeeded {
+        name: &config.name,
+        attempts,
+    });
+}
+
+fn internal(what: &str) -> Error {
+    Error::new(
+        ErrorKind::InvalidRequest,
+        format!("retry response future: {what}"),
+    )
+}
+
+/// Hands the held response over to the caller.
+fn hand_over<F, RB: Body>(
+    mut state: Pin<&mut State<F>>,
+    held: &mut Option<Pin<Box<Held<RB>>>>,
+    held_parts: &mut Option<http::response::Parts>,
+) -> Result<Response<RetryBody<RB>>, Error> {
+    state.set(State::Done);
+    match (held_parts.take(), held.take()) {
+        (Some(parts), Some(held)) => Ok(Response::from_parts(parts, RetryBody::held(held))),
+        _ => Err(internal("no held response")),
+    }
+}
+
+/// Whether the attempt timer fired, and the phase it names.
+fn fired(
+    timer: Pin<&mut Option<Sleep>>,
+    kind: TimerKind,
+    cx: &mut Context<'_>,
+) -> Option<TimeoutPhase> {
+    let sleep = timer.as_pin_mut()?;
+    if sleep.poll(cx).is_pending() {
+        return None;
+    }
+    Some(match kind {
+        TimerKind::Deadline => TimeoutPhase::Deadline,
+        TimerKind::Attempt | TimerKind::Backoff => TimeoutPhase::Attempt,
+    })
+}
+
+/// Drops the attempt in flight (cancelling it) and describes its failure.
+fn timed_out<F, RB: Body>(
+    mut state: Pin<&mut State<F>>,
+    held: &mut Option<Pin<Box<Held<RB>>>>,
+    held_parts: &mut Option<http::response::Parts>,
+    config: &RetryConfig,
+    phase: TimeoutPhase,
+) -> (Outcome, Option<Response<RB>>, Option<Error>) {
+    state.set(State::Done);
+    *held = None;
+    *held_parts = None;
+    let limit = match phase {
+        TimeoutPhase::Deadline => config.deadline,
+        _ => config.attempt_timeout,
+    };
+    (
+        Outcome::Timeout(phase),
+        None,
+        Some(timeout_error(phase, limit)),
+    )
+}

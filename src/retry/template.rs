@@ -1,0 +1,111 @@
+//! The copy of a request kept for a retry, made as cheaply as the success path allows.
+//!
+//! Cloning `http::request::Parts` costs two allocations for the header map (and two frees
+//! when the call succeeds), the largest part of the layer's success-path cost. Most requests
+//! carry a handful of headers, so up to [`INLINE`] of them are kept inline, without
+//! allocating; the map is rebuilt only when a retry actually happens.
+
+use http::{Extensions, HeaderMap, HeaderName, HeaderValue, Method, Request, Uri, Version};
+
+use super::policy::ReplayBody;
+
+/// Headers kept without allocating.
+const INLINE: usize = 6;
+
+// The inline variant is the point: the map is the rare fallback, so the size difference is
+// what saves the allocation.
+#[allow(clippy::large_enum_variant)]
+enum Headers {
+    Inline {
+        len: usize,
+        items: [Option<(HeaderName, HeaderValue)>; INLINE],
+    },
+    Map(HeaderMap),
+}
+
+/// What is needed to send a request again.
+pub(crate) struct Template<B> {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: Headers,
+    extensions: Extensions,
+    body: B,
+}
+
+impl<B: ReplayBody> Template<B> {
+    /// A template of `request`, or `None` when its body cannot be replayed.
+    pub(crate) fn of(request: &Request<B>) -> Option<Template<B>> {
+        let body = request.body().try_replay()?;
+        let map = request.headers();
+        let headers = if map.len() <= INLINE {
+            let mut items: [Option<(HeaderName, HeaderValue)>; INLINE] = Default::default();
+            for (slot, (name, value)) in items.iter_mut().zip(map.iter()) {
+                *slot = Some((name.clone(), value.clone()));
+            }
+            Headers::Inline {
+                len: map.len(),
+                items,
+            }
+        } else {
+            Headers::Map(map.clone())
+        };
+        Some(Template {
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
+            headers,
+            extensions: request.extensions().clone(),
+            body,
+        })
+    }
+
+    /// A request built from the template: a copy while `keep`, the template itself
+    /// otherwise.
+    pub(crate) fn request(this: &mut Option<Template<B>>, keep: bool) -> Option<Request<B>> {
+        if keep && let Some(template) = this.as_ref() {
+            let body = template.body.try_replay()?;
+            let mut request = Request::new(body);
+            template.fill(&mut request, template.headers_map());
+            *request.extensions_mut() = template.extensions.clone();
+            return Some(request);
+        }
+        let template = this.take()?;
+        let headers = template.headers_map();
+        let Template {
+            method,
+            uri,
+            version,
+            extensions,
+            body,
+            ..
+        } = template;
+        let mut request = Request::new(body);
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        *request.version_mut() = version;
+        *request.headers_mut() = headers;
+        *request.extensions_mut() = extensions;
+        Some(request)
+    }
+
+    fn fill(&self, request: &mut Request<B>, headers: HeaderMap) {
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = headers;
+    }
+
+    fn headers_map(&self) -> HeaderMap {
+        match &self.headers {
+            Headers::Map(map) => map.clone(),
+            Headers::Inline { len, items } => {
+                let mut map = HeaderMap::with_capacity(*len);
+                for (name, value) in items.iter().flatten() {
+                    map.append(name.clone(), value.clone());
+                }
+                map
+            }
+        }
+    }
+}

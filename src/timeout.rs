@@ -1,1 +1,0 @@
-//! Streaming-aware timeouts (being written for issue 7).

@@ -1,0 +1,197 @@
+//! Unit tests: reference case 49 and the streaming phases, on paused time.
+
+use std::convert::Infallible;
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body::Frame;
+use http_body_util::{BodyExt, Full, StreamBody};
+use tokio::time::Instant;
+use tower::{Layer, Service, ServiceExt};
+
+use super::*;
+use crate::ErrorKind;
+
+/// Sets its flag when dropped: proves the inner future was cancelled.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// A 200 SSE response whose frames come after their delays.
+fn sse(
+    frames: Vec<(u64, &'static str)>,
+) -> Response<impl http_body::Body<Data = Bytes, Error = io::Error>> {
+    let stream = futures_util::stream::unfold(frames.into_iter(), |mut frames| async move {
+        let (wait, text) = frames.next()?;
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        Some((
+            Ok::<_, io::Error>(Frame::data(Bytes::from_static(text.as_bytes()))),
+            frames,
+        ))
+    });
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(StreamBody::new(stream))
+        .unwrap()
+}
+
+/// Reads a body to its end; the error kind if it failed, and when.
+async fn read<B>(body: B) -> (Option<ErrorKind>, Duration)
+where
+    B: http_body::Body<Error = Error>,
+{
+    let started = Instant::now();
+    let kind = body.collect().await.err().map(|error| error.kind());
+    (kind, started.elapsed())
+}
+
+#[tokio::test(start_paused = true)]
+async fn case_49_fires_exactly_after_call_and_drops_the_inner_future() {
+    let dropped = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&dropped);
+    let inner = tower::service_fn(move |_req: Request<()>| {
+        let guard = DropFlag(Arc::clone(&flag));
+        async move {
+            let _guard = guard;
+            std::future::pending::<()>().await;
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::new())))
+        }
+    });
+    let layer = StreamTimeoutLayer::builder()
+        .headers(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(inner);
+    // Time spent between poll_ready and call does not count.
+    service.ready().await.unwrap();
+    tokio::time::advance(Duration::from_secs(3)).await;
+    let called = Instant::now();
+    let mut future = std::pin::pin!(service.call(Request::new(())));
+    let error = (&mut future).await.unwrap_err();
+    assert_eq!(called.elapsed(), Duration::from_secs(5));
+    assert_eq!(error.kind(), ErrorKind::Timeout(TimeoutPhase::Headers));
+    assert!(
+        dropped.load(Ordering::SeqCst),
+        "dropped at expiry, before the outer future"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_head_in_time_passes_and_total_bounds_the_head_too() {
+    let inner = tower::service_fn(|_req: Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+    });
+    let layer = StreamTimeoutLayer::builder()
+        .headers(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let response = layer.layer(inner).oneshot(Request::new(())).await.unwrap();
+    assert_eq!(read(response.into_body()).await.0, None);
+
+    let layer = StreamTimeoutLayer::builder()
+        .total(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let error = layer
+        .layer(inner)
+        .oneshot(Request::new(()))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Timeout(TimeoutPhase::Total));
+}
+
+#[tokio::test(start_paused = true)]
+async fn keep_alives_are_not_a_first_token() {
+    let frames = vec![(1000, ": keep-alive\n\n"); 30];
+    let inner = tower::service_fn(move |_req: Request<()>| {
+        let frames = frames.clone();
+        async move { Ok::<_, Infallible>(sse(frames)) }
+    });
+    let layer = StreamTimeoutLayer::builder()
+        .first_token(Duration::from_millis(10_500))
+        .build()
+        .unwrap();
+    let called = Instant::now();
+    let response = layer.layer(inner).oneshot(Request::new(())).await.unwrap();
+    let (kind, _) = read(response.into_body()).await;
+    assert_eq!(kind, Some(ErrorKind::Timeout(TimeoutPhase::FirstToken)));
+    assert_eq!(called.elapsed(), Duration::from_millis(10_500), "from call");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_gap_trips_but_a_slow_steady_stream_does_not() {
+    let layer = StreamTimeoutLayer::builder()
+        .first_token(Duration::from_secs(5))
+        .idle(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    // One chunk a second for a minute: slow, never idle.
+    let steady: Vec<_> = std::iter::once((3000, ": keep-alive\n\n"))
+        .chain(std::iter::repeat_n(
+            (1000, "data: {\"choices\":[]}\n\n"),
+            60,
+        ))
+        .chain(std::iter::once((1000, "data: [DONE]\n\n")))
+        .collect();
+    let inner = tower::service_fn(move |_req: Request<()>| {
+        let frames = steady.clone();
+        async move { Ok::<_, Infallible>(sse(frames)) }
+    });
+    let response = layer.layer(inner).oneshot(Request::new(())).await.unwrap();
+    let (kind, took) = read(response.into_body()).await;
+    assert_eq!(kind, None);
+    assert_eq!(took, Duration::from_secs(3 + 61));
+
+    // Two chunks, then 3 s of silence.
+    let gap = vec![
+        (0, "data: {\"choices\":[]}\n\n"),
+        (1000, "data: {\"choices\":[]}\n\n"),
+        (3000, "data: [DONE]\n\n"),
+    ];
+    let inner = tower::service_fn(move |_req: Request<()>| {
+        let frames = gap.clone();
+        async move { Ok::<_, Infallible>(sse(frames)) }
+    });
+    let response = layer.layer(inner).oneshot(Request::new(())).await.unwrap();
+    let (kind, took) = read(response.into_body()).await;
+    assert_eq!(kind, Some(ErrorKind::Timeout(TimeoutPhase::Idle)));
+    assert_eq!(took, Duration::from_secs(1 + 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn total_bounds_a_long_stream_and_the_body_ends_after_its_error() {
+    let frames = vec![(1000, "data: {\"choices\":[]}\n\n"); 20];
+    let inner = tower::service_fn(move |_req: Request<()>| {
+        let frames = frames.clone();
+        async move { Ok::<_, Infallible>(sse(frames)) }
+    });
+    let layer = StreamTimeoutLayer::builder()
+        .idle(Duration::from_secs(5))
+        .total(Duration::from_millis(7500))
+        .build()
+        .unwrap();
+    let called = Instant::now();
+    let response = layer.layer(inner).oneshot(Request::new(())).await.unwrap();
+    let mut body = std::pin::pin!(response.into_body());
+    let mut chunks = 0;
+    let error = loop {
+        match body.frame().await {
+            Some(Ok(_)) => chunks += 1,
+            Some(Err(error)) => break error,
+            None => panic!("must time out"),
+        }
+    };
+    assert_eq!(error.kind(), ErrorKind::Timeout(TimeoutPhase::Total));
+    assert_eq!((chunks, called.elapsed()), (7, Duration::from_millis(7500)));
+    assert!(body.frame().await.is_none());
+    assert!(http_body::Body::is_end_stream(&*body));
+}
