@@ -71,6 +71,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
+use axum::error_handling::HandleErrorLayer;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use axum::response::{IntoResponse, Response};
@@ -80,15 +81,21 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::net::TcpListener;
 use tower::util::MapResponse;
-use tower::{ServiceBuilder, ServiceExt};
+use tower::{Layer, ServiceBuilder, ServiceExt};
 use tower_deepseek::circuit_breaker::{
     CircuitBreaker, CircuitBreakerBody, CircuitBreakerBuilder, Fallback, FallbackResponse,
     KeyedCircuitBreakerLayer, KeyedCircuitBreakerService, MAX_COUNT_WINDOW, SlidingWindow,
 };
 use tower_deepseek::deepseek::{ChatChunk, ChatRequest, DeepSeekClient, RequestBody, RequestModel};
 use tower_deepseek::error::CircuitOpenReason;
-use tower_deepseek::metrics::{Metrics, MetricsEndpoint, MetricsLayer, MetricsService};
+use tower_deepseek::metrics::{
+    Metrics, MetricsEndpoint, MetricsLayer, MetricsService, operation_from_path,
+};
 use tower_deepseek::mock::MockDeepSeek;
+use tower_deepseek::rate_limit::redis::{RedisFailureMode, RedisLimitEvent, RedisRateLimiter};
+use tower_deepseek::rate_limit::{HeaderKey, KeyedLimiter, RateLimitLayer};
+use tower_deepseek::retry::{Hold, RetryLayer, RetryService, TpsBudget};
+use tower_deepseek::timeout::{StreamTimeout, StreamTimeoutLayer, TimeoutBody};
 use tower_deepseek::trace_id::{PropagateTraceId, PropagateTraceIdLayer, TraceIdLayer};
 use tower_deepseek::upstream::Upstream;
 use tower_deepseek::{BoxError, Error, ErrorKind};
@@ -118,6 +125,56 @@ pub struct GatewayConfig {
     pub fallback_model: Option<String>,
     /// The circuit breaker's settings.
     pub breaker: BreakerSettings,
+    /// Retries and the stream timeouts.
+    pub resilience: ResilienceSettings,
+    /// The per-caller rate limit.
+    pub rate_limit: RateLimitSettings,
+}
+
+/// Retries and stream timeouts (see the module docs for the variables).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResilienceSettings {
+    /// Attempts per call, the first included; `1` turns retries off.
+    pub max_attempts: u32,
+    /// Longest wait for DeepSeek's response headers, per attempt.
+    pub headers_timeout: Duration,
+    /// Longest wait for the first token of an answer (keep-alives do not count).
+    pub first_token_timeout: Duration,
+    /// Longest silence between two chunks once the answer has started.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ResilienceSettings {
+    fn default() -> Self {
+        ResilienceSettings {
+            max_attempts: 3,
+            headers_timeout: Duration::from_secs(60),
+            // DeepSeek keeps a queued request alive with keep-alives for up to 10 minutes.
+            first_token_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The limit on each caller (keyed by its `Authorization` header).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimitSettings {
+    /// Requests per minute per caller; `0` turns the limit off.
+    pub per_minute: u32,
+    /// How many requests a caller may send at once after a quiet spell.
+    pub burst: u32,
+    /// A Redis URL: the limit is shared by every replica through it; `None`: per process.
+    pub redis_url: Option<String>,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            per_minute: 600,
+            burst: 60,
+            redis_url: None,
+        }
+    }
 }
 
 /// The gateway's circuit-breaker settings (see the module docs for the variables).
@@ -229,6 +286,36 @@ impl BreakerSettings {
     }
 }
 
+impl ResilienceSettings {
+    /// Validates the settings and builds the retry (reporting to `metrics`) and stream-timeout
+    /// layers.
+    pub fn layers(&self, metrics: &Metrics) -> Result<(RetryLayer, StreamTimeoutLayer), Error> {
+        let named = |what: &'static str| {
+            move |e: Error| config_error(format!("the {what} settings are not valid: {e}"))
+        };
+        let timeouts = StreamTimeoutLayer::builder()
+            .headers(self.headers_timeout)
+            .first_token(self.first_token_timeout)
+            .idle(self.idle_timeout)
+            .build()
+            .map_err(named("GATEWAY_*_TIMEOUT"))?;
+        let retry = RetryLayer::builder()
+            .name("deepseek")
+            .max_attempts(self.max_attempts)
+            // Every attempt may wait out its first-token timeout; past this, give up.
+            .deadline(self.first_token_timeout * 2 + self.headers_timeout)
+            // At most about 20 % extra calls (and 10 a second) while DeepSeek is failing.
+            .budget(TpsBudget::default())
+            // The client reads JSON answers whole anyway: holding them lets an answer stopped
+            // by `insufficient_system_resource` be retried before the caller sees it.
+            .hold(Hold::All)
+            .listener(metrics.clone())
+            .build()
+            .map_err(named("GATEWAY_RETRY_*"))?;
+        Ok((retry, timeouts))
+    }
+}
+
 /// The breaker key of an outbound request: its model (an `Arc` bump, no allocation), or
 /// `models` for `GET /models`, which names none.
 fn breaker_key(request: &http::Request<RequestBody>) -> RequestModel {
@@ -314,6 +401,59 @@ impl GatewayConfig {
         };
         // Validated now, so a bad value stops the start-up rather than the first request.
         breaker.template()?;
+        let resilience_defaults = ResilienceSettings::default();
+        let timeout = |name: &str, default: Duration| {
+            parsed(
+                &var,
+                name,
+                "a number of seconds between 0 and 86400",
+                seconds,
+            )
+            .map(|value| value.unwrap_or(default))
+        };
+        let resilience = ResilienceSettings {
+            max_attempts: parsed(
+                &var,
+                "GATEWAY_RETRY_MAX_ATTEMPTS",
+                "a whole number of attempts from 1 to 5",
+                |t| t.parse().ok().filter(|n| (1..=5).contains(n)),
+            )?
+            .unwrap_or(resilience_defaults.max_attempts),
+            headers_timeout: timeout(
+                "GATEWAY_HEADERS_TIMEOUT",
+                resilience_defaults.headers_timeout,
+            )?,
+            first_token_timeout: timeout(
+                "GATEWAY_FIRST_TOKEN_TIMEOUT",
+                resilience_defaults.first_token_timeout,
+            )?,
+            idle_timeout: timeout("GATEWAY_IDLE_TIMEOUT", resilience_defaults.idle_timeout)?,
+        };
+        resilience.layers(&Metrics::builder().build()?)?;
+        let limit_defaults = RateLimitSettings::default();
+        let rate_limit = RateLimitSettings {
+            per_minute: parsed(
+                &var,
+                "GATEWAY_RATE_LIMIT_PER_MINUTE",
+                "a whole number of requests per minute (0: no limit)",
+                |t| t.parse().ok(),
+            )?
+            .unwrap_or(limit_defaults.per_minute),
+            burst: parsed(
+                &var,
+                "GATEWAY_RATE_LIMIT_BURST",
+                "a whole number of requests, at least 1",
+                |t| t.parse().ok().filter(|n| *n >= 1),
+            )?
+            .unwrap_or(limit_defaults.burst),
+            redis_url: var("REDIS_URL"),
+        };
+        // The local limit checks the numbers; a Redis URL is checked when the gateway starts.
+        RateLimitSettings {
+            redis_url: None,
+            ..rate_limit.clone()
+        }
+        .layer(&Metrics::builder().build()?)?;
         Ok(GatewayConfig {
             listen,
             api_key: var("DEEPSEEK_API_KEY"),
@@ -321,6 +461,8 @@ impl GatewayConfig {
             model: var("DEEPSEEK_MODEL"),
             fallback_model,
             breaker,
+            resilience,
+            rate_limit,
         })
     }
 }
@@ -329,20 +471,24 @@ impl GatewayConfig {
 pub type BreakerLayer =
     KeyedCircuitBreakerLayer<fn(&http::Request<RequestBody>) -> RequestModel, RequestModel>;
 
+/// The upstream with the stream timeouts.
+pub type TimedUpstream = StreamTimeout<Upstream>;
+
 /// The breakers' service: the upstream, answered by [`ModelFallback`] while open.
 pub type Breaker = KeyedCircuitBreakerService<
-    Upstream,
+    TimedUpstream,
     fn(&http::Request<RequestBody>) -> RequestModel,
     RequestModel,
     ModelFallback,
 >;
 
 /// A response from the breaker.
-pub type BreakerResponse = http::Response<CircuitBreakerBody<Incoming>>;
+pub type BreakerResponse = http::Response<CircuitBreakerBody<TimeoutBody<Incoming>>>;
 
 /// The outbound stack under the client (see the module docs for the order).
-pub type Transport =
-    PropagateTraceId<MetricsService<MapResponse<Breaker, fn(BreakerResponse) -> BreakerResponse>>>;
+pub type Transport = PropagateTraceId<
+    MetricsService<RetryService<MapResponse<Breaker, fn(BreakerResponse) -> BreakerResponse>>>,
+>;
 
 /// The gateway's DeepSeek client: the pooled upstream under the outbound stack.
 pub type Client = DeepSeekClient<Transport>;
@@ -353,15 +499,16 @@ pub type Client = DeepSeekClient<Transport>;
 #[derive(Clone, Debug)]
 pub struct ModelFallback {
     model: Option<Arc<str>>,
-    upstream: Upstream,
+    upstream: TimedUpstream,
 }
 
 /// Set on a fallback's answer: the model that answered.
 #[derive(Clone, Debug)]
 struct AnsweredBy(Arc<str>);
 
-impl Fallback<http::Request<RequestBody>, Incoming> for ModelFallback {
-    type Future = Pin<Box<dyn Future<Output = Result<http::Response<Incoming>, Error>> + Send>>;
+impl Fallback<http::Request<RequestBody>, TimeoutBody<Incoming>> for ModelFallback {
+    type Future =
+        Pin<Box<dyn Future<Output = Result<http::Response<TimeoutBody<Incoming>>, Error>> + Send>>;
 
     fn fallback(&mut self, request: http::Request<RequestBody>, rejection: Error) -> Self::Future {
         let helps = matches!(
@@ -439,6 +586,8 @@ pub fn transport(
             "the fallback model {model:?} is not a model name (1 to 128 visible ASCII characters)"
         )));
     }
+    let (retry, timeouts) = config.resilience.layers(metrics)?;
+    let upstream = timeouts.layer(upstream);
     let fallback = ModelFallback {
         model: config.fallback_model.as_deref().map(Arc::from),
         upstream: upstream.clone(),
@@ -450,6 +599,9 @@ pub fn transport(
         // Above the breaker: a refused call counts as `rejected`, a fallback answer as the
         // model that answered.
         .layer(MetricsLayer::client(metrics))
+        // Outside the breaker: the breaker sees every attempt, and an open breaker's refusal
+        // (or its fallback's answer) is final.
+        .layer(retry)
         .map_response(note_fallback as fn(BreakerResponse) -> BreakerResponse)
         .layer(breaker)
         .service(upstream))
@@ -490,7 +642,8 @@ pub async fn serve(
     let registry = prometheus::Registry::new();
     let metrics = gateway_metrics(&config, &registry)?;
     let client = builder.build(transport(&config, Upstream::new()?, &metrics)?)?;
-    let app = router(client, &metrics, registry);
+    let limit = config.rate_limit.layer(&metrics)?;
+    let app = router(client, &metrics, registry, limit);
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -528,26 +681,110 @@ pub fn gateway_metrics(
         .build()
 }
 
-/// The gateway's routes: the API under inbound metrics per operation (never the raw path),
-/// `/metrics` for Prometheus, `/healthz` (the process answers) and `/readyz` (it can serve).
-pub fn router(client: Client, metrics: &Metrics, registry: prometheus::Registry) -> Router {
-    let api = Router::new()
+/// The gateway's routes, outermost first: the trace ID; inbound metrics per operation (never
+/// the raw path), which count refused calls too; the per-caller rate limit (429 with
+/// `Retry-After` and `x-ratelimit-*`); the API. `/metrics` (Prometheus), `/healthz` (the
+/// process answers) and `/readyz` (it can serve) sit beside the API, outside the limit.
+pub fn router(
+    client: Client,
+    metrics: &Metrics,
+    registry: prometheus::Registry,
+    limit: Option<InboundLimit>,
+) -> Router {
+    let mut api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
-        .route_layer(MetricsLayer::server(metrics, "chat"))
-        .merge(
-            Router::new()
-                .route("/v1/models", get(models))
-                .route("/models", get(models))
-                .route_layer(MetricsLayer::server(metrics, "models")),
-        )
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(client);
-    api.route_service("/metrics", MetricsEndpoint::new(registry))
+    // A refused call is the crate's rate-limited error; its response is the 429.
+    let refused = || HandleErrorLayer::new(|error: Error| ready(error.into_response()));
+    api = match limit {
+        None => api,
+        Some(InboundLimit::Local(layer)) => {
+            api.layer(ServiceBuilder::new().layer(refused()).layer(layer))
+        }
+        Some(InboundLimit::Shared(layer)) => {
+            api.layer(ServiceBuilder::new().layer(refused()).layer(layer))
+        }
+    };
+    api.layer(MetricsLayer::server(metrics, "api").operation_by(operation_from_path))
+        .route_service("/metrics", MetricsEndpoint::new(registry))
         .route("/healthz", get(|| ready("ok")))
         .route("/readyz", get(|| ready("ready")))
         // Outermost, so even a rejected body is answered under the request's trace ID.
         .layer(TraceIdLayer::new())
+}
+
+/// The per-caller limit, keyed by the caller's `Authorization` header.
+pub enum InboundLimit {
+    /// Per process (governor): a keyed hash of the header, never the key itself.
+    Local(RateLimitLayer<HeaderKey, KeyedLimiter<u64>>),
+    /// Shared by every replica through Redis (the key is hashed before it leaves).
+    Shared(RateLimitLayer<fn(&http::Request<Body>) -> HeaderValue, RedisRateLimiter>),
+}
+
+/// The caller key of the shared limit: its `Authorization` header (callers without one share
+/// one budget).
+fn caller_key(request: &http::Request<Body>) -> HeaderValue {
+    request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .cloned()
+        .unwrap_or_else(|| HeaderValue::from_static("anonymous"))
+}
+
+impl RateLimitSettings {
+    /// Builds the inbound limit (reporting to `metrics`); `None` when turned off. The Redis
+    /// limit fails open: the gateway keeps serving while Redis is down, and says so in the log.
+    pub fn layer(&self, metrics: &Metrics) -> Result<Option<InboundLimit>, Error> {
+        if self.per_minute == 0 {
+            return Ok(None);
+        }
+        let invalid = |e: Error| {
+            config_error(format!(
+                "the GATEWAY_RATE_LIMIT_* settings are not valid: {e}"
+            ))
+        };
+        let builder = RateLimitLayer::builder()
+            .name("inbound")
+            .per_minute(self.per_minute)
+            .burst(self.burst)
+            .listener(metrics.clone());
+        let Some(url) = &self.redis_url else {
+            return builder
+                .build_per_api_key()
+                .map(InboundLimit::Local)
+                .map(Some)
+                .map_err(invalid);
+        };
+        let shared = RedisRateLimiter::builder()
+            .url(url.as_str())
+            .key_prefix("tower-deepseek:gateway:inbound:")
+            .quota(self.per_minute, Duration::from_secs(60))
+            .burst(self.burst)
+            .failure_mode(RedisFailureMode::Open)
+            .listener(|event: &RedisLimitEvent| match event {
+                RedisLimitEvent::Recovered => {
+                    tracing::info!("Redis is back: the shared rate limit applies again")
+                }
+                other => tracing::warn!(
+                    ?other,
+                    "Redis is unavailable: calls pass without the shared rate limit"
+                ),
+            })
+            .build()
+            .map_err(|e| config_error(format!("REDIS_URL is not usable: {e}")))?;
+        builder
+            .build_with_backend(
+                caller_key as fn(&http::Request<Body>) -> HeaderValue,
+                shared,
+            )
+            .map(InboundLimit::Shared)
+            .map(Some)
+            .map_err(invalid)
+    }
 }
 
 async fn chat_completions(State(client): State<Client>, body: Bytes) -> Response {

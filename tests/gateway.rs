@@ -169,7 +169,11 @@ async fn key_mode_proxies_to_the_configured_upstream_with_its_own_key() {
 
 #[tokio::test]
 async fn deepseek_errors_come_back_in_openai_shape_with_the_upstream_status() {
-    let (upstream, gateway) = RunningGateway::start_with_upstream().await;
+    let (upstream, gateway) = RunningGateway::start_with_upstream_and(gateway::GatewayConfig {
+        resilience: no_retries(),
+        ..Default::default()
+    })
+    .await;
     // The 429 first: a 402 puts the gateway's circuit breaker in its fatal state, after which
     // DeepSeek is not called at all (checked at the end).
     upstream.script([
@@ -197,6 +201,105 @@ async fn deepseek_errors_come_back_in_openai_shape_with_the_upstream_status() {
     let error = gateway.client().chat(hello()).await.expect_err("402");
     assert_eq!(error.status(), Some(http::StatusCode::PAYMENT_REQUIRED));
     assert_eq!(upstream.requests().len(), 2);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn the_gateway_retries_deepseek_overload_and_never_a_payment_error() {
+    let (upstream, gateway) = RunningGateway::start_with_upstream().await;
+    // Two 503s, then the mock's default answer: the caller sees one answer.
+    upstream.script([Reply::status(503), Reply::status(503)]);
+    let answer = gateway
+        .client()
+        .chat(hello())
+        .await
+        .expect("answer after retries");
+    assert!(answer.content().unwrap().contains("Hello gateway"));
+    assert_eq!(
+        upstream.requests().len(),
+        3,
+        "exactly three calls reached DeepSeek"
+    );
+    let (_, _, scrape) = raw("GET", format!("{}/metrics", gateway.url()), "").await;
+    assert_eq!(
+        series_sum(
+            &scrape,
+            "deepseek_retry_attempts_total",
+            &["outcome=\"server_error\""]
+        ),
+        2.0,
+        "{scrape}"
+    );
+
+    // A 402 is not retried: one more call, and the caller sees the 402.
+    upstream.script([Reply::status(402)]);
+    let error = gateway.client().chat(hello()).await.expect_err("402");
+    assert_eq!(error.status(), Some(http::StatusCode::PAYMENT_REQUIRED));
+    assert_eq!(upstream.requests().len(), 4);
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn callers_are_rate_limited_per_api_key_with_honest_headers() {
+    let gateway = RunningGateway::start(gateway::GatewayConfig {
+        rate_limit: gateway::RateLimitSettings {
+            per_minute: 2,
+            burst: 2,
+            redis_url: None,
+        },
+        ..Default::default()
+    })
+    .await;
+    let chat = |key: &'static str| {
+        let request = http::Request::post(format!("{}/v1/chat/completions", gateway.url()))
+            .header("content-type", "application/json")
+            .header("authorization", key)
+            .body(Full::new(Bytes::from_static(FLASH_CHAT.as_bytes())))
+            .unwrap();
+        Upstream::new().unwrap().oneshot(request)
+    };
+    for _ in 0..2 {
+        assert_eq!(chat("Bearer caller-a").await.unwrap().status(), 200);
+    }
+    let refused = chat("Bearer caller-a").await.unwrap();
+    assert_eq!(refused.status(), 429);
+    let headers = refused.headers();
+    // 2 per minute: the next call conforms in 30 s.
+    assert_eq!(headers["retry-after"], "30");
+    assert_eq!(headers["x-ratelimit-limit"], "2");
+    assert_eq!(headers["x-ratelimit-remaining"], "0");
+    assert!(headers.contains_key("x-ratelimit-reset"));
+    assert!(
+        headers.contains_key("x-trace-id"),
+        "answered under a trace ID"
+    );
+    let body = refused.into_body().collect().await.unwrap().to_bytes();
+    let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(json["error"]["message"].as_str().is_some(), "{json}");
+    assert!(!String::from_utf8_lossy(&body).contains("caller-a"));
+
+    // Another caller has its own budget; the operational endpoints are never limited.
+    assert_eq!(chat("Bearer caller-b").await.unwrap().status(), 200);
+    let (status, _, scrape) = raw("GET", format!("{}/metrics", gateway.url()), "").await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        series_sum(
+            &scrape,
+            "deepseek_rate_limit_rejections_total",
+            &["limiter=\"inbound\""]
+        ),
+        1.0,
+        "{scrape}"
+    );
+    assert_eq!(
+        series_sum(
+            &scrape,
+            "deepseek_requests_total",
+            &["side=\"server\"", "outcome=\"rate_limited\""]
+        ),
+        1.0,
+        "the inbound metrics count the refused call: {scrape}"
+    );
     gateway.stop().await;
 }
 
@@ -317,6 +420,14 @@ async fn raw_chat(
 const FLASH_CHAT: &str =
     r#"{"model":"deepseek-v4-flash","messages":[{"role":"user","content":"Hello gateway"}]}"#;
 
+/// One attempt per call: these tests count the breaker's view of each call.
+fn no_retries() -> gateway::ResilienceSettings {
+    gateway::ResilienceSettings {
+        max_attempts: 1,
+        ..Default::default()
+    }
+}
+
 /// A breaker that opens after two failures in a window of two, and stays open for the test.
 fn breaker_settings() -> gateway::BreakerSettings {
     gateway::BreakerSettings {
@@ -337,6 +448,7 @@ async fn an_open_breaker_falls_back_to_the_fallback_model_and_says_so() {
     let (upstream, gateway) = RunningGateway::start_with_upstream_and(gateway::GatewayConfig {
         fallback_model: Some("deepseek-v4-pro".to_owned()),
         breaker: breaker_settings(),
+        resilience: no_retries(),
         ..Default::default()
     })
     .await;
@@ -394,6 +506,7 @@ async fn an_open_breaker_falls_back_to_the_fallback_model_and_says_so() {
 async fn an_open_breaker_without_a_fallback_is_a_503_with_retry_after() {
     let (upstream, gateway) = RunningGateway::start_with_upstream_and(gateway::GatewayConfig {
         breaker: breaker_settings(),
+        resilience: no_retries(),
         ..Default::default()
     })
     .await;
@@ -432,6 +545,7 @@ const PRO_CHAT: &str =
 async fn one_failing_model_does_not_cut_off_the_others() {
     let (upstream, gateway) = RunningGateway::start_with_upstream_and(gateway::GatewayConfig {
         breaker: breaker_settings(),
+        resilience: no_retries(),
         ..Default::default()
     })
     .await;
@@ -465,6 +579,7 @@ async fn a_refused_call_for_the_fallback_model_is_not_sent_to_itself() {
     let (upstream, gateway) = RunningGateway::start_with_upstream_and(gateway::GatewayConfig {
         fallback_model: Some("deepseek-v4-pro".to_owned()),
         breaker: breaker_settings(),
+        resilience: no_retries(),
         ..Default::default()
     })
     .await;

@@ -641,3 +641,56 @@ impl CircuitBreakerListener for Metrics {
         }
     }
 }
+
+/// A retry layer's events, exported: each retry by the outcome that caused it, budget
+/// exhaustion and giving up. `.listener(metrics.clone())` on the retry layer's builder.
+///
+/// ```
+/// # fn main() -> Result<(), tower_deepseek::Error> {
+/// use tower_deepseek::metrics::Metrics;
+/// use tower_deepseek::retry::RetryLayer;
+///
+/// let metrics = Metrics::builder().build()?;
+/// let retry = RetryLayer::builder().listener(metrics.clone()).build()?;
+/// # let _ = retry;
+/// # Ok(())
+/// # }
+/// ```
+impl crate::retry::RetryListener for Metrics {
+    fn on_event(&self, event: &crate::retry::RetryEvent<'_>) {
+        use crate::retry::RetryEvent;
+        match event {
+            RetryEvent::Retry { outcome, .. } => self.retry_attempt(outcome),
+            RetryEvent::BudgetExhausted { .. } => self.retry_budget_exhausted(),
+            RetryEvent::GaveUp { .. } => self.retry_gave_up(),
+            _ => {}
+        }
+    }
+}
+
+/// A rate-limit layer's events, exported: rejections and waits by limiter name (never a key).
+/// `.listener(metrics.clone())` on the rate-limit layer's builder.
+///
+/// ```
+/// # fn main() -> Result<(), tower_deepseek::Error> {
+/// use tower_deepseek::metrics::Metrics;
+/// use tower_deepseek::rate_limit::RateLimitLayer;
+///
+/// let metrics = Metrics::builder().build()?;
+/// let limit = RateLimitLayer::builder().per_second(50).listener(metrics.clone()).build()?;
+/// # let _ = limit;
+/// # Ok(())
+/// # }
+/// ```
+impl crate::rate_limit::RateLimitListener for Metrics {
+    fn on_event(&self, event: &crate::rate_limit::RateLimitEvent<'_>) {
+        use crate::rate_limit::RateLimitEvent;
+        match *event {
+            RateLimitEvent::Rejected { limiter, wait } => {
+                self.rate_limit_rejected(limiter, Some(wait))
+            }
+            RateLimitEvent::Waited { limiter, waited } => self.rate_limit_waited(limiter, waited),
+            _ => {}
+        }
+    }
+}
