@@ -403,6 +403,7 @@ where
                 },
             };
         }
+        // The slot exists before the inner call, so even a panicking `call` gives it back.
         let slot = AdaptiveSlot {
             shared: Arc::clone(shared),
             started: Instant::now(),

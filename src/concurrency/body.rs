@@ -7,9 +7,9 @@ use std::task::{Context, Poll, ready};
 
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::adaptive::AdaptiveSlot;
+use super::fixed::FixedPermit;
 use crate::error::BoxError;
 
 /// What a body holds: nothing (released already), a fixed limit's permit, or an adaptive
@@ -17,7 +17,7 @@ use crate::error::BoxError;
 pub(crate) enum Slot {
     Released,
     // Held only for its `Drop`, which gives the permit back.
-    Fixed(#[allow(dead_code)] OwnedSemaphorePermit),
+    Fixed(#[allow(dead_code)] FixedPermit),
     Adaptive(AdaptiveSlot),
 }
 

@@ -1,4 +1,9 @@
-//! The fixed limit: a semaphore of `max_in_flight` permits, with an optional bounded wait.
+//! The fixed limit: an atomic count of calls in flight, with an optional bounded, first come
+//! first served wait.
+//!
+//! Not tokio's `Semaphore`: giving a permit back to it takes the lock of its waiter list on
+//! every call, waiters or not. Here admission is one compare-and-swap on the count, release one
+//! subtraction, and only calls that must wait touch anything else (a `Notify`).
 
 use std::fmt;
 use std::future::Future;
@@ -10,7 +15,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
+use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -20,9 +25,11 @@ use super::{ConcurrencyEvent, ConcurrencyListener, DEFAULT_RETRY_AFTER};
 use crate::error::{BoxError, Error, ErrorKind};
 
 /// What the fixed limit shares between its layer, services and waiting calls.
-struct Shared {
+pub(crate) struct Shared {
     name: Arc<str>,
-    semaphore: Arc<Semaphore>,
+    in_flight: AtomicUsize,
+    // Wakes waiting calls when a slot frees; touched only while calls wait.
+    slot_freed: Notify,
     max_in_flight: usize,
     max_wait: Duration,
     max_queue: Option<usize>,
@@ -34,8 +41,42 @@ struct Shared {
 
 impl Shared {
     fn in_flight(&self) -> usize {
-        self.max_in_flight
-            .saturating_sub(self.semaphore.available_permits())
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Takes a slot if one is free. A call arriving while others wait does not pass them
+    /// (`waiter` is false): it queues behind them.
+    ///
+    /// The count and the queue length are read and written `SeqCst`, pairing with
+    /// [`release`](Self::release): either a waiter sees the freed slot here, or the release
+    /// sees the waiter and wakes it. No wake-up is lost.
+    fn try_admit(&self, waiter: bool) -> bool {
+        if !waiter && self.queued.load(Ordering::SeqCst) > 0 {
+            return false;
+        }
+        let mut current = self.in_flight.load(Ordering::SeqCst);
+        loop {
+            if current >= self.max_in_flight {
+                return false;
+            }
+            match self.in_flight.compare_exchange_weak(
+                current,
+                current + 1,
+                Ordering::SeqCst,
+                Ordering::SeqCst,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+
+    fn release(&self) {
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if self.queued.load(Ordering::SeqCst) > 0 {
+            // Wakes the longest waiter (or leaves a permit for the next one to look).
+            self.slot_freed.notify_one();
+        }
     }
 
     fn shed(&self) -> Error {
@@ -140,7 +181,6 @@ impl<S> Layer<S> for ConcurrencyLimitLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ConcurrencyLimitService {
             inner,
-            semaphore: Arc::clone(&self.shared.semaphore),
             layer: self.clone(),
         }
     }
@@ -227,13 +267,13 @@ impl ConcurrencyLimitLayerBuilder {
 
     /// Validates the settings and builds the layer.
     pub fn build(self) -> Result<ConcurrencyLimitLayer, Error> {
-        if self.max_in_flight == 0 || self.max_in_flight > Semaphore::MAX_PERMITS {
+        if self.max_in_flight == 0 || self.max_in_flight == usize::MAX {
             return Err(Error::new(
                 ErrorKind::Config,
                 format!(
                     "concurrency limit: max_in_flight {} must be in [1, {}]",
                     self.max_in_flight,
-                    Semaphore::MAX_PERMITS
+                    usize::MAX - 1
                 ),
             ));
         }
@@ -241,7 +281,8 @@ impl ConcurrencyLimitLayerBuilder {
         Ok(ConcurrencyLimitLayer {
             shared: Arc::new(Shared {
                 name: self.name,
-                semaphore: Arc::new(Semaphore::new(self.max_in_flight)),
+                in_flight: AtomicUsize::new(0),
+                slot_freed: Notify::new(),
                 max_in_flight: self.max_in_flight,
                 max_wait: self.max_wait,
                 max_queue: self.max_queue,
@@ -262,8 +303,6 @@ impl ConcurrencyLimitLayerBuilder {
 #[derive(Clone)]
 pub struct ConcurrencyLimitService<S> {
     inner: S,
-    // The layer's semaphore, kept here too so the fast path is one pointer away.
-    semaphore: Arc<Semaphore>,
     layer: ConcurrencyLimitLayer,
 }
 
@@ -313,63 +352,92 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let shared = &self.layer.shared;
-        let state = match Arc::clone(&self.semaphore).try_acquire_owned() {
-            Ok(permit) => FixedState::Calling {
+        let state = if shared.try_admit(false) {
+            // The permit exists before the inner call, so even a panicking `call` gives
+            // the slot back.
+            let permit = FixedPermit {
+                shared: Arc::clone(shared),
+            };
+            FixedState::Calling {
                 future: self.inner.call(request),
                 permit: Some(permit),
                 release_at_head: shared.release_at_head,
-            },
-            Err(TryAcquireError::NoPermits) if !shared.max_wait.is_zero() => {
-                match QueueTicket::take(&self.layer.shared) {
-                    Some(ticket) => {
-                        // The ready service goes with the waiting call (it was driven to
-                        // ready for this request); `self` keeps a fresh clone, which its next
-                        // caller drives to ready.
-                        let clone = self.inner.clone();
-                        let service = std::mem::replace(&mut self.inner, clone);
-                        FixedState::Waiting {
-                            acquire: acquire(&self.semaphore, shared.max_wait),
+            }
+        } else if shared.max_wait.is_zero() {
+            FixedState::Shed {
+                error: Some(shared.shed()),
+            }
+        } else {
+            match QueueTicket::take(&self.layer.shared) {
+                Some(ticket) => {
+                    // The ready service goes with the waiting call (it was driven to
+                    // ready for this request); `self` keeps a fresh clone, which its next
+                    // caller drives to ready.
+                    let clone = self.inner.clone();
+                    let service = std::mem::replace(&mut self.inner, clone);
+                    FixedState::Waiting {
+                        waiting: Box::new(Waiting {
+                            acquire: acquire(shared),
                             service: Some(service),
                             request: Some(request),
                             ticket,
                             since: Instant::now(),
-                        }
+                        }),
                     }
-                    None => FixedState::Shed {
-                        error: Some(shared.shed()),
-                    },
                 }
+                None => FixedState::Shed {
+                    error: Some(shared.shed()),
+                },
             }
-            // No permit and no wait, or (never here: we never close it) a closed semaphore.
-            Err(_) => FixedState::Shed {
-                error: Some(shared.shed()),
-            },
         };
         FixedResponseFuture { state }
     }
 }
 
-/// The wait for a permit, bounded by `max_wait`; `None` when the wait ran out.
-///
-/// Boxed, because tokio's `acquire_owned` future cannot be named in a struct field. Only a call
-/// that must wait pays for the box: the fast path (`try_acquire_owned`) allocates nothing.
-type AcquireFuture = Pin<Box<dyn Future<Output = Option<OwnedSemaphorePermit>> + Send>>;
+/// A slot of the fixed limit, given back when dropped.
+pub(crate) struct FixedPermit {
+    shared: Arc<Shared>,
+}
 
-fn acquire(semaphore: &Arc<Semaphore>, max_wait: Duration) -> AcquireFuture {
-    let semaphore = Arc::clone(semaphore);
+impl Drop for FixedPermit {
+    fn drop(&mut self) {
+        self.shared.release();
+    }
+}
+
+/// The wait for a slot, bounded by `max_wait`; `None` when the wait ran out.
+///
+/// Boxed, because tokio's `Notified` future borrows the `Notify` it waits on, which this
+/// future owns (through `Arc<Shared>`): a self-referential future that only an `async` block
+/// can hold. Only a call that must wait pays for the box: the fast path allocates nothing.
+type AcquireFuture = Pin<Box<dyn Future<Output = Option<FixedPermit>> + Send>>;
+
+fn acquire(shared: &Arc<Shared>) -> AcquireFuture {
+    let shared = Arc::clone(shared);
     // The deadline is set now, at `call`; the timer is made on the first poll (inside the
     // runtime), so building the future never needs a runtime.
-    let deadline = Instant::now().checked_add(max_wait);
+    let deadline = Instant::now().checked_add(shared.max_wait);
     Box::pin(async move {
-        let acquire = semaphore.acquire_owned();
-        match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline, acquire)
-                .await
-                .ok()
-                .and_then(Result::ok),
-            // A wait too long to represent: wait as long as it takes.
-            None => acquire.await.ok(),
-        }
+        let admitted = loop {
+            let mut slot_freed = std::pin::pin!(shared.slot_freed.notified());
+            // Registered before looking, so a slot freed after the look wakes this call.
+            slot_freed.as_mut().enable();
+            if shared.try_admit(true) {
+                break true;
+            }
+            match deadline {
+                Some(deadline) => {
+                    if tokio::time::timeout_at(deadline, slot_freed).await.is_err() {
+                        break shared.try_admit(true);
+                    }
+                }
+                // A wait too long to represent: wait as long as it takes.
+                None => slot_freed.await,
+            }
+        };
+        // A woken call that is dropped instead (timed out, cancelled) passes its wake-up on:
+        // tokio's `Notified` forwards an unconsumed `notify_one` to the next waiter.
+        admitted.then(|| FixedPermit { shared })
     })
 }
 
@@ -380,9 +448,10 @@ struct QueueTicket {
 
 impl QueueTicket {
     fn take(shared: &Arc<Shared>) -> Option<QueueTicket> {
-        let before = shared.queued.fetch_add(1, Ordering::AcqRel);
+        // `SeqCst`: pairs with `Shared::release` (see `Shared::try_admit`).
+        let before = shared.queued.fetch_add(1, Ordering::SeqCst);
         if shared.max_queue.is_some_and(|max| before >= max) {
-            shared.queued.fetch_sub(1, Ordering::AcqRel);
+            shared.queued.fetch_sub(1, Ordering::SeqCst);
             return None;
         }
         Some(QueueTicket {
@@ -393,8 +462,18 @@ impl QueueTicket {
 
 impl Drop for QueueTicket {
     fn drop(&mut self) {
-        self.shared.queued.fetch_sub(1, Ordering::AcqRel);
+        self.shared.queued.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// A call waiting for a slot. Boxed in the future (the waiting path allocates anyway), so the
+/// future of an admitted call stays small: it is moved on every call.
+struct Waiting<S, R> {
+    acquire: AcquireFuture,
+    service: Option<S>,
+    request: Option<R>,
+    ticket: QueueTicket,
+    since: Instant,
 }
 
 pin_project! {
@@ -411,16 +490,12 @@ pin_project! {
     #[project = FixedStateProj]
     enum FixedState<F, S, R> {
         Waiting {
-            acquire: AcquireFuture,
-            service: Option<S>,
-            request: Option<R>,
-            ticket: QueueTicket,
-            since: Instant,
+            waiting: Box<Waiting<S, R>>,
         },
         Calling {
             #[pin]
             future: F,
-            permit: Option<OwnedSemaphorePermit>,
+            permit: Option<FixedPermit>,
             release_at_head: bool,
         },
         Shed {
@@ -462,13 +537,14 @@ where
         loop {
             let mut state = self.as_mut().project().state;
             match state.as_mut().project() {
-                FixedStateProj::Waiting {
-                    acquire,
-                    service,
-                    request,
-                    ticket,
-                    since,
-                } => {
+                FixedStateProj::Waiting { waiting } => {
+                    let Waiting {
+                        acquire,
+                        service,
+                        request,
+                        ticket,
+                        since,
+                    } = &mut **waiting;
                     let acquired = ready!(acquire.as_mut().poll(cx));
                     let shared = Arc::clone(&ticket.shared);
                     let (Some(permit), Some(mut service), Some(request)) =

@@ -957,3 +957,96 @@ async fn adaptive_aimd_moves_the_enforced_limit_and_reports_it() {
     // Two still in flight (an open body, a pending call) of 2: the next call is shed.
     refused(&mut service);
 }
+
+// ---- The fixed limit's queue: order and wake-ups ----
+
+#[tokio::test(start_paused = true)]
+async fn waiters_are_admitted_first_come_first_served() {
+    let layer = ConcurrencyLimitLayer::builder()
+        .max_in_flight(1)
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(inner());
+    let (body, handle) = start(&mut service).answer(StatusCode::OK);
+    let holder = handle.await.unwrap().unwrap();
+    let mut waiters = Vec::new();
+    for _ in 0..3 {
+        waiters.push(start(&mut service));
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(layer.queued(), 3);
+    drop(body);
+    drop(holder);
+    for (index, waiter) in waiters.into_iter().enumerate() {
+        // Only the longest waiter holds the slot: the others are still queued.
+        tokio::task::yield_now().await;
+        assert_eq!(layer.queued(), 2 - index, "waiter {index}");
+        let (body, handle) = waiter.answer(StatusCode::OK);
+        let response = handle.await.unwrap().unwrap();
+        drop(body);
+        drop(response);
+    }
+    assert_eq!(layer.in_flight(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_woken_waiter_that_is_cancelled_passes_the_slot_on() {
+    let layer = ConcurrencyLimitLayer::builder()
+        .max_in_flight(1)
+        .max_wait(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let mut service = layer.layer(inner());
+    let (body, handle) = start(&mut service).answer(StatusCode::OK);
+    let holder = handle.await.unwrap().unwrap();
+    let first = start(&mut service);
+    let second = start(&mut service);
+    tokio::task::yield_now().await;
+    // The release wakes `first`, which is cancelled before it runs.
+    drop(body);
+    drop(holder);
+    first.handle.abort();
+    let (_body, handle) = second.answer(StatusCode::OK);
+    let response = handle.await.unwrap();
+    assert!(response.is_ok(), "the wake-up went on to the next waiter");
+    assert_eq!(layer.in_flight(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_contention_the_limit_holds_and_every_waiter_is_served() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let running = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (running_in, peak_in) = (Arc::clone(&running), Arc::clone(&peak));
+    let busy = tower::service_fn(move |_: Request<()>| {
+        let (running, peak) = (Arc::clone(&running_in), Arc::clone(&peak_in));
+        async move {
+            let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+            peak.fetch_max(now, Ordering::SeqCst);
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            running.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, std::convert::Infallible>(Response::new(http_body_util::Empty::<Bytes>::new()))
+        }
+    });
+    let layer = ConcurrencyLimitLayer::builder()
+        .max_in_flight(3)
+        .max_wait(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let service = layer.layer(busy);
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let service = service.clone();
+            tokio::spawn(async move { service.oneshot(Request::new(())).await.map(drop) })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    assert!(peak.load(Ordering::SeqCst) <= 3);
+    assert_eq!(layer.in_flight(), 0);
+    assert_eq!(layer.queued(), 0);
+}
