@@ -67,7 +67,11 @@ fn bench(c: &mut Criterion) {
         )
         .service_fn(ready_service);
     let mut adaptive = ServiceBuilder::new()
-        .layer(AdaptiveConcurrencyLayer::builder().build().expect("adaptive"))
+        .layer(
+            AdaptiveConcurrencyLayer::builder()
+                .build()
+                .expect("adaptive"),
+        )
         .service_fn(ready_service);
 
     let mut group = c.benchmark_group("concurrency_limit");

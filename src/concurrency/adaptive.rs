@@ -82,6 +82,8 @@ impl Shared {
         }
     }
 
+    #[cold]
+    #[inline(never)]
     fn shed(&self, in_flight: usize, limit: usize) -> Error {
         if let Some(listener) = &self.listener {
             listener.on_event(&ConcurrencyEvent::Shed {

@@ -363,34 +363,42 @@ where
                 permit: Some(permit),
                 release_at_head: shared.release_at_head,
             }
-        } else if shared.max_wait.is_zero() {
-            FixedState::Shed {
-                error: Some(shared.shed()),
-            }
         } else {
-            match QueueTicket::take(&self.layer.shared) {
-                Some(ticket) => {
-                    // The ready service goes with the waiting call (it was driven to
-                    // ready for this request); `self` keeps a fresh clone, which its next
-                    // caller drives to ready.
-                    let clone = self.inner.clone();
-                    let service = std::mem::replace(&mut self.inner, clone);
-                    FixedState::Waiting {
-                        waiting: Box::new(Waiting {
-                            acquire: acquire(shared),
-                            service: Some(service),
-                            request: Some(request),
-                            ticket,
-                            since: Instant::now(),
-                        }),
-                    }
-                }
-                None => FixedState::Shed {
-                    error: Some(shared.shed()),
-                },
-            }
+            self.queue_or_shed(request)
         };
         FixedResponseFuture { state }
+    }
+}
+
+impl<S: Clone> ConcurrencyLimitService<S> {
+    /// The slow path of `call`, out of line so the admitted path stays small.
+    #[cold]
+    #[inline(never)]
+    fn queue_or_shed<R, F>(&mut self, request: R) -> FixedState<F, S, R> {
+        let shared = &self.layer.shared;
+        if shared.max_wait.is_zero() {
+            return FixedState::Shed {
+                error: Some(shared.shed()),
+            };
+        }
+        let Some(ticket) = QueueTicket::take(shared) else {
+            return FixedState::Shed {
+                error: Some(shared.shed()),
+            };
+        };
+        // The ready service goes with the waiting call (it was driven to ready for this
+        // request); `self` keeps a fresh clone, which its next caller drives to ready.
+        let clone = self.inner.clone();
+        let service = std::mem::replace(&mut self.inner, clone);
+        FixedState::Waiting {
+            waiting: Box::new(Waiting {
+                acquire: acquire(shared),
+                service: Some(service),
+                request: Some(request),
+                ticket,
+                since: Instant::now(),
+            }),
+        }
     }
 }
 
@@ -580,17 +588,13 @@ where
                     };
                     return Poll::Ready(match result {
                         Ok(response) => {
-                            let (parts, body) = response.into_parts();
-                            let slot = if *release_at_head || body.is_end_stream() {
+                            let slot = if *release_at_head || response.body().is_end_stream() {
                                 drop(permit);
                                 Slot::Released
                             } else {
                                 Slot::Fixed(permit)
                             };
-                            Ok(Response::from_parts(
-                                parts,
-                                ConcurrencyBody::new(body, slot),
-                            ))
+                            Ok(response.map(|body| ConcurrencyBody::new(body, slot)))
                         }
                         // The permit is dropped here: an error frees the slot.
                         Err(error) => Err(Error::from_boxed(error.into())),

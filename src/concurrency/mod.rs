@@ -10,9 +10,9 @@
 //!   enough in flight and backs off on timeouts, 429 and 503; [`Vegas`], [`Gradient2`] and
 //!   [`EnvoyGradient`] follow latency instead. Put it on the client side, under the retry layer.
 //!
-//! A shed call fails at once with [`ErrorKind::Overloaded`](crate::ErrorKind::Overloaded),
-//! whose [`Error::retry_after`](crate::Error::retry_after) carries the limiter's hint (1 s by
-//! default), so [`Error::to_http_response`](crate::Error::to_http_response) answers
+//! A shed call fails at once with [`ErrorKind::Overloaded`],
+//! whose [`Error::retry_after`] carries the limiter's hint (1 s by
+//! default), so [`Error::to_http_response`] answers
 //! `503 Service Unavailable` with `Retry-After`.
 //!
 //! # A slot lives until the response body ends
