@@ -121,6 +121,7 @@ impl AdaptiveSlot {
 
     /// Judges an outcome: a drop is sampled as one, a success is sampled when `now` is the
     /// measuring point, anything else (a 4xx, a network error) says nothing about load.
+    #[inline]
     fn judge(&mut self, outcome: &Outcome, measuring_point: bool) {
         if is_drop(outcome) {
             self.sample(true);
@@ -145,6 +146,7 @@ impl AdaptiveSlot {
 }
 
 impl Drop for AdaptiveSlot {
+    #[inline]
     fn drop(&mut self) {
         // A call dropped before its sample was taken is ignored (Netflix `onIgnore`).
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);

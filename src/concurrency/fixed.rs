@@ -50,6 +50,7 @@ impl Shared {
     /// The count and the queue length are read and written `SeqCst`, pairing with
     /// [`release`](Self::release): either a waiter sees the freed slot here, or the release
     /// sees the waiter and wakes it. No wake-up is lost.
+    #[inline]
     fn try_admit(&self, waiter: bool) -> bool {
         if !waiter && self.queued.load(Ordering::SeqCst) > 0 {
             return false;
@@ -71,6 +72,7 @@ impl Shared {
         }
     }
 
+    #[inline]
     fn release(&self) {
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         if self.queued.load(Ordering::SeqCst) > 0 {
@@ -408,6 +410,7 @@ pub(crate) struct FixedPermit {
 }
 
 impl Drop for FixedPermit {
+    #[inline]
     fn drop(&mut self) {
         self.shared.release();
     }
