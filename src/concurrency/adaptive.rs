@@ -15,8 +15,9 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use super::aimd::Aimd;
 use super::body::{ConcurrencyBody, Slot};
-use super::limit::{Aimd, LimitAlgorithm, Sample};
+use super::limit::{LimitAlgorithm, Sample};
 use super::{ConcurrencyEvent, ConcurrencyListener, DEFAULT_RETRY_AFTER};
 use crate::classify::{Classify, DeepSeekClassifier, Observation, Outcome};
 use crate::error::{BoxError, Error, ErrorKind};

@@ -233,7 +233,9 @@ impl ConcurrencyLimitLayerBuilder {
     }
 
     /// How long a call over the limit waits for a slot before it is shed (default zero: shed
-    /// at once). Waiters get slots first come, first served.
+    /// at once). A freed slot wakes the longest waiter; a call arriving while others wait
+    /// queues behind them, though it may take a slot freed at the very moment it joins the
+    /// queue, before the woken waiter runs (which then waits on).
     pub fn max_wait(mut self, wait: Duration) -> Self {
         self.max_wait = wait;
         self

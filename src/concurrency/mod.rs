@@ -10,10 +10,23 @@
 //!   enough in flight and backs off on timeouts, 429 and 503; [`Vegas`], [`Gradient2`] and
 //!   [`EnvoyGradient`] follow latency instead. Put it on the client side, under the retry layer.
 //!
-//! A shed call fails at once with [`ErrorKind::Overloaded`],
-//! whose [`Error::retry_after`] carries the limiter's hint (1 s by
-//! default), so [`Error::to_http_response`] answers
-//! `503 Service Unavailable` with `Retry-After`.
+//! A shed call fails at once with [`ErrorKind::Overloaded`], whose [`Error::retry_after`]
+//! carries the limiter's hint (1 s by default), so [`Error::to_http_response`] answers
+//! `503 Service Unavailable` with `Retry-After`. Its outcome is
+//! [`Outcome::Rejected`](crate::classify::Outcome::Rejected): not retried at once, not held
+//! against the upstream.
+//!
+//! # Algorithms
+//!
+//! Each is a [`LimitAlgorithm`] (`update(sample) -> limit`, no clock, no I/O), so any of them,
+//! or one of yours, plugs into [`AdaptiveConcurrencyLayerBuilder::algorithm`].
+//!
+//! | algorithm | source | grows when | shrinks when |
+//! |---|---|---|---|
+//! | [`Aimd`] (default) | Netflix `AIMDLimit` | at least half the limit is in flight | a drop (timeout, 429, 503) or a slow call |
+//! | [`Vegas`] | Netflix `VegasLimit` | the estimated queue is short | the queue is long, or a drop |
+//! | [`Gradient2`] | Netflix `Gradient2Limit` | short-term latency holds near the long-term average | short-term latency rises above it |
+//! | [`EnvoyGradient`] | Envoy's adaptive concurrency filter | the sampled latency is near the measured minimum | it rises above the minimum plus a buffer |
 //!
 //! # A slot lives until the response body ends
 //!
@@ -56,11 +69,15 @@
 //! ```
 
 mod adaptive;
+mod aimd;
 mod body;
+mod envoy_gradient;
 mod fixed;
+mod gradient2;
 mod limit;
 #[cfg(test)]
 mod tests;
+mod vegas;
 
 use std::borrow::Cow;
 use std::time::Duration;
@@ -69,15 +86,16 @@ pub use adaptive::{
     AdaptiveConcurrencyLayer, AdaptiveConcurrencyLayerBuilder, AdaptiveConcurrencyService,
     AdaptiveResponseFuture, SampleMeasure,
 };
+pub use aimd::{Aimd, AimdBuilder};
 pub use body::ConcurrencyBody;
+pub use envoy_gradient::{EnvoyGradient, EnvoyGradientBuilder};
 pub use fixed::{
     ConcurrencyLimitLayer, ConcurrencyLimitLayerBuilder, ConcurrencyLimitService,
     FixedResponseFuture,
 };
-pub use limit::{
-    Aimd, AimdBuilder, EnvoyGradient, EnvoyGradientBuilder, Gradient2, Gradient2Builder,
-    LimitAlgorithm, Sample, Vegas, VegasBuilder, VegasThreshold,
-};
+pub use gradient2::{Gradient2, Gradient2Builder};
+pub use limit::{LimitAlgorithm, Sample};
+pub use vegas::{Vegas, VegasBuilder, VegasThreshold};
 
 use crate::error::{Error, ErrorKind};
 
