@@ -66,6 +66,11 @@ pub enum ErrorKind {
     /// failing, an operator forced the breaker open, or DeepSeek refused the key or the balance
     /// (the "fatal" state: see [`CircuitOpenReason::Fatal`]).
     CircuitOpen(CircuitOpenReason),
+    /// A local concurrency limit ([`crate::concurrency`]) shed the call without sending it:
+    /// too many calls were in flight (and, for a queueing limit, no slot freed within its
+    /// maximum wait). [`Error::retry_after`] is the limiter's hint (1 s by default, never zero),
+    /// so a server answers 503 with `Retry-After`. Its outcome is [`Outcome::Rejected`].
+    Overloaded,
 }
 
 /// Why a circuit breaker refused a call ([`ErrorKind::CircuitOpen`]).
@@ -136,6 +141,9 @@ impl ErrorKind {
             ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(_)) => {
                 "calls are stopped: the DeepSeek balance is empty (402)"
             }
+            ErrorKind::Overloaded => {
+                "the concurrency limit is reached: too many calls in flight, so the call was not sent"
+            }
         }
     }
 
@@ -171,6 +179,7 @@ impl ErrorKind {
             ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(_)) => {
                 "top up the DeepSeek account balance, then reset the breaker"
             }
+            ErrorKind::Overloaded => "retry after the indicated wait, or raise the limit",
         }
     }
 
@@ -189,7 +198,7 @@ impl ErrorKind {
             ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(reason)) => {
                 ErrorKind::Auth(reason).http_status()
             }
-            ErrorKind::CircuitOpen(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::CircuitOpen(_) | ErrorKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -201,6 +210,8 @@ impl ErrorKind {
             ErrorKind::Auth(_) => "insufficient_quota",
             ErrorKind::RateLimited => "rate_limit_error",
             ErrorKind::Timeout(_) => "timeout_error",
+            // OpenAI's own type for "overloaded, try again later" (a 503).
+            ErrorKind::Overloaded => "server_error",
             ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(reason)) => {
                 ErrorKind::Auth(reason).openai_type()
             }
@@ -525,7 +536,7 @@ impl Error {
             ErrorKind::Stream(failure) => Outcome::Stream(failure),
             ErrorKind::Config | ErrorKind::InvalidRequest => Outcome::Invalid,
             ErrorKind::CircuitOpen(CircuitOpenReason::Fatal(reason)) => Outcome::Auth(reason),
-            ErrorKind::CircuitOpen(_) => Outcome::Rejected,
+            ErrorKind::CircuitOpen(_) | ErrorKind::Overloaded => Outcome::Rejected,
         }
     }
 
