@@ -86,6 +86,7 @@ use tower_deepseek::circuit_breaker::{
     CircuitBreaker, CircuitBreakerBody, CircuitBreakerBuilder, Fallback, FallbackResponse,
     KeyedCircuitBreakerLayer, KeyedCircuitBreakerService, MAX_COUNT_WINDOW, SlidingWindow,
 };
+use tower_deepseek::concurrency::ConcurrencyLimitLayer;
 use tower_deepseek::deepseek::{ChatChunk, ChatRequest, DeepSeekClient, RequestBody, RequestModel};
 use tower_deepseek::error::CircuitOpenReason;
 use tower_deepseek::metrics::{
@@ -111,7 +112,7 @@ pub const FALLBACK_HEADER: &str = "x-fallback-model";
 
 /// The gateway's settings, read and validated at start-up. `Default` is mock mode with the
 /// default breaker settings and no fallback model.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct GatewayConfig {
     /// Where to listen.
     pub listen: Option<SocketAddr>,
@@ -129,6 +130,41 @@ pub struct GatewayConfig {
     pub resilience: ResilienceSettings,
     /// The per-caller rate limit.
     pub rate_limit: RateLimitSettings,
+    /// Requests served at once (a stream counts until it ends); more wait up to a second in a
+    /// bounded queue, then get a 503 with `Retry-After`.
+    pub max_in_flight: u32,
+}
+
+/// The default of [`GatewayConfig::max_in_flight`].
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 512;
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: None,
+            api_key: None,
+            base_url: None,
+            model: None,
+            fallback_model: None,
+            breaker: BreakerSettings::default(),
+            resilience: ResilienceSettings::default(),
+            rate_limit: RateLimitSettings::default(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The inbound concurrency limit (reporting nothing: its gauge is `/readyz`).
+    pub fn concurrency(&self) -> Result<ConcurrencyLimitLayer, Error> {
+        ConcurrencyLimitLayer::builder()
+            .name("inbound")
+            .max_in_flight(self.max_in_flight as usize)
+            .max_wait(Duration::from_secs(1))
+            .max_queue(self.max_in_flight as usize)
+            .build()
+            .map_err(|e| config_error(format!("GATEWAY_MAX_IN_FLIGHT is not valid: {e}")))
+    }
 }
 
 /// Retries and stream timeouts (see the module docs for the variables).
@@ -454,6 +490,13 @@ impl GatewayConfig {
             ..rate_limit.clone()
         }
         .layer(&Metrics::builder().build()?)?;
+        let max_in_flight = parsed(
+            &var,
+            "GATEWAY_MAX_IN_FLIGHT",
+            "a whole number of requests, at least 1",
+            |t| t.parse().ok().filter(|n| *n >= 1),
+        )?
+        .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
         Ok(GatewayConfig {
             listen,
             api_key: var("DEEPSEEK_API_KEY"),
@@ -463,6 +506,7 @@ impl GatewayConfig {
             breaker,
             resilience,
             rate_limit,
+            max_in_flight,
         })
     }
 }
@@ -643,7 +687,7 @@ pub async fn serve(
     let metrics = gateway_metrics(&config, &registry)?;
     let client = builder.build(transport(&config, Upstream::new()?, &metrics)?)?;
     let limit = config.rate_limit.layer(&metrics)?;
-    let app = router(client, &metrics, registry, limit);
+    let app = router(client, &metrics, registry, limit, config.concurrency()?);
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
@@ -683,13 +727,15 @@ pub fn gateway_metrics(
 
 /// The gateway's routes, outermost first: the trace ID; inbound metrics per operation (never
 /// the raw path), which count refused calls too; the per-caller rate limit (429 with
-/// `Retry-After` and `x-ratelimit-*`); the API. `/metrics` (Prometheus), `/healthz` (the
-/// process answers) and `/readyz` (it can serve) sit beside the API, outside the limit.
+/// `Retry-After` and `x-ratelimit-*`); the concurrency limit (503 with `Retry-After`); the
+/// API. `/metrics` (Prometheus), `/healthz` (the process answers) and `/readyz` (it has a free
+/// slot) sit beside the API, outside the limits.
 pub fn router(
     client: Client,
     metrics: &Metrics,
     registry: prometheus::Registry,
     limit: Option<InboundLimit>,
+    concurrency: ConcurrencyLimitLayer,
 ) -> Router {
     let mut api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
@@ -698,8 +744,10 @@ pub fn router(
         .route("/models", get(models))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(client);
-    // A refused call is the crate's rate-limited error; its response is the 429.
+    // A refused call is the crate's error (rate limited, overloaded); its response the 429/503.
     let refused = || HandleErrorLayer::new(|error: Error| ready(error.into_response()));
+    let slots = concurrency.clone();
+    api = api.layer(ServiceBuilder::new().layer(refused()).layer(concurrency));
     api = match limit {
         None => api,
         Some(InboundLimit::Local(layer)) => {
@@ -712,7 +760,17 @@ pub fn router(
     api.layer(MetricsLayer::server(metrics, "api").operation_by(operation_from_path))
         .route_service("/metrics", MetricsEndpoint::new(registry))
         .route("/healthz", get(|| ready("ok")))
-        .route("/readyz", get(|| ready("ready")))
+        .route(
+            "/readyz",
+            get(move || {
+                // Not ready while every slot is taken: a balancer sends the next caller elsewhere.
+                ready(if slots.in_flight() < slots.limit() {
+                    (http::StatusCode::OK, "ready")
+                } else {
+                    (http::StatusCode::SERVICE_UNAVAILABLE, "busy")
+                })
+            }),
+        )
         // Outermost, so even a rejected body is answered under the request's trace ID.
         .layer(TraceIdLayer::new())
 }

@@ -304,6 +304,51 @@ async fn callers_are_rate_limited_per_api_key_with_honest_headers() {
 }
 
 #[tokio::test]
+async fn a_full_gateway_sheds_with_503_and_reports_not_ready_until_a_stream_ends() {
+    let (upstream, gateway) = RunningGateway::start_with_upstream_and(gateway::GatewayConfig {
+        max_in_flight: 1,
+        ..Default::default()
+    })
+    .await;
+    // A stream that takes a while: it holds the gateway's one slot until it ends.
+    upstream.script([Reply::ok()
+        .content("one two three four five six")
+        .chunk_delay(Duration::from_millis(300))]);
+    let mut stream = gateway.client().chat_stream(hello()).await.expect("stream");
+    stream.next().await.expect("first chunk").expect("chunk");
+
+    let (status, _, body) = raw("GET", format!("{}/readyz", gateway.url()), "").await;
+    assert_eq!((status, body.as_str()), (503, "busy"));
+    // The second caller waits its second in the queue, then is shed.
+    let (status, headers, json) = raw_chat(&gateway, FLASH_CHAT).await;
+    assert_eq!(status, 503, "{json}");
+    assert_eq!(headers["retry-after"], "1");
+    assert!(json["error"]["message"].as_str().is_some(), "{json}");
+    assert_eq!(
+        upstream.requests().len(),
+        1,
+        "the shed call never reached DeepSeek"
+    );
+
+    while let Some(chunk) = stream.next().await {
+        chunk.expect("chunk");
+    }
+    drop(stream);
+    // The slot is free again.
+    let mut ready = false;
+    for _ in 0..50 {
+        if raw("GET", format!("{}/readyz", gateway.url()), "").await.0 == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ready, "/readyz recovers once the stream has ended");
+    assert_eq!(raw_chat(&gateway, FLASH_CHAT).await.0, 200);
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn a_bad_request_body_is_a_400_in_openai_shape() {
     let gateway = RunningGateway::start(gateway::GatewayConfig::default()).await;
     let (status, _, body) = raw(
