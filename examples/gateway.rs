@@ -7,7 +7,8 @@
 //! It forwards `POST /v1/chat/completions` (streaming and not) and `GET /v1/models` to DeepSeek
 //! through the crate's typed client and pooled upstream. Any OpenAI-compatible client works
 //! against it unchanged, errors included: DeepSeek's errors come back in the OpenAI error shape
-//! with the upstream status.
+//! with the upstream status. It also serves `/metrics` (Prometheus text format), `/healthz` and
+//! `/readyz`.
 //!
 //! | variable | meaning | default |
 //! |---|---|---|
@@ -15,25 +16,62 @@
 //! | `DEEPSEEK_API_KEY` | the DeepSeek key; unset: serve from the embedded mock DeepSeek | unset |
 //! | `DEEPSEEK_BASE_URL` | the upstream base URL | `https://api.deepseek.com` |
 //! | `DEEPSEEK_MODEL` | model used when a request names none | `deepseek-v4-flash` |
-//! | `GATEWAY_FALLBACK_MODEL` | model that answers while the circuit breaker is open; unset: no fallback | unset |
-//! | `GATEWAY_BREAKER_FAILURE_RATE` | failure rate (percent, `(0, 100]`) that opens the breaker | `50` |
+//! | `GATEWAY_FALLBACK_MODEL` | model that answers while a model's circuit breaker is open; unset: no fallback | unset |
+//! | `GATEWAY_BREAKER_FAILURE_RATE` | failure rate (percent, `(0, 100]`) that opens a breaker | `50` |
 //! | `GATEWAY_BREAKER_MINIMUM_CALLS` | calls in the window before a rate counts | `20` |
 //! | `GATEWAY_BREAKER_WINDOW` | the sliding window, in calls | `100` |
-//! | `GATEWAY_BREAKER_OPEN_WAIT` | seconds (decimals allowed) the breaker stays open before a trial | `30` |
-//! | `GATEWAY_BREAKER_FATAL_WAIT` | seconds a 401/402 stops all calls; `0` turns that off | `1800` |
+//! | `GATEWAY_BREAKER_OPEN_WAIT` | seconds (decimals allowed) a breaker stays open before a trial | `30` |
+//! | `GATEWAY_BREAKER_FATAL_WAIT` | seconds a 401/402 stops a model's calls; `0` turns that off | `1800` |
+//! | `GATEWAY_RETRY_MAX_ATTEMPTS` | attempts per call, the first included (1 to 5; `1`: no retries) | `3` |
+//! | `GATEWAY_HEADERS_TIMEOUT` | seconds to wait for DeepSeek's response headers | `60` |
+//! | `GATEWAY_FIRST_TOKEN_TIMEOUT` | seconds to wait for the first token (keep-alives do not count) | `600` |
+//! | `GATEWAY_IDLE_TIMEOUT` | longest silence, in seconds, between two chunks of an answer | `120` |
+//! | `GATEWAY_RATE_LIMIT_PER_MINUTE` | requests per minute per caller (`Authorization` header); `0`: no limit | `600` |
+//! | `GATEWAY_RATE_LIMIT_BURST` | requests a caller may send at once after a quiet spell | `60` |
+//! | `REDIS_URL` | share the per-caller limit across replicas through Redis (fails open) | unset |
+//! | `GATEWAY_MAX_IN_FLIGHT` | requests served at once (a stream counts until it ends) | `512` |
 //! | `RUST_LOG` | log filter | `info` |
 //!
-//! # Circuit breaker and model fallback
+//! Every value is checked at start-up; a bad one stops the gateway with an error naming it.
 //!
-//! The outbound stack under the [`DeepSeekClient`] is, outermost first:
+//! # The two stacks
+//!
+//! Inbound, around the routes, outermost first:
 //!
 //! ```text
-//! PropagateTraceId ─► note_fallback ─► CircuitBreaker (fallback: ModelFallback) ─► Upstream
+//! TraceId ─► Metrics (server) ─► RateLimit (per caller) ─► ConcurrencyLimit ─► handlers
+//! ```
+//!
+//! - The trace ID is outermost, so every answer (a 429 and a 503 included) carries one.
+//! - Metrics sit outside the limits, so refused calls are counted (`outcome="rate_limited"`,
+//!   `"rejected"`).
+//! - The rate limit refuses at once with a `429`, `Retry-After` (whole seconds, never 0) and
+//!   `x-ratelimit-limit`/`-remaining`/`-reset`; it is counted before the concurrency limit so a
+//!   refused call never takes a slot. With `REDIS_URL` the limit is one GCRA cell per caller in
+//!   Redis, shared by every replica; while Redis is down, calls pass (and the log says so).
+//! - The concurrency limit holds a slot until the answer's body ends (a stream holds it for its
+//!   whole length); a call finding none free waits up to a second in a bounded queue, then gets
+//!   a `503` with `Retry-After: 1`. `/readyz` answers `503 busy` while every slot is taken.
+//!
+//! Outbound, under the [`DeepSeekClient`], outermost first:
+//!
+//! ```text
+//! PropagateTraceId ─► Metrics (client) ─► Retry ─► note_fallback ─► CircuitBreaker per model
+//!                                                    (fallback: ModelFallback) ─► StreamTimeout ─► Upstream
 //! ```
 //!
 //! - Trace propagation is outermost, so the headers (`x-trace-id`, `traceparent`) are on the
-//!   request before the breaker sees it: a request the fallback re-sends carries the same trace
-//!   ID as the call that was refused.
+//!   request before anything else sees it: every retry and a request the fallback re-sends
+//!   carry the same trace ID as the original call.
+//! - Metrics see each call once (RED, tokens, time to first chunk), whatever the retries did.
+//! - Retry sits outside the breakers, so each breaker sees every attempt, and a refusal of an
+//!   open breaker (or its fallback's answer) is final. It retries 429, 5xx, timeouts and
+//!   transport errors before any output, honours `Retry-After`, never retries 400/401/402/422,
+//!   and is bounded by a budget (about 20 % extra calls) so an outage is not multiplied. It
+//!   holds a stream until its first token and a JSON answer until its end, so a keep-alive-only
+//!   wait or `insufficient_system_resource` is retried before the caller sees anything; after
+//!   the first delivered token nothing is retried.
+//! - The stream timeouts sit under the breakers, so a silent upstream counts as a failure.
 //! - One breaker per model ([`KeyedCircuitBreakerLayer`] keyed by the [`RequestModel`] the
 //!   client puts in each chat request's extensions; `GET /models` has a breaker of its own):
 //!   a failing model does not cut off the others. 5xx, timeouts and transport errors count;

@@ -12,6 +12,15 @@
 //!   reported once to every layer that listens.
 //! - [`circuit_breaker`]: [`CircuitBreakerLayer`](circuit_breaker::CircuitBreakerLayer), keyed
 //!   per model or host, DeepSeek-aware (429 is not an outage; 401/402 stop calls for long).
+//! - [`rate_limit`]: GCRA limits, global or keyed, reject or wait, token budgets reconciled
+//!   with the real usage, and (feature `redis`) one limit shared by every replica.
+//! - [`retry`]: retries with jittered backoff, `Retry-After`, deadlines and budgets, that never
+//!   repeat output already delivered; [`timeout`]: time to headers, to the first token, the
+//!   gap between chunks.
+//! - [`concurrency`]: a fixed limit that queues or sheds, and an adaptive one (AIMD, Vegas,
+//!   Gradient2, Envoy's gradient); a slot lasts until the response body ends.
+//! - [`metrics`]: RED and GenAI metrics (tokens, time to first chunk) with bounded labels, to an
+//!   injected Prometheus registry (feature `prometheus`) or OpenTelemetry meter.
 //! - [`trace_id`]: one trace ID from the edge to DeepSeek and back
 //!   ([`TraceIdLayer`](trace_id::TraceIdLayer) on the server,
 //!   [`PropagateTraceIdLayer`](trace_id::PropagateTraceIdLayer) under the client), with W3C
@@ -29,7 +38,9 @@
 //! | `mock` | no | the embedded mock DeepSeek server |
 //! | `axum` | no | `IntoResponse` for [`Error`], in the OpenAI error shape; [`TraceId`](trace_id::TraceId) as an extractor |
 //! | `tonic` | no | gRPC interceptors carrying the trace ID in metadata (`trace_id::tonic`) |
-//! | `opentelemetry` | no | server and client spans joined through the OpenTelemetry propagator API (`trace_id::opentelemetry`) |
+//! | `opentelemetry` | no | server and client spans joined through the OpenTelemetry propagator API (`trace_id::opentelemetry`); metrics through an OpenTelemetry meter |
+//! | `prometheus` | no | the metrics layer's Prometheus exporter and `/metrics` endpoint (`metrics::MetricsEndpoint`) |
+//! | `redis` | no | a rate limit shared by every replica through Redis (`rate_limit::redis`) |
 //!
 //! # Example
 //!
