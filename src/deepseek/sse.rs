@@ -573,6 +573,20 @@ where
                 Ok(Some(SseEvent::KeepAlive)) => *this.keep_alives += 1,
                 Ok(Some(SseEvent::Done)) => {
                     *this.finished = true;
+                    // Read the body's end if it is already here (it usually is), so the layers
+                    // observing the body (a concurrency slot, metrics, the breaker) see the stream
+                    // end now rather than when the caller drops the stream. Never wait for it: a
+                    // server that keeps the body open after `[DONE]` must not hang the caller.
+                    if !*this.body_ended {
+                        for _ in 0..4 {
+                            match this.body.as_mut().poll_frame(cx) {
+                                Poll::Ready(Some(Ok(_))) => continue,
+                                Poll::Ready(None) => *this.body_ended = true,
+                                Poll::Ready(Some(Err(_))) | Poll::Pending => {}
+                            }
+                            break;
+                        }
+                    }
                     let reason = this.finish_reason.as_ref().map(FinishReason::as_str);
                     return match classify_end(reason).error_kind() {
                         None => Poll::Ready(None),
@@ -630,6 +644,51 @@ mod tests {
     use futures_util::StreamExt;
     use http_body::Frame;
     use std::error::Error as _;
+
+    /// A body whose end is already there when `[DONE]` is read: the stream reads it, so the
+    /// layers observing the body see its end before the caller drops the stream.
+    #[tokio::test]
+    async fn the_body_end_after_done_is_read_when_it_is_already_there() {
+        use crate::body::{BodyEvent, BodyFormat, ObservedBody};
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter([
+            Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from_static(
+                b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"hi\"},\"finish_reason\":\"stop\"}]}\n\n",
+            ))),
+            Ok(Frame::data(Bytes::from_static(b"data: [DONE]\n\n"))),
+        ]));
+        let ended = Arc::new(AtomicBool::new(false));
+        let seen = Arc::clone(&ended);
+        let observed = ObservedBody::new(body, BodyFormat::Sse, move |event: BodyEvent<'_>| {
+            if let BodyEvent::End(_) = event {
+                seen.store(true, Ordering::SeqCst);
+            }
+        });
+        let mut stream = ChatStream::new(observed);
+        assert!(stream.next().await.expect("a chunk").is_ok());
+        assert!(!ended.load(Ordering::SeqCst));
+        assert!(stream.next().await.is_none(), "[DONE] ends the stream");
+        assert!(
+            ended.load(Ordering::SeqCst),
+            "the body's end was read at [DONE], not left for the drop"
+        );
+        drop(stream);
+    }
+
+    /// A server that keeps the body open after `[DONE]` does not hang the caller.
+    #[tokio::test]
+    async fn a_body_left_open_after_done_does_not_hang_the_stream() {
+        let body = http_body_util::StreamBody::new(
+            futures_util::stream::iter([Ok::<_, std::convert::Infallible>(Frame::data(
+                Bytes::from_static(b"data: [DONE]\n\n"),
+            ))])
+            .chain(futures_util::stream::pending()),
+        );
+        let mut stream = ChatStream::new(body);
+        assert!(stream.next().await.is_none());
+    }
 
     fn decode_all(frames: &[&[u8]]) -> (Vec<SseEvent>, Result<(), Error>) {
         let mut decoder = SseDecoder::new();
