@@ -233,7 +233,7 @@ async fn main() -> Result<(), BoxError> {
     }
     check(
         text.contains(r#"deepseek_retry_attempts_total{outcome="server_error"} 1"#),
-        "/metrics lists the request counters",
+        "/metrics counts the one retry",
     )?;
 
     let _ = stop.send(());
