@@ -102,7 +102,8 @@ async fn ask(
 
 type Http = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
 
-/// One call to the app as caller `caller` under trace ID `trace`: status, `Retry-After`, body.
+/// One call to the app as caller `caller` under trace ID `trace` (checked to
+/// come back): status, `Retry-After`, body.
 async fn call(
     http: &Http,
     url: &str,
@@ -116,6 +117,12 @@ async fn call(
         .body(Full::new(Bytes::from(body.to_owned())))?;
     let response = http.request(request).await?;
     let status = response.status().as_u16();
+    // Every answer, a refusal included, echoes the caller's trace ID.
+    let echoed = response.headers().get("x-trace-id");
+    check(
+        echoed.is_some_and(|id| id == trace),
+        &format!("the {status} answer echoes trace {trace}, not {echoed:?}"),
+    )?;
     let retry_after = response
         .headers()
         .get("retry-after")
@@ -221,7 +228,7 @@ async fn main() -> Result<(), BoxError> {
     println!("4. bob, trace demo-4: {status} (his own budget)");
     check(status == 200, "another caller is not limited")?;
 
-    // 4. The metrics of all that.
+    // 5. The counters of all that.
     let response = http.get(format!("{base}/metrics").parse()?).await?;
     let text = String::from_utf8(response.into_body().collect().await?.to_bytes().to_vec())?;
     println!("5. /metrics:");

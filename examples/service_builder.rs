@@ -113,7 +113,8 @@ where
 
 type Http = hyper_util::client::legacy::Client<HttpConnector, Full<Bytes>>;
 
-/// One call to the server as caller `caller` under trace ID `trace`: status, `Retry-After`, body.
+/// One call to the server as caller `caller` under trace ID `trace` (checked to
+/// come back): status, `Retry-After`, body.
 async fn call(
     http: &Http,
     url: &str,
@@ -127,6 +128,12 @@ async fn call(
         .body(Full::new(Bytes::from(body.to_owned())))?;
     let response = http.request(request).await?;
     let status = response.status().as_u16();
+    // Every answer, a refusal included, echoes the caller's trace ID.
+    let echoed = response.headers().get("x-trace-id");
+    check(
+        echoed.is_some_and(|id| id == trace),
+        &format!("the {status} answer echoes trace {trace}, not {echoed:?}"),
+    )?;
     let retry_after = response
         .headers()
         .get("retry-after")
