@@ -49,13 +49,8 @@ type Transport =
     PropagateTraceId<MetricsService<RetryService<CircuitBreakerService<StreamTimeout<Upstream>>>>>;
 type Client = DeepSeekClient<Transport>;
 type AnyBody = UnsyncBoxBody<Bytes, BoxError>;
-/// The body under the metrics: the handler's, after the concurrency limit.
-type LimitedBody = UnsyncBoxBody<Bytes, Error>;
-
-/// The concurrency limit's body fails with a `BoxError`; the metrics want an `Error` type.
-fn typed_errors(response: Response<ConcurrencyBody<Full<Bytes>>>) -> Response<LimitedBody> {
-    response.map(|body| body.map_err(Error::from_boxed).boxed_unsync())
-}
+/// The body under the metrics: the handler's, holding its concurrency slot until it ends.
+type LimitedBody = ConcurrencyBody<Full<Bytes>>;
 
 fn transport(metrics: &Metrics) -> Result<Transport, BoxError> {
     Ok(ServiceBuilder::new()
@@ -182,8 +177,6 @@ async fn main() -> Result<(), BoxError> {
         .map_result(answer_refusals::<MetricsBody<LimitedBody>>)
         // Outside the limits, so refused calls are counted too.
         .layer(MetricsLayer::server(&metrics, "ask"))
-        // The metrics observe a body whose error is an `std::error::Error`.
-        .map_response(typed_errors)
         .layer(ConcurrencyLimitLayer::builder().max_in_flight(64).build()?)
         .layer(RateLimitResponseLayer)
         .layer(

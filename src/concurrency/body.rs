@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 
 use super::adaptive::AdaptiveSlot;
 use super::fixed::FixedPermit;
-use crate::error::BoxError;
+use crate::error::{BoxError, Error};
 
 /// What a body holds: nothing (released already), a fixed limit's permit, or an adaptive
 /// limit's slot (which may still owe its sample).
@@ -108,7 +108,9 @@ where
     B::Error: Into<BoxError>,
 {
     type Data = B::Data;
-    type Error = BoxError;
+    // The crate's error (a `std::error::Error`), so layers that observe bodies (metrics, the
+    // breaker) stack directly over this one; an inner crate error passes through unchanged.
+    type Error = Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
@@ -126,8 +128,8 @@ where
                 Some(Ok(frame))
             }
             Some(Err(error)) => {
-                let error: BoxError = error.into();
-                this.slot.fail(&*error);
+                let error = Error::from_boxed(error.into());
+                this.slot.fail(&error);
                 Some(Err(error))
             }
             None => {
