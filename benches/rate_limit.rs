@@ -14,7 +14,8 @@
 //!   clock once) and our direct limiter's decision alone.
 //! - `rate_limit_throughput`: time per call when 1 or 2 OS threads, each with its own
 //!   current-thread runtime and its own service clone, share one limiter. Criterion's time per
-//!   iteration is total wall time over total calls, so `1 / time` is the throughput.
+//!   iteration is total wall time over total calls, so `1 / time` is the throughput. The
+//!   `keyed_caller_per_thread` rows give each thread its own API key (its own GCRA cell).
 //!
 //! Run: `cargo bench --all-features --bench rate_limit`
 
@@ -60,6 +61,52 @@ where
         let ready = service.ready().await.expect("ready");
         black_box(ready.call(request()).await.expect("call"));
     }
+}
+
+/// Like [`drive`], every call from caller `caller` (its own `authorization` value).
+async fn drive_as<S>(service: &mut S, calls: u64, caller: &http::HeaderValue)
+where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    for _ in 0..calls {
+        let mut request = Request::new(());
+        request
+            .headers_mut()
+            .insert(http::header::AUTHORIZATION, caller.clone());
+        let ready = service.ready().await.expect("ready");
+        black_box(ready.call(request).await.expect("call"));
+    }
+}
+
+/// Like [`throughput`], each thread calling as its own caller (a key of its own).
+fn throughput_per_caller<S>(service: &S, threads: u64, calls: u64) -> Duration
+where
+    S: Service<Request<()>> + Clone + Send,
+    S::Error: std::fmt::Debug,
+{
+    let barrier = Barrier::new(threads as usize + 1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|thread| {
+                let mut service = service.clone();
+                let barrier = &barrier;
+                let caller = http::HeaderValue::from_str(&format!("Bearer sk-caller-{thread}"))
+                    .expect("header");
+                scope.spawn(move || {
+                    let runtime = runtime();
+                    barrier.wait();
+                    runtime.block_on(drive_as(&mut service, calls / threads, &caller));
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        for handle in handles {
+            handle.join().expect("thread");
+        }
+        start.elapsed()
+    })
 }
 
 /// Runs `calls` calls split over `threads` threads sharing `service` (cloned per thread).
@@ -199,6 +246,14 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("tower_deepseek_keyed_{threads}_threads"), |b| {
             b.iter_custom(|iters| throughput(&keyed_hash, threads, iters.max(threads)))
         });
+        group.bench_function(
+            format!("tower_deepseek_keyed_caller_per_thread_{threads}_threads"),
+            |b| {
+                b.iter_custom(|iters| {
+                    throughput_per_caller(&keyed_hash, threads, iters.max(threads))
+                })
+            },
+        );
         group.bench_function(format!("tower_resilience_0_13_{threads}_threads"), |b| {
             b.iter_custom(|iters| throughput(&resilience, threads, iters.max(threads)))
         });
