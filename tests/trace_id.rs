@@ -3,7 +3,7 @@
 #![cfg(all(feature = "mock", feature = "axum", feature = "upstream"))]
 
 #[allow(dead_code)]
-#[path = "../examples/gateway.rs"]
+#[path = "../examples/gateway/main.rs"]
 mod gateway;
 
 use std::convert::Infallible;

@@ -1,0 +1,416 @@
+//! The gateway's settings: read from the environment and validated at start-up.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::outbound::{BreakerLayer, breaker_key};
+use tower_deepseek::circuit_breaker::{
+    CircuitBreaker, CircuitBreakerBuilder, KeyedCircuitBreakerLayer, MAX_COUNT_WINDOW,
+    SlidingWindow,
+};
+use tower_deepseek::concurrency::ConcurrencyLimitLayer;
+use tower_deepseek::deepseek::{RequestBody, RequestModel};
+use tower_deepseek::metrics::Metrics;
+use tower_deepseek::retry::{Hold, RetryLayer, TpsBudget};
+use tower_deepseek::timeout::StreamTimeoutLayer;
+use tower_deepseek::{Error, ErrorKind};
+
+/// Largest request body the gateway accepts.
+pub(crate) const MAX_REQUEST_BYTES: usize = 8 << 20;
+
+/// The most breakers kept (one per model name seen); see the module docs.
+pub const MAX_BREAKERS: usize = 64;
+
+/// The response header that says a fallback model answered (its value: that model).
+pub const FALLBACK_HEADER: &str = "x-fallback-model";
+
+/// The gateway's settings, read and validated at start-up. `Default` is mock mode with the
+/// default breaker settings and no fallback model.
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Where to listen.
+    pub listen: Option<SocketAddr>,
+    /// The DeepSeek key; `None` starts the embedded mock.
+    pub api_key: Option<String>,
+    /// The upstream base URL.
+    pub base_url: Option<String>,
+    /// The default model.
+    pub model: Option<String>,
+    /// The model that answers while the breaker is open; `None`: refused calls get a 503.
+    pub fallback_model: Option<String>,
+    /// The circuit breaker's settings.
+    pub breaker: BreakerSettings,
+    /// Retries and the stream timeouts.
+    pub resilience: ResilienceSettings,
+    /// The per-caller rate limit.
+    pub rate_limit: RateLimitSettings,
+    /// Requests served at once (a stream counts until it ends); more wait up to a second in a
+    /// bounded queue, then get a 503 with `Retry-After`.
+    pub max_in_flight: u32,
+}
+
+/// The default of [`GatewayConfig::max_in_flight`].
+pub const DEFAULT_MAX_IN_FLIGHT: u32 = 512;
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        GatewayConfig {
+            listen: None,
+            api_key: None,
+            base_url: None,
+            model: None,
+            fallback_model: None,
+            breaker: BreakerSettings::default(),
+            resilience: ResilienceSettings::default(),
+            rate_limit: RateLimitSettings::default(),
+            max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+        }
+    }
+}
+
+impl GatewayConfig {
+    /// The inbound concurrency limit (reporting nothing: its gauge is `/readyz`).
+    pub fn concurrency(&self) -> Result<ConcurrencyLimitLayer, Error> {
+        ConcurrencyLimitLayer::builder()
+            .name("inbound")
+            .max_in_flight(self.max_in_flight as usize)
+            .max_wait(Duration::from_secs(1))
+            .max_queue(self.max_in_flight as usize)
+            .build()
+            .map_err(|e| config_error(format!("GATEWAY_MAX_IN_FLIGHT is not valid: {e}")))
+    }
+}
+
+/// Retries and stream timeouts (see the module docs for the variables).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResilienceSettings {
+    /// Attempts per call, the first included; `1` turns retries off.
+    pub max_attempts: u32,
+    /// Longest wait for DeepSeek's response headers, per attempt.
+    pub headers_timeout: Duration,
+    /// Longest wait for the first token of an answer (keep-alives do not count).
+    pub first_token_timeout: Duration,
+    /// Longest silence between two chunks once the answer has started.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ResilienceSettings {
+    fn default() -> Self {
+        ResilienceSettings {
+            max_attempts: 3,
+            headers_timeout: Duration::from_secs(60),
+            // DeepSeek keeps a queued request alive with keep-alives for up to 10 minutes.
+            first_token_timeout: Duration::from_secs(600),
+            idle_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// The limit on each caller (keyed by its `Authorization` header).
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimitSettings {
+    /// Requests per minute per caller; `0` turns the limit off.
+    pub per_minute: u32,
+    /// How many requests a caller may send at once after a quiet spell.
+    pub burst: u32,
+    /// A Redis URL: the limit is shared by every replica through it; `None`: per process.
+    pub redis_url: Option<String>,
+}
+
+impl Default for RateLimitSettings {
+    fn default() -> Self {
+        RateLimitSettings {
+            per_minute: 600,
+            burst: 60,
+            redis_url: None,
+        }
+    }
+}
+
+/// The gateway's circuit-breaker settings (see the module docs for the variables).
+#[derive(Clone, Debug, PartialEq)]
+pub struct BreakerSettings {
+    /// Failure rate, percent in `(0, 100]`, that opens the breaker.
+    pub failure_rate: f32,
+    /// Calls in the window before the failure rate counts.
+    pub minimum_calls: u32,
+    /// The sliding window, in calls.
+    pub window_calls: u32,
+    /// How long the breaker stays open before a trial call.
+    pub open_wait: Duration,
+    /// How long a 401/402 stops all calls; `None` turns the fatal state off.
+    pub fatal_wait: Option<Duration>,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failure_rate: 50.0,
+            minimum_calls: 20,
+            window_calls: 100,
+            open_wait: Duration::from_secs(30),
+            fatal_wait: Some(Duration::from_secs(30 * 60)),
+        }
+    }
+}
+
+pub(crate) fn config_error(message: String) -> Error {
+    Error::new(ErrorKind::Config, message)
+}
+
+/// Parses `name`'s value with `parse` when set; `what` describes a valid value.
+pub(crate) fn parsed<T>(
+    var: &impl Fn(&str) -> Option<String>,
+    name: &str,
+    what: &str,
+    parse: impl Fn(&str) -> Option<T>,
+) -> Result<Option<T>, Error> {
+    match var(name) {
+        Some(text) => match parse(text.trim()) {
+            Some(value) => Ok(Some(value)),
+            None => Err(config_error(format!("{name}={text:?} is not {what}"))),
+        },
+        None => Ok(None),
+    }
+}
+
+/// Seconds, decimals allowed, in `[0, 1 day]`.
+pub(crate) fn seconds(text: &str) -> Option<Duration> {
+    let secs: f64 = text.parse().ok()?;
+    (secs.is_finite() && (0.0..=86_400.0).contains(&secs)).then(|| Duration::from_secs_f64(secs))
+}
+
+impl BreakerSettings {
+    /// Validates the settings and builds the per-model breaker layer; an error names the
+    /// variable.
+    pub fn layer(&self, metrics: &Metrics) -> Result<BreakerLayer, Error> {
+        KeyedCircuitBreakerLayer::new(
+            breaker_key as fn(&http::Request<RequestBody>) -> RequestModel,
+            self.template()?.listener(metrics.clone()),
+            MAX_BREAKERS,
+        )
+        .map_err(|e| config_error(format!("the GATEWAY_BREAKER_* settings are not valid: {e}")))
+    }
+
+    /// Validates the settings and returns each model's breaker configuration.
+    fn template(&self) -> Result<CircuitBreakerBuilder, Error> {
+        let BreakerSettings {
+            failure_rate,
+            minimum_calls,
+            window_calls,
+            open_wait,
+            fatal_wait,
+        } = self.clone();
+        if !(failure_rate > 0.0 && failure_rate <= 100.0) {
+            return Err(config_error(format!(
+                "GATEWAY_BREAKER_FAILURE_RATE must be a percentage in (0, 100], not {failure_rate}"
+            )));
+        }
+        if minimum_calls == 0 {
+            return Err(config_error(
+                "GATEWAY_BREAKER_MINIMUM_CALLS must be at least 1".to_owned(),
+            ));
+        }
+        if window_calls == 0 || window_calls > MAX_COUNT_WINDOW {
+            return Err(config_error(format!(
+                "GATEWAY_BREAKER_WINDOW must be between 1 and {MAX_COUNT_WINDOW} calls, not {window_calls}"
+            )));
+        }
+        if open_wait.is_zero() {
+            return Err(config_error(
+                "GATEWAY_BREAKER_OPEN_WAIT must be more than 0 seconds".to_owned(),
+            ));
+        }
+        let mut builder = CircuitBreaker::builder()
+            .failure_rate_threshold(failure_rate)
+            .minimum_calls(minimum_calls)
+            .sliding_window(SlidingWindow::Count {
+                calls: window_calls,
+            })
+            .open_wait(open_wait);
+        builder = match fatal_wait {
+            Some(wait) if !wait.is_zero() => builder.fatal_wait(wait),
+            _ => builder.no_fatal_state(),
+        };
+        Ok(builder)
+    }
+}
+
+impl ResilienceSettings {
+    /// Validates the settings and builds the retry (reporting to `metrics`) and stream-timeout
+    /// layers.
+    pub fn layers(&self, metrics: &Metrics) -> Result<(RetryLayer, StreamTimeoutLayer), Error> {
+        let named = |what: &'static str| {
+            move |e: Error| config_error(format!("the {what} settings are not valid: {e}"))
+        };
+        let timeouts = StreamTimeoutLayer::builder()
+            .headers(self.headers_timeout)
+            .first_token(self.first_token_timeout)
+            .idle(self.idle_timeout)
+            .build()
+            .map_err(named("GATEWAY_*_TIMEOUT"))?;
+        let retry = RetryLayer::builder()
+            .name("deepseek")
+            .max_attempts(self.max_attempts)
+            // Every attempt may wait out its first-token timeout; past this, give up.
+            .deadline(self.first_token_timeout * 2 + self.headers_timeout)
+            // At most about 20 % extra calls (and 10 a second) while DeepSeek is failing.
+            .budget(TpsBudget::default())
+            // The client reads JSON answers whole anyway: holding them lets an answer stopped
+            // by `insufficient_system_resource` be retried before the caller sees it.
+            .hold(Hold::All)
+            .listener(metrics.clone())
+            .build()
+            .map_err(named("GATEWAY_RETRY_*"))?;
+        Ok((retry, timeouts))
+    }
+}
+
+/// A model name fit for a request body and a header: 1 to 128 visible ASCII characters.
+pub(crate) fn valid_model(name: &str) -> bool {
+    !name.is_empty() && name.len() <= 128 && name.bytes().all(|b| b.is_ascii_graphic())
+}
+
+impl GatewayConfig {
+    /// Reads the environment; a value that does not parse is an error naming the variable.
+    pub fn from_env() -> Result<GatewayConfig, Error> {
+        GatewayConfig::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// Reads the settings through `lookup` (the environment, or a map in tests) and validates
+    /// them; a blank value counts as unset.
+    pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<GatewayConfig, Error> {
+        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let listen = match var("GATEWAY_ADDR") {
+            Some(text) => Some(text.trim().parse().map_err(|e| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("GATEWAY_ADDR={text:?} is not a socket address like 127.0.0.1:8080"),
+                )
+                .with_source(e)
+            })?),
+            None => None,
+        };
+        let fallback_model = var("GATEWAY_FALLBACK_MODEL").map(|m| m.trim().to_owned());
+        if let Some(model) = &fallback_model
+            && !valid_model(model)
+        {
+            return Err(config_error(format!(
+                "GATEWAY_FALLBACK_MODEL={model:?} is not a model name (1 to 128 visible ASCII characters)"
+            )));
+        }
+        let defaults = BreakerSettings::default();
+        let breaker = BreakerSettings {
+            failure_rate: parsed(
+                &var,
+                "GATEWAY_BREAKER_FAILURE_RATE",
+                "a percentage like 50",
+                |t| t.parse().ok(),
+            )?
+            .unwrap_or(defaults.failure_rate),
+            minimum_calls: parsed(
+                &var,
+                "GATEWAY_BREAKER_MINIMUM_CALLS",
+                "a whole number of calls",
+                |t| t.parse().ok(),
+            )?
+            .unwrap_or(defaults.minimum_calls),
+            window_calls: parsed(
+                &var,
+                "GATEWAY_BREAKER_WINDOW",
+                "a whole number of calls",
+                |t| t.parse().ok(),
+            )?
+            .unwrap_or(defaults.window_calls),
+            open_wait: parsed(
+                &var,
+                "GATEWAY_BREAKER_OPEN_WAIT",
+                "a number of seconds between 0 and 86400",
+                seconds,
+            )?
+            .unwrap_or(defaults.open_wait),
+            fatal_wait: match parsed(
+                &var,
+                "GATEWAY_BREAKER_FATAL_WAIT",
+                "a number of seconds between 0 and 86400",
+                seconds,
+            )? {
+                Some(wait) => (!wait.is_zero()).then_some(wait),
+                None => defaults.fatal_wait,
+            },
+        };
+        // Validated now, so a bad value stops the start-up rather than the first request.
+        breaker.template()?;
+        let resilience_defaults = ResilienceSettings::default();
+        let timeout = |name: &str, default: Duration| {
+            parsed(
+                &var,
+                name,
+                "a number of seconds between 0 and 86400",
+                seconds,
+            )
+            .map(|value| value.unwrap_or(default))
+        };
+        let resilience = ResilienceSettings {
+            max_attempts: parsed(
+                &var,
+                "GATEWAY_RETRY_MAX_ATTEMPTS",
+                "a whole number of attempts from 1 to 5",
+                |t| t.parse().ok().filter(|n| (1..=5).contains(n)),
+            )?
+            .unwrap_or(resilience_defaults.max_attempts),
+            headers_timeout: timeout(
+                "GATEWAY_HEADERS_TIMEOUT",
+                resilience_defaults.headers_timeout,
+            )?,
+            first_token_timeout: timeout(
+                "GATEWAY_FIRST_TOKEN_TIMEOUT",
+                resilience_defaults.first_token_timeout,
+            )?,
+            idle_timeout: timeout("GATEWAY_IDLE_TIMEOUT", resilience_defaults.idle_timeout)?,
+        };
+        resilience.layers(&Metrics::builder().build()?)?;
+        let limit_defaults = RateLimitSettings::default();
+        let rate_limit = RateLimitSettings {
+            per_minute: parsed(
+                &var,
+                "GATEWAY_RATE_LIMIT_PER_MINUTE",
+                "a whole number of requests per minute (0: no limit)",
+                |t| t.parse().ok(),
+            )?
+            .unwrap_or(limit_defaults.per_minute),
+            burst: parsed(
+                &var,
+                "GATEWAY_RATE_LIMIT_BURST",
+                "a whole number of requests, at least 1",
+                |t| t.parse().ok().filter(|n| *n >= 1),
+            )?
+            .unwrap_or(limit_defaults.burst),
+            redis_url: var("REDIS_URL"),
+        };
+        // The local limit checks the numbers; a Redis URL is checked when the gateway starts.
+        RateLimitSettings {
+            redis_url: None,
+            ..rate_limit.clone()
+        }
+        .layer(&Metrics::builder().build()?)?;
+        let max_in_flight = parsed(
+            &var,
+            "GATEWAY_MAX_IN_FLIGHT",
+            "a whole number of requests, at least 1",
+            |t| t.parse().ok().filter(|n| *n >= 1),
+        )?
+        .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        Ok(GatewayConfig {
+            listen,
+            api_key: var("DEEPSEEK_API_KEY"),
+            base_url: var("DEEPSEEK_BASE_URL"),
+            model: var("DEEPSEEK_MODEL"),
+            fallback_model,
+            breaker,
+            resilience,
+            rate_limit,
+            max_in_flight,
+        })
+    }
+}

@@ -1,0 +1,96 @@
+//! The API handlers: chat completions (JSON and SSE) and the model list.
+
+use std::cell::Cell;
+use std::convert::Infallible;
+
+use super::config::FALLBACK_HEADER;
+use super::outbound::{ANSWERED_BY, Client};
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderName, HeaderValue, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
+use tower_deepseek::deepseek::{ChatChunk, ChatRequest};
+use tower_deepseek::{Error, ErrorKind};
+
+pub(crate) async fn chat_completions(State(client): State<Client>, body: Bytes) -> Response {
+    let request: ChatRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(e) => {
+            return Error::new(
+                ErrorKind::InvalidRequest,
+                format!("the body is not a chat completion request: {e}"),
+            )
+            .into_response();
+        }
+    };
+    let (mut response, answered_by) = ANSWERED_BY
+        .scope(Cell::new(None), async move {
+            let response = if request.stream == Some(true) {
+                match client.chat_stream(request).await {
+                    Ok(stream) => sse_response(stream),
+                    Err(error) => error.into_response(),
+                }
+            } else {
+                match client.chat(request).await {
+                    Ok(answer) => axum::Json(answer).into_response(),
+                    Err(error) => error.into_response(),
+                }
+            };
+            (response, ANSWERED_BY.with(Cell::take))
+        })
+        .await;
+    // Validated model names are visible ASCII, so the header value always parses.
+    if let Some(value) = answered_by.and_then(|model| HeaderValue::from_str(&model).ok()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(FALLBACK_HEADER), value);
+    }
+    response
+}
+
+/// Re-frames typed chunks as SSE. A failure mid-stream becomes a final `data: {"error":..}`
+/// event without `[DONE]`, so the client sees an error rather than a short answer.
+pub(crate) fn sse_response<S>(stream: S) -> Response
+where
+    S: futures_util::Stream<Item = Result<ChatChunk, Error>> + Send + 'static,
+{
+    let events = futures_util::stream::unfold(Some(Box::pin(stream)), |state| async move {
+        let mut stream = state?;
+        let event = match stream.next().await {
+            Some(Ok(chunk)) => return Some((Ok::<_, Infallible>(sse_event(&chunk)), Some(stream))),
+            Some(Err(error)) => {
+                tracing::warn!(%error, "upstream stream failed");
+                sse_event(&error.to_openai_json())
+            }
+            None => Bytes::from_static(b"data: [DONE]\n\n"),
+        };
+        Some((Ok(event), None))
+    });
+    let mut response = Response::new(Body::from_stream(events));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    response
+}
+
+pub(crate) fn sse_event(value: &impl serde::Serialize) -> Bytes {
+    let mut event = b"data: ".to_vec();
+    // Serializing our own types and serde_json values cannot fail; stay well-formed if it did.
+    if serde_json::to_writer(&mut event, value).is_err() {
+        event.truncate(6);
+        event.extend_from_slice(b"{}");
+    }
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
+pub(crate) async fn models(State(client): State<Client>) -> Response {
+    match client.models().await {
+        Ok(list) => axum::Json(list).into_response(),
+        Err(error) => error.into_response(),
+    }
+}

@@ -1,0 +1,238 @@
+//! The tower-deepseek gateway: an OpenAI-compatible proxy in front of DeepSeek.
+//!
+//! ```text
+//! cargo run --example gateway --all-features
+//! ```
+//!
+//! It forwards `POST /v1/chat/completions` (streaming and not) and `GET /v1/models` to DeepSeek
+//! through the crate's typed client and pooled upstream. Any OpenAI-compatible client works
+//! against it unchanged, errors included: DeepSeek's errors come back in the OpenAI error shape
+//! with the upstream status. It also serves `/metrics` (Prometheus text format), `/healthz` and
+//! `/readyz`.
+//!
+//! | variable | meaning | default |
+//! |---|---|---|
+//! | `GATEWAY_ADDR` | address to listen on | `127.0.0.1:8080` |
+//! | `DEEPSEEK_API_KEY` | the DeepSeek key; unset: serve from the embedded mock DeepSeek | unset |
+//! | `DEEPSEEK_BASE_URL` | the upstream base URL | `https://api.deepseek.com` |
+//! | `DEEPSEEK_MODEL` | model used when a request names none | `deepseek-v4-flash` |
+//! | `GATEWAY_FALLBACK_MODEL` | model that answers while a model's circuit breaker is open; unset: no fallback | unset |
+//! | `GATEWAY_BREAKER_FAILURE_RATE` | failure rate (percent, `(0, 100]`) that opens a breaker | `50` |
+//! | `GATEWAY_BREAKER_MINIMUM_CALLS` | calls in the window before a rate counts | `20` |
+//! | `GATEWAY_BREAKER_WINDOW` | the sliding window, in calls | `100` |
+//! | `GATEWAY_BREAKER_OPEN_WAIT` | seconds (decimals allowed) a breaker stays open before a trial | `30` |
+//! | `GATEWAY_BREAKER_FATAL_WAIT` | seconds a 401/402 stops a model's calls; `0` turns that off | `1800` |
+//! | `GATEWAY_RETRY_MAX_ATTEMPTS` | attempts per call, the first included (1 to 5; `1`: no retries) | `3` |
+//! | `GATEWAY_HEADERS_TIMEOUT` | seconds to wait for DeepSeek's response headers | `60` |
+//! | `GATEWAY_FIRST_TOKEN_TIMEOUT` | seconds to wait for the first token (keep-alives do not count) | `600` |
+//! | `GATEWAY_IDLE_TIMEOUT` | longest silence, in seconds, between two chunks of an answer | `120` |
+//! | `GATEWAY_RATE_LIMIT_PER_MINUTE` | requests per minute per caller (`Authorization` header); `0`: no limit | `600` |
+//! | `GATEWAY_RATE_LIMIT_BURST` | requests a caller may send at once after a quiet spell | `60` |
+//! | `REDIS_URL` | share the per-caller limit across replicas through Redis (fails open) | unset |
+//! | `GATEWAY_MAX_IN_FLIGHT` | requests served at once (a stream counts until it ends) | `512` |
+//! | `RUST_LOG` | log filter | `info` |
+//!
+//! Every value is checked at start-up; a bad one stops the gateway with an error naming it.
+//!
+//! # The two stacks
+//!
+//! Inbound, around the routes, outermost first:
+//!
+//! ```text
+//! TraceId ─► Metrics (server) ─► RateLimit (per caller) ─► ConcurrencyLimit ─► handlers
+//! ```
+//!
+//! - The trace ID is outermost, so every answer (a 429 and a 503 included) carries one.
+//! - Metrics sit outside the limits, so refused calls are counted (`outcome="rate_limited"`,
+//!   `"rejected"`).
+//! - The rate limit refuses at once with a `429`, `Retry-After` (whole seconds, never 0) and
+//!   `x-ratelimit-limit`/`-remaining`/`-reset`; it is counted before the concurrency limit so a
+//!   refused call never takes a slot. With `REDIS_URL` the limit is one GCRA cell per caller in
+//!   Redis, shared by every replica; while Redis is down, calls pass (and the log says so).
+//! - The concurrency limit holds a slot until the answer's body ends (a stream holds it for its
+//!   whole length); a call finding none free waits up to a second in a bounded queue, then gets
+//!   a `503` with `Retry-After: 1`. `/readyz` answers `503 busy` while every slot is taken.
+//!
+//! Outbound, under the [`DeepSeekClient`], outermost first:
+//!
+//! ```text
+//! PropagateTraceId ─► Metrics (client) ─► Retry ─► note_fallback ─► CircuitBreaker per model
+//!                                                    (fallback: ModelFallback) ─► StreamTimeout ─► Upstream
+//! ```
+//!
+//! - Trace propagation is outermost, so the headers (`x-trace-id`, `traceparent`) are on the
+//!   request before anything else sees it: every retry and a request the fallback re-sends
+//!   carry the same trace ID as the original call.
+//! - Metrics see each call once (RED, tokens, time to first chunk), whatever the retries did.
+//! - Retry sits outside the breakers, so each breaker sees every attempt, and a refusal of an
+//!   open breaker (or its fallback's answer) is final. It retries 429, 5xx, timeouts and
+//!   transport errors before any output, honours `Retry-After`, never retries 400/401/402/422,
+//!   and is bounded by a budget (about 20 % extra calls) so an outage is not multiplied. It
+//!   holds a stream until its first token and a JSON answer until its end, so a keep-alive-only
+//!   wait or `insufficient_system_resource` is retried before the caller sees anything; after
+//!   the first delivered token nothing is retried.
+//! - The stream timeouts sit under the breakers, so a silent upstream counts as a failure.
+//! - One breaker per model ([`KeyedCircuitBreakerLayer`] keyed by the [`RequestModel`] the
+//!   client puts in each chat request's extensions; `GET /models` has a breaker of its own):
+//!   a failing model does not cut off the others. 5xx, timeouts and transport errors count;
+//!   429 and 4xx do not; 401/402 stop that model's calls for `GATEWAY_BREAKER_FATAL_WAIT`
+//!   (the other models find out on their own next call). The set of breakers is bounded
+//!   ([`MAX_BREAKERS`]): callers choose model names, and a closed breaker of a model not used
+//!   for a while is forgotten first.
+//! - While a model's breaker is open (or forced open), [`ModelFallback`] re-sends a refused
+//!   `POST` with the body's `model` rewritten to `GATEWAY_FALLBACK_MODEL`, straight to the
+//!   upstream (the fallback route has no breaker of its own; a refused call *for* the fallback
+//!   model is not re-sent to itself). The fatal state (bad key, empty balance) never
+//!   falls back: another model on the same account would fail the same way. Without a fallback
+//!   model (or for `GET /models`) the caller gets a `503` in the OpenAI error shape with
+//!   `Retry-After` (the time until the breaker's next trial call).
+//! - A fallback answer carries the breaker's `FallbackResponse` extension; `note_fallback`
+//!   hands it to the handler (the typed client returns parsed answers, not responses), which
+//!   sets `x-fallback-model: <model>` on the gateway's response.
+//!
+//! Every request carries one trace ID: `x-trace-id` (or `x-request-id`, or a W3C
+//! `traceparent`) when the caller sends a valid one, a fresh UUID otherwise. The gateway echoes
+//! it on the response, logs under it (span field `trace_id`) and sends it to DeepSeek as
+//! `x-trace-id` and `traceparent`; the handlers below contain no trace code.
+//!
+//! Clients of the gateway may send any `Authorization` header (the OpenAI SDKs insist on one);
+//! it is not forwarded: the gateway calls DeepSeek with its own key.
+//! Ctrl-C stops accepting connections and lets in-flight streams finish.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use tokio::net::TcpListener;
+use tower_deepseek::deepseek::DeepSeekClient;
+use tower_deepseek::metrics::Metrics;
+use tower_deepseek::mock::MockDeepSeek;
+use tower_deepseek::upstream::Upstream;
+use tower_deepseek::{BoxError, Error};
+
+mod config;
+mod handlers;
+mod inbound;
+mod outbound;
+
+pub use config::*;
+pub use inbound::*;
+pub use outbound::*;
+
+/// Serves the gateway on `listener` until `shutdown` completes, then lets in-flight requests
+/// (streams included) finish.
+pub async fn serve(
+    listener: TcpListener,
+    config: GatewayConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), BoxError> {
+    let mut builder = DeepSeekClient::builder();
+    if let Some(model) = &config.model {
+        builder = builder.default_model(model);
+    }
+    // Kept alive for as long as the gateway serves.
+    let mut mock = None;
+    match &config.api_key {
+        Some(key) => {
+            builder = builder.api_key(key.as_str());
+            if let Some(url) = &config.base_url {
+                builder = builder.base_url(url);
+            }
+        }
+        None => {
+            let server = MockDeepSeek::start().await?;
+            tracing::info!(
+                mock = %server.base_url(),
+                "DEEPSEEK_API_KEY is not set: serving from the embedded mock DeepSeek"
+            );
+            builder = builder
+                .base_url(server.base_url())
+                .api_key("mock-key-for-the-gateway");
+            mock = Some(server);
+        }
+    }
+    let registry = prometheus::Registry::new();
+    let metrics = gateway_metrics(&config, &registry)?;
+    let client = builder.build(transport(&config, Upstream::new()?, &metrics)?)?;
+    let limit = config.rate_limit.layer(&metrics)?;
+    let app = router(client, &metrics, registry, limit, config.concurrency()?);
+    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    if let Some(server) = mock {
+        server.shutdown().await;
+    }
+    Ok(())
+}
+
+/// The gateway's metrics: model labels are the configured models and DeepSeek's published
+/// ones; callers choose model names, so no other name becomes a label (it is `other`).
+pub fn gateway_metrics(
+    config: &GatewayConfig,
+    registry: &prometheus::Registry,
+) -> Result<Metrics, Error> {
+    let mut models: Vec<&str> = vec![
+        "deepseek-v4-flash",
+        "deepseek-v4-pro",
+        "deepseek-chat",
+        "deepseek-reasoner",
+    ];
+    for model in [&config.model, &config.fallback_model]
+        .into_iter()
+        .flatten()
+    {
+        if !models.contains(&model.as_str()) {
+            models.push(model);
+        }
+    }
+    Metrics::builder()
+        .models(models)
+        .learn_models(false)
+        .prometheus(registry.clone())
+        .build()
+}
+
+/// Resolves on Ctrl-C (or SIGTERM on Unix).
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for Ctrl-C");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutting down: no new connections, letting in-flight requests finish");
+}
+
+#[allow(dead_code)]
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let config = GatewayConfig::from_env()?;
+    let addr = config
+        .listen
+        .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e} (set GATEWAY_ADDR to change it)"))?;
+    serve(listener, config, shutdown_signal()).await
+}
