@@ -47,6 +47,9 @@ pub struct GatewayConfig {
     /// Requests served at once (a stream counts until it ends); more wait up to a second in a
     /// bounded queue, then get a 503 with `Retry-After`.
     pub max_in_flight: u32,
+    /// The benchmark baseline (`GATEWAY_BARE=1`): the same routes and client with no layer on
+    /// either side, to measure what the stacks cost.
+    pub bare: bool,
 }
 
 /// The default of [`GatewayConfig::max_in_flight`].
@@ -64,6 +67,7 @@ impl Default for GatewayConfig {
             resilience: ResilienceSettings::default(),
             rate_limit: RateLimitSettings::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
+            bare: false,
         }
     }
 }
@@ -411,6 +415,12 @@ impl GatewayConfig {
             resilience,
             rate_limit,
             max_in_flight,
+            bare: parsed(&var, "GATEWAY_BARE", "0 or 1", |t| match t {
+                "0" | "false" => Some(false),
+                "1" | "true" => Some(true),
+                _ => None,
+            })?
+            .unwrap_or(false),
         })
     }
 }

@@ -30,6 +30,7 @@
 //! | `GATEWAY_RATE_LIMIT_BURST` | requests a caller may send at once after a quiet spell | `60` |
 //! | `REDIS_URL` | share the per-caller limit across replicas through Redis (fails open) | unset |
 //! | `GATEWAY_MAX_IN_FLIGHT` | requests served at once (a stream counts until it ends) | `512` |
+//! | `GATEWAY_BARE` | `1`: no layers on either side (the baseline of the end-to-end benchmark) | `0` |
 //! | `RUST_LOG` | log filter | `info` |
 //!
 //! Every value is checked at start-up; a bad one stops the gateway with an error naming it.
