@@ -805,3 +805,144 @@ fn breaker_settings_come_from_the_environment_and_errors_name_the_variable() {
         assert!(error.to_string().contains(variable), "{error}");
     }
 }
+
+/// Writes `text` to a fresh file and returns its path.
+fn config_file(name: &str, text: &str) -> String {
+    let dir = std::env::temp_dir().join(format!("tower-deepseek-gateway-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+fn config_with(
+    path: &str,
+    env: &'static [(&'static str, &'static str)],
+) -> Result<gateway::GatewayConfig, tower_deepseek::Error> {
+    let path = path.to_owned();
+    gateway::GatewayConfig::from_vars(move |name| {
+        if name == "GATEWAY_CONFIG" {
+            return Some(path.clone());
+        }
+        env.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    })
+}
+
+#[test]
+fn the_sample_config_file_holds_the_defaults() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/gateway/gateway.toml");
+    let config = config_with(path, &[]).unwrap();
+    let defaults = gateway::GatewayConfig::default();
+    assert_eq!(config.breaker, defaults.breaker);
+    assert_eq!(config.resilience, defaults.resilience);
+    assert_eq!(config.rate_limit, defaults.rate_limit);
+    assert_eq!(config.max_in_flight, defaults.max_in_flight);
+    assert_eq!(config.model.as_deref(), Some("deepseek-v4-flash"));
+    assert_eq!(config.listen, Some("127.0.0.1:8080".parse().unwrap()));
+    assert!(!config.bare);
+}
+
+#[test]
+fn the_config_file_sets_values_and_the_environment_wins() {
+    let path = config_file(
+        "values.toml",
+        r#"
+listen = "0.0.0.0:9000"
+[deepseek]
+model = "deepseek-v4-pro"
+fallback_model = "deepseek-v4-flash"
+[breaker]
+failure_rate = 25.5
+window = 10
+open_wait = 0.5
+[timeouts]
+idle = 30
+[rate_limit]
+per_minute = 0
+[[upstreams]]
+name = "backup"
+base_url = "http://127.0.0.1:9/v1"
+api_key_env = "BACKUP_API_KEY"
+models = { "deepseek-v4-pro" = "backup-large" }
+"#,
+    );
+    let config = config_with(
+        &path,
+        &[("GATEWAY_BREAKER_WINDOW", "40"), ("DEEPSEEK_MODEL", " ")],
+    )
+    .unwrap();
+    assert_eq!(config.listen, Some("0.0.0.0:9000".parse().unwrap()));
+    // A blank variable counts as unset: the file's value stays.
+    assert_eq!(config.model.as_deref(), Some("deepseek-v4-pro"));
+    assert_eq!(config.fallback_model.as_deref(), Some("deepseek-v4-flash"));
+    assert_eq!(config.breaker.failure_rate, 25.5);
+    assert_eq!(config.breaker.window_calls, 40, "the environment wins");
+    assert_eq!(config.breaker.open_wait, Duration::from_millis(500));
+    assert_eq!(config.resilience.idle_timeout, Duration::from_secs(30));
+    assert_eq!(config.rate_limit.per_minute, 0);
+    assert_eq!(config.upstreams.len(), 1);
+    assert_eq!(config.upstreams[0].name, "backup");
+    assert_eq!(
+        config.upstreams[0].models,
+        vec![("deepseek-v4-pro".to_owned(), "backup-large".to_owned())]
+    );
+}
+
+#[test]
+fn a_bad_config_file_is_an_error_naming_the_key_and_the_file() {
+    let cases: &[(&str, &str, &[&str])] = &[
+        (
+            "typo.toml",
+            "[breaker]\nwindw = 10\n",
+            &["unknown key", "[breaker] windw"],
+        ),
+        (
+            "table.toml",
+            "[breakers]\nwindow = 10\n",
+            &["unknown table [breakers]"],
+        ),
+        (
+            "key.toml",
+            "[deepseek]\napi_key = \"sk-in-a-file\"\n",
+            &["DEEPSEEK_API_KEY"],
+        ),
+        (
+            "value.toml",
+            "[breaker]\nwindow = \"ten\"\n",
+            &["`[breaker] window`", "\"ten\"", "whole number"],
+        ),
+        (
+            "range.toml",
+            "[breaker]\nfailure_rate = 150\n",
+            &["[breaker] failure_rate", "150"],
+        ),
+        ("syntax.toml", "[breaker\n", &["not valid TOML"]),
+        (
+            "upstream.toml",
+            "[[upstreams]]\nname = \"b\"\nbase_url = \"http://x\"\n",
+            &["[[upstreams]] #1", "api_key_env is required"],
+        ),
+        (
+            "addr.toml",
+            "listen = \"everywhere\"\n",
+            &["`listen`", "socket address"],
+        ),
+    ];
+    for (name, text, expected) in cases {
+        let path = config_file(name, text);
+        let error = config_with(&path, &[]).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::Config, "{name}");
+        let message = error.to_string();
+        for part in *expected {
+            assert!(message.contains(part), "{name}: {message:?} lacks {part:?}");
+        }
+        assert!(!message.contains("sk-in-a-file"), "{message}");
+    }
+    let missing = config_with("/nonexistent/gateway.toml", &[]).unwrap_err();
+    assert!(
+        missing.to_string().contains("/nonexistent/gateway.toml"),
+        "{missing}"
+    );
+}

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use super::file::{ConfigFile, SETTINGS, Setting, UpstreamEntry};
 use super::outbound::{BreakerLayer, breaker_key};
 use tower_deepseek::circuit_breaker::{
     CircuitBreaker, CircuitBreakerBuilder, KeyedCircuitBreakerLayer, MAX_COUNT_WINDOW,
@@ -30,6 +31,8 @@ pub const FALLBACK_HEADER: &str = "x-fallback-model";
 pub struct GatewayConfig {
     /// Where to listen.
     pub listen: Option<SocketAddr>,
+    /// Where the admin server (the CPU profile) listens; `None`: no admin server.
+    pub admin_listen: Option<SocketAddr>,
     /// The DeepSeek key; `None` starts the embedded mock.
     pub api_key: Option<String>,
     /// The upstream base URL.
@@ -50,6 +53,8 @@ pub struct GatewayConfig {
     /// The benchmark baseline (`GATEWAY_BARE=1`): the same routes and client with no layer on
     /// either side, to measure what the stacks cost.
     pub bare: bool,
+    /// Failover upstreams, tried in order after DeepSeek (the file's `[[upstreams]]`).
+    pub upstreams: Vec<UpstreamEntry>,
 }
 
 /// The default of [`GatewayConfig::max_in_flight`].
@@ -59,6 +64,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         GatewayConfig {
             listen: None,
+            admin_listen: None,
             api_key: None,
             base_url: None,
             model: None,
@@ -68,6 +74,7 @@ impl Default for GatewayConfig {
             rate_limit: RateLimitSettings::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             bare: false,
+            upstreams: Vec::new(),
         }
     }
 }
@@ -81,7 +88,12 @@ impl GatewayConfig {
             .max_wait(Duration::from_secs(1))
             .max_queue(self.max_in_flight as usize)
             .build()
-            .map_err(|e| config_error(format!("GATEWAY_MAX_IN_FLIGHT is not valid: {e}")))
+            .map_err(|e| {
+                config_error(format!(
+                    "{} is not valid: {e}",
+                    key("GATEWAY_MAX_IN_FLIGHT")
+                ))
+            })
     }
 }
 
@@ -162,17 +174,56 @@ pub(crate) fn config_error(message: String) -> Error {
     Error::new(ErrorKind::Config, message)
 }
 
+/// The settings' sources: the environment (or a map in tests) over the config file.
+pub(crate) struct Sources<'a> {
+    env: &'a dyn Fn(&str) -> Option<String>,
+    file: ConfigFile,
+}
+
+impl Sources<'_> {
+    /// `name`'s value and where it came from; a blank value counts as unset.
+    fn get(&self, name: &str) -> Option<Setting> {
+        match (self.env)(name).filter(|v| !v.trim().is_empty()) {
+            Some(value) => Some(Setting {
+                value,
+                origin: name.to_owned(),
+            }),
+            None => self
+                .file
+                .get(name)
+                .filter(|s| !s.value.trim().is_empty())
+                .cloned(),
+        }
+    }
+
+    fn value(&self, name: &str) -> Option<String> {
+        self.get(name).map(|setting| setting.value)
+    }
+}
+
+/// The setting `env` as a user knows it: the variable and its key in the config file.
+pub(crate) fn key(env: &str) -> String {
+    match SETTINGS.iter().find(|(e, _, _)| *e == env) {
+        Some((_, "", key)) => format!("{env} (`{key}`)"),
+        Some((_, table, key)) => format!("{env} (`[{table}] {key}`)"),
+        None => env.to_owned(),
+    }
+}
+
 /// Parses `name`'s value with `parse` when set; `what` describes a valid value.
 pub(crate) fn parsed<T>(
-    var: &impl Fn(&str) -> Option<String>,
+    sources: &Sources<'_>,
     name: &str,
     what: &str,
     parse: impl Fn(&str) -> Option<T>,
 ) -> Result<Option<T>, Error> {
-    match var(name) {
-        Some(text) => match parse(text.trim()) {
+    match sources.get(name) {
+        Some(setting) => match parse(setting.value.trim()) {
             Some(value) => Ok(Some(value)),
-            None => Err(config_error(format!("{name}={text:?} is not {what}"))),
+            None => Err(config_error(format!(
+                "{}={:?} is not {what}",
+                setting.origin, setting.value
+            ))),
         },
         None => Ok(None),
     }
@@ -193,7 +244,11 @@ impl BreakerSettings {
             self.template()?.listener(metrics.clone()),
             MAX_BREAKERS,
         )
-        .map_err(|e| config_error(format!("the GATEWAY_BREAKER_* settings are not valid: {e}")))
+        .map_err(|e| {
+            config_error(format!(
+                "the GATEWAY_BREAKER_* (`[breaker]`) settings are not valid: {e}"
+            ))
+        })
     }
 
     /// Validates the settings and returns each model's breaker configuration.
@@ -207,23 +262,27 @@ impl BreakerSettings {
         } = self.clone();
         if !(failure_rate > 0.0 && failure_rate <= 100.0) {
             return Err(config_error(format!(
-                "GATEWAY_BREAKER_FAILURE_RATE must be a percentage in (0, 100], not {failure_rate}"
+                "{} must be a percentage in (0, 100], not {failure_rate}",
+                key("GATEWAY_BREAKER_FAILURE_RATE")
             )));
         }
         if minimum_calls == 0 {
-            return Err(config_error(
-                "GATEWAY_BREAKER_MINIMUM_CALLS must be at least 1".to_owned(),
-            ));
+            return Err(config_error(format!(
+                "{} must be at least 1",
+                key("GATEWAY_BREAKER_MINIMUM_CALLS")
+            )));
         }
         if window_calls == 0 || window_calls > MAX_COUNT_WINDOW {
             return Err(config_error(format!(
-                "GATEWAY_BREAKER_WINDOW must be between 1 and {MAX_COUNT_WINDOW} calls, not {window_calls}"
+                "{} must be between 1 and {MAX_COUNT_WINDOW} calls, not {window_calls}",
+                key("GATEWAY_BREAKER_WINDOW")
             )));
         }
         if open_wait.is_zero() {
-            return Err(config_error(
-                "GATEWAY_BREAKER_OPEN_WAIT must be more than 0 seconds".to_owned(),
-            ));
+            return Err(config_error(format!(
+                "{} must be more than 0 seconds",
+                key("GATEWAY_BREAKER_OPEN_WAIT")
+            )));
         }
         let mut builder = CircuitBreaker::builder()
             .failure_rate_threshold(failure_rate)
@@ -276,25 +335,35 @@ pub(crate) fn valid_model(name: &str) -> bool {
 }
 
 impl GatewayConfig {
-    /// Reads the environment; a value that does not parse is an error naming the variable.
+    /// Reads the config file named by `GATEWAY_CONFIG` (if any) and the environment, which
+    /// wins; a value that does not parse is an error naming the variable or the file's key.
     pub fn from_env() -> Result<GatewayConfig, Error> {
         GatewayConfig::from_vars(|name| std::env::var(name).ok())
     }
 
-    /// Reads the settings through `lookup` (the environment, or a map in tests) and validates
-    /// them; a blank value counts as unset.
+    /// Reads the settings through `lookup` (the environment, or a map in tests) over the config
+    /// file that `lookup("GATEWAY_CONFIG")` names, and validates them; a blank value counts as
+    /// unset.
     pub fn from_vars(lookup: impl Fn(&str) -> Option<String>) -> Result<GatewayConfig, Error> {
-        let var = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
-        let listen = match var("GATEWAY_ADDR") {
-            Some(text) => Some(text.trim().parse().map_err(|e| {
-                Error::new(
-                    ErrorKind::Config,
-                    format!("GATEWAY_ADDR={text:?} is not a socket address like 127.0.0.1:8080"),
-                )
-                .with_source(e)
-            })?),
-            None => None,
+        let file = match lookup("GATEWAY_CONFIG").filter(|v| !v.trim().is_empty()) {
+            Some(path) => ConfigFile::read(path.trim())?,
+            None => ConfigFile::default(),
         };
+        let upstreams = file.upstreams.clone();
+        let sources = Sources { env: &lookup, file };
+        let var = |name: &str| sources.value(name);
+        let socket_addr = |name: &str| match sources.get(name) {
+            Some(setting) => setting.value.trim().parse().map(Some).map_err(|e| {
+                config_error(format!(
+                    "{}={:?} is not a socket address like 127.0.0.1:8080",
+                    setting.origin, setting.value
+                ))
+                .with_source(e)
+            }),
+            None => Ok(None),
+        };
+        let listen = socket_addr("GATEWAY_ADDR")?;
+        let admin_listen = socket_addr("GATEWAY_ADMIN_ADDR")?;
         let fallback_model = var("GATEWAY_FALLBACK_MODEL").map(|m| m.trim().to_owned());
         if let Some(model) = &fallback_model
             && !valid_model(model)
@@ -306,35 +375,35 @@ impl GatewayConfig {
         let defaults = BreakerSettings::default();
         let breaker = BreakerSettings {
             failure_rate: parsed(
-                &var,
+                &sources,
                 "GATEWAY_BREAKER_FAILURE_RATE",
                 "a percentage like 50",
                 |t| t.parse().ok(),
             )?
             .unwrap_or(defaults.failure_rate),
             minimum_calls: parsed(
-                &var,
+                &sources,
                 "GATEWAY_BREAKER_MINIMUM_CALLS",
                 "a whole number of calls",
                 |t| t.parse().ok(),
             )?
             .unwrap_or(defaults.minimum_calls),
             window_calls: parsed(
-                &var,
+                &sources,
                 "GATEWAY_BREAKER_WINDOW",
                 "a whole number of calls",
                 |t| t.parse().ok(),
             )?
             .unwrap_or(defaults.window_calls),
             open_wait: parsed(
-                &var,
+                &sources,
                 "GATEWAY_BREAKER_OPEN_WAIT",
                 "a number of seconds between 0 and 86400",
                 seconds,
             )?
             .unwrap_or(defaults.open_wait),
             fatal_wait: match parsed(
-                &var,
+                &sources,
                 "GATEWAY_BREAKER_FATAL_WAIT",
                 "a number of seconds between 0 and 86400",
                 seconds,
@@ -348,7 +417,7 @@ impl GatewayConfig {
         let resilience_defaults = ResilienceSettings::default();
         let timeout = |name: &str, default: Duration| {
             parsed(
-                &var,
+                &sources,
                 name,
                 "a number of seconds between 0 and 86400",
                 seconds,
@@ -357,7 +426,7 @@ impl GatewayConfig {
         };
         let resilience = ResilienceSettings {
             max_attempts: parsed(
-                &var,
+                &sources,
                 "GATEWAY_RETRY_MAX_ATTEMPTS",
                 "a whole number of attempts from 1 to 5",
                 |t| t.parse().ok().filter(|n| (1..=5).contains(n)),
@@ -377,14 +446,14 @@ impl GatewayConfig {
         let limit_defaults = RateLimitSettings::default();
         let rate_limit = RateLimitSettings {
             per_minute: parsed(
-                &var,
+                &sources,
                 "GATEWAY_RATE_LIMIT_PER_MINUTE",
                 "a whole number of requests per minute (0: no limit)",
                 |t| t.parse().ok(),
             )?
             .unwrap_or(limit_defaults.per_minute),
             burst: parsed(
-                &var,
+                &sources,
                 "GATEWAY_RATE_LIMIT_BURST",
                 "a whole number of requests, at least 1",
                 |t| t.parse().ok().filter(|n| *n >= 1),
@@ -399,7 +468,7 @@ impl GatewayConfig {
         }
         .layer(&Metrics::builder().build()?)?;
         let max_in_flight = parsed(
-            &var,
+            &sources,
             "GATEWAY_MAX_IN_FLIGHT",
             "a whole number of requests, at least 1",
             |t| t.parse().ok().filter(|n| *n >= 1),
@@ -407,6 +476,7 @@ impl GatewayConfig {
         .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
         Ok(GatewayConfig {
             listen,
+            admin_listen,
             api_key: var("DEEPSEEK_API_KEY"),
             base_url: var("DEEPSEEK_BASE_URL"),
             model: var("DEEPSEEK_MODEL"),
@@ -415,12 +485,13 @@ impl GatewayConfig {
             resilience,
             rate_limit,
             max_in_flight,
-            bare: parsed(&var, "GATEWAY_BARE", "0 or 1", |t| match t {
+            bare: parsed(&sources, "GATEWAY_BARE", "0 or 1", |t| match t {
                 "0" | "false" => Some(false),
                 "1" | "true" => Some(true),
                 _ => None,
             })?
             .unwrap_or(false),
+            upstreams,
         })
     }
 }

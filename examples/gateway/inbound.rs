@@ -99,7 +99,7 @@ impl RateLimitSettings {
         }
         let invalid = |e: Error| {
             config_error(format!(
-                "the GATEWAY_RATE_LIMIT_* settings are not valid: {e}"
+                "the GATEWAY_RATE_LIMIT_* (`[rate_limit]`) settings are not valid: {e}"
             ))
         };
         let builder = RateLimitLayer::builder()

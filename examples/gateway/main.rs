@@ -10,9 +10,15 @@
 //! with the upstream status. It also serves `/metrics` (Prometheus text format), `/healthz` and
 //! `/readyz`.
 //!
+//! Settings come from a TOML file named by `GATEWAY_CONFIG` (see `deploy/k8s/` for one) and
+//! from the environment, which wins over the file. Each variable below has a key in the file
+//! (the list: `SETTINGS` in `file.rs`); the DeepSeek key is only ever read from the environment.
+//!
 //! | variable | meaning | default |
 //! |---|---|---|
+//! | `GATEWAY_CONFIG` | path of the TOML config file | unset |
 //! | `GATEWAY_ADDR` | address to listen on | `127.0.0.1:8080` |
+//! | `GATEWAY_ADMIN_ADDR` | address of the admin server (the CPU profile, feature `pprof`); never the public one | unset: none |
 //! | `DEEPSEEK_API_KEY` | the DeepSeek key; unset: serve from the embedded mock DeepSeek | unset |
 //! | `DEEPSEEK_BASE_URL` | the upstream base URL | `https://api.deepseek.com` |
 //! | `DEEPSEEK_MODEL` | model used when a request names none | `deepseek-v4-flash` |
@@ -111,6 +117,7 @@ use tower_deepseek::upstream::Upstream;
 use tower_deepseek::{BoxError, Error};
 
 mod config;
+mod file;
 mod handlers;
 mod inbound;
 mod outbound;
