@@ -18,7 +18,7 @@
 //! | connect refused, reset, TLS | [`Outcome::Network`] | yes | yes |
 //! | stream cut, malformed chunk | [`Outcome::Stream`] | yes, if nothing was delivered | yes |
 //! | `finish_reason: insufficient_system_resource` | [`Outcome::Stream`] | yes, if nothing was delivered | yes |
-//! | a layer of this crate refused the call (open circuit breaker) | [`Outcome::Rejected`] | no (wait [`Error::retry_after`](crate::Error::retry_after)) | no |
+//! | a layer of this crate refused the call (open circuit breaker, full concurrency limit) | [`Outcome::Rejected`] | no (wait [`Error::retry_after`](crate::Error::retry_after)) | no |
 //!
 //! Users replace the table by passing their own [`Classify`]; closures implement it:
 //!
@@ -74,7 +74,8 @@ pub enum Outcome {
     Stream(StreamFailure),
     /// The request never left: it failed validation or the client is misconfigured.
     Invalid,
-    /// A layer of this crate refused the call before sending it (an open circuit breaker).
+    /// A layer of this crate refused the call before sending it (an open circuit breaker, a
+    /// full concurrency limit).
     /// Not evidence about the upstream, and not retried at once: see
     /// [`Error::retry_after`](crate::Error::retry_after) for when a new call makes sense.
     Rejected,
@@ -191,7 +192,9 @@ impl Outcome {
         }
     }
 
-    /// The error kind a failed outcome maps to; `None` for success.
+    /// The error kind a failed outcome maps to; `None` for success. An outcome does not say
+    /// which layer refused a call, so [`Outcome::Rejected`] maps to an open circuit; the refusing
+    /// layer's own [`Error`](crate::Error) carries the exact kind (`CircuitOpen` or `Overloaded`).
     pub fn error_kind(&self) -> Option<ErrorKind> {
         Some(match *self {
             Outcome::Success => return None,
