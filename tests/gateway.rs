@@ -946,3 +946,34 @@ fn a_bad_config_file_is_an_error_naming_the_key_and_the_file() {
         "{missing}"
     );
 }
+
+#[test]
+fn the_kubernetes_configmap_is_a_valid_gateway_config() {
+    let manifest = include_str!("../deploy/k8s/configmap.yaml");
+    let (_, block) = manifest.split_once("gateway.toml: |\n").unwrap();
+    let text: Vec<&str> = block
+        .lines()
+        .map(|line| line.strip_prefix("    ").unwrap_or(line))
+        .collect();
+    let path = config_file("configmap.toml", &text.join("\n"));
+    let config = config_with(&path, &[("DEEPSEEK_API_KEY", "sk-from-the-secret")]).unwrap();
+    assert!(
+        config.require_api_key,
+        "production refuses to run on the mock"
+    );
+    assert_eq!(config.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+    assert_eq!(config.api_key.as_deref(), Some("sk-from-the-secret"));
+}
+
+#[tokio::test]
+async fn without_a_key_a_gateway_that_requires_one_does_not_start() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let config = gateway::GatewayConfig {
+        require_api_key: true,
+        ..gateway::GatewayConfig::default()
+    };
+    let error = gateway::serve(listener, config, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("DEEPSEEK_API_KEY"), "{error}");
+}

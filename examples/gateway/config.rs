@@ -33,8 +33,11 @@ pub struct GatewayConfig {
     pub listen: Option<SocketAddr>,
     /// Where the admin server (the CPU profile) listens; `None`: no admin server.
     pub admin_listen: Option<SocketAddr>,
-    /// The DeepSeek key; `None` starts the embedded mock.
+    /// The DeepSeek key; `None` starts the embedded mock (unless `require_api_key`).
     pub api_key: Option<String>,
+    /// Refuse to start without a key rather than serve from the mock (a deployment whose
+    /// Secret is missing or empty must not answer with made-up text).
+    pub require_api_key: bool,
     /// The upstream base URL.
     pub base_url: Option<String>,
     /// The default model.
@@ -66,6 +69,7 @@ impl Default for GatewayConfig {
             listen: None,
             admin_listen: None,
             api_key: None,
+            require_api_key: false,
             base_url: None,
             model: None,
             fallback_model: None,
@@ -226,6 +230,15 @@ pub(crate) fn parsed<T>(
             ))),
         },
         None => Ok(None),
+    }
+}
+
+/// `true`/`1` or `false`/`0`.
+fn boolean(text: &str) -> Option<bool> {
+    match text {
+        "0" | "false" => Some(false),
+        "1" | "true" => Some(true),
+        _ => None,
     }
 }
 
@@ -478,6 +491,13 @@ impl GatewayConfig {
             listen,
             admin_listen,
             api_key: var("DEEPSEEK_API_KEY"),
+            require_api_key: parsed(
+                &sources,
+                "GATEWAY_REQUIRE_API_KEY",
+                "true or false",
+                boolean,
+            )?
+            .unwrap_or(false),
             base_url: var("DEEPSEEK_BASE_URL"),
             model: var("DEEPSEEK_MODEL"),
             fallback_model,
@@ -485,12 +505,7 @@ impl GatewayConfig {
             resilience,
             rate_limit,
             max_in_flight,
-            bare: parsed(&sources, "GATEWAY_BARE", "0 or 1", |t| match t {
-                "0" | "false" => Some(false),
-                "1" | "true" => Some(true),
-                _ => None,
-            })?
-            .unwrap_or(false),
+            bare: parsed(&sources, "GATEWAY_BARE", "0 or 1", boolean)?.unwrap_or(false),
             upstreams,
         })
     }

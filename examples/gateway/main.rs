@@ -20,6 +20,7 @@
 //! | `GATEWAY_ADDR` | address to listen on | `127.0.0.1:8080` |
 //! | `GATEWAY_ADMIN_ADDR` | address of the admin server (the CPU profile, feature `pprof`); never the public one | unset: none |
 //! | `DEEPSEEK_API_KEY` | the DeepSeek key; unset: serve from the embedded mock DeepSeek | unset |
+//! | `GATEWAY_REQUIRE_API_KEY` | `true`: refuse to start without `DEEPSEEK_API_KEY` instead of serving from the mock (set it in production) | `false` |
 //! | `DEEPSEEK_BASE_URL` | the upstream base URL | `https://api.deepseek.com` |
 //! | `DEEPSEEK_MODEL` | model used when a request names none | `deepseek-v4-flash` |
 //! | `GATEWAY_FALLBACK_MODEL` | model that answers while a model's circuit breaker is open; unset: no fallback | unset |
@@ -145,6 +146,12 @@ pub async fn serve(
             if let Some(url) = &config.base_url {
                 builder = builder.base_url(url);
             }
+        }
+        None if config.require_api_key => {
+            return Err(
+                "DEEPSEEK_API_KEY is not set and GATEWAY_REQUIRE_API_KEY (`[deepseek] require_api_key`) is on: refusing to serve from the mock"
+                    .into(),
+            );
         }
         None => {
             let server = MockDeepSeek::start().await?;
