@@ -537,3 +537,23 @@ fn a_store_needs_a_runtime_and_valid_settings() {
         .unwrap_err();
     assert!(invalid.to_string().contains("GATEWAY_JOBS_WORKERS"));
 }
+
+#[test]
+fn metrics_name_the_jobs_routes_never_the_job_id() {
+    let operation =
+        |method: http::Method, path: &str| gateway::operation(&method, &path.parse().unwrap());
+    assert_eq!(operation(http::Method::POST, "/v1/jobs"), "job_submit");
+    assert_eq!(
+        operation(
+            http::Method::GET,
+            "/v1/jobs/0123456789abcdef0123456789abcdef"
+        ),
+        "job_status"
+    );
+    assert_eq!(
+        operation(http::Method::POST, "/v1/chat/completions"),
+        "chat"
+    );
+    assert_eq!(operation(http::Method::GET, "/v1/models"), "models");
+    assert_eq!(operation(http::Method::GET, "/v1/jobsx"), "other");
+}

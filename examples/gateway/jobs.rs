@@ -46,6 +46,9 @@
 //! Memory is bounded by `max_jobs` × (the request, at most 8 MiB, held until its call is sent
 //! + the result, at most the client's largest response body, 16 MiB by default).
 //!
+//! Each `POST` and each `GET` passes the inbound layers like any API call (the per-caller rate
+//! limit counts polls): poll with a pause, e.g. a second.
+//!
 //! Jobs live in the gateway's memory. When it stops, graceful shutdown waits for HTTP requests,
 //! not for jobs: queued and running jobs are cancelled and finished results are lost, and a
 //! caller polling the restarted gateway gets `404` and submits again. In a deployment with
@@ -70,6 +73,7 @@ use tokio::sync::Semaphore;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tower_deepseek::deepseek::{ChatRequest, ChatResponse};
+use tower_deepseek::metrics::operation_from_path;
 use tower_deepseek::trace_id::TraceId;
 use tower_deepseek::{Error, ErrorKind};
 use tracing::Instrument;
@@ -530,6 +534,20 @@ pub fn jobs_router(jobs: Jobs) -> Router {
         .route("/v1/jobs/{id}", get(get_job))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(jobs)
+}
+
+/// The gateway's inbound metrics operation: `job_submit` and `job_status` for the jobs routes
+/// (never the job ID: one label per route), else [`operation_from_path`]'s `chat`, `models`,
+/// `other`. For `MetricsLayer::server(..).operation_by(..)` in the router.
+pub fn operation(method: &http::Method, uri: &http::Uri) -> &'static str {
+    let path = uri.path().trim_end_matches('/');
+    if path == "/v1/jobs" {
+        "job_submit"
+    } else if path.starts_with("/v1/jobs/") {
+        "job_status"
+    } else {
+        operation_from_path(method, uri)
+    }
 }
 
 /// The seed's envelope.
