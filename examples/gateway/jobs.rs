@@ -237,7 +237,6 @@ struct Job {
     created: u64,
     started: Option<u64>,
     finished: Option<u64>,
-    expires_at: Instant,
     /// The task that runs it, until it finishes.
     task: Option<AbortHandle>,
 }
@@ -336,6 +335,8 @@ impl Jobs {
         let settings = &self.shared.settings;
         let now = Instant::now();
         let created = unix_now();
+        // Drawn before taking the lock: a system call.
+        let mut id = random_id()?;
         let mut table = self.shared.lock();
         table.sweep(now);
         if table.jobs.len() >= settings.max_jobs {
@@ -354,13 +355,10 @@ impl Jobs {
             )
             .with_retry_after(wait));
         }
-        let id = loop {
-            let id = random_id()?;
-            // 128 random bits never collide in practice; a duplicate would hide a job.
-            if !table.jobs.contains_key(&id) {
-                break id;
-            }
-        };
+        // 128 random bits never collide in practice; a duplicate would hide a job.
+        while table.jobs.contains_key(&id) {
+            id = random_id()?;
+        }
         let expires_at = now + settings.max_age;
         let run = run_job(
             Arc::downgrade(&self.shared),
@@ -378,7 +376,6 @@ impl Jobs {
             created,
             started: None,
             finished: None,
-            expires_at,
             task: Some(task.abort_handle()),
         };
         let snapshot = job.snapshot(id, settings.max_age);
