@@ -21,8 +21,8 @@
 //!
 //! - Jobs are non-streaming: `"stream": true` is refused (`400`) rather than quietly turned
 //!   off, so a caller expecting events is told. The body is checked like a chat completion's
-//!   (JSON shape, then [`ChatRequest::validate`]) before it is accepted, so a job only fails
-//!   on DeepSeek's side.
+//!   (JSON shape, then [`ChatRequest::validate`]) before it is accepted, so a job fails only
+//!   in its call (DeepSeek's error, or the outbound stack's: a timeout, an open breaker).
 //! - A job's call goes through the gateway's DeepSeek client, so the whole outbound stack
 //!   (trace propagation, metrics, retry, breakers and fallback, timeouts) applies. It carries
 //!   the trace ID of the `POST` that created it (a fresh one when there is none), which the job
@@ -43,8 +43,8 @@
 //!   Expired jobs are swept when a job is accepted or looked up, and by a background task that
 //!   wakes when the oldest job expires (and ends with the store).
 //!
-//! Memory is bounded by `max_jobs` × (the request, at most 8 MiB, held until its call is sent
-//! + the result, at most the client's largest response body, 16 MiB by default).
+//! Memory is bounded by `max_jobs` times the request (at most 8 MiB, held until its call is
+//! sent) plus the result (at most the client's largest response body, 16 MiB by default).
 //!
 //! Each `POST` and each `GET` passes the inbound layers like any API call (the per-caller rate
 //! limit counts polls): poll with a pause, e.g. a second.
