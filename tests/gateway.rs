@@ -839,6 +839,7 @@ fn the_sample_config_file_holds_the_defaults() {
     assert_eq!(config.resilience, defaults.resilience);
     assert_eq!(config.rate_limit, defaults.rate_limit);
     assert_eq!(config.max_in_flight, defaults.max_in_flight);
+    assert_eq!(config.jobs, defaults.jobs);
     assert_eq!(config.model.as_deref(), Some("deepseek-v4-flash"));
     assert_eq!(config.listen, Some("127.0.0.1:8080".parse().unwrap()));
     assert!(!config.bare);
@@ -861,6 +862,9 @@ open_wait = 0.5
 idle = 30
 [rate_limit]
 per_minute = 0
+[jobs]
+workers = 2
+max_age = 60
 [[upstreams]]
 name = "backup"
 base_url = "http://127.0.0.1:9/v1"
@@ -882,6 +886,8 @@ models = { "deepseek-v4-pro" = "backup-large" }
     assert_eq!(config.breaker.open_wait, Duration::from_millis(500));
     assert_eq!(config.resilience.idle_timeout, Duration::from_secs(30));
     assert_eq!(config.rate_limit.per_minute, 0);
+    assert_eq!(config.jobs.workers, 2);
+    assert_eq!(config.jobs.max_age, Duration::from_secs(60));
     assert_eq!(config.upstreams.len(), 1);
     assert_eq!(config.upstreams[0].name, "backup");
     assert_eq!(
@@ -919,6 +925,7 @@ fn a_bad_config_file_is_an_error_naming_the_key_and_the_file() {
             &["[breaker] failure_rate", "150"],
         ),
         ("syntax.toml", "[breaker\n", &["not valid TOML"]),
+        ("jobs.toml", "[jobs]\nworkers = 0\n", &["[jobs] workers"]),
         (
             "upstream.toml",
             "[[upstreams]]\nname = \"b\"\nbase_url = \"http://x\"\n",
@@ -976,4 +983,47 @@ async fn without_a_key_a_gateway_that_requires_one_does_not_start() {
         .await
         .unwrap_err();
     assert!(error.to_string().contains("DEEPSEEK_API_KEY"), "{error}");
+}
+
+#[tokio::test]
+async fn the_gateway_runs_jobs_under_its_inbound_stack() {
+    let gateway = RunningGateway::start(gateway::GatewayConfig::default()).await;
+    let request = http::Request::post(format!("{}/v1/jobs", gateway.url()))
+        .header("content-type", "application/json")
+        .header("x-trace-id", "job-trace-0001")
+        .body(Full::new(Bytes::from_static(FLASH_CHAT.as_bytes())))
+        .unwrap();
+    let response = Upstream::new().unwrap().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), 202);
+    assert_eq!(response.headers()["x-trace-id"], "job-trace-0001");
+    let location = response.headers()["location"].to_str().unwrap().to_owned();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let accepted: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(accepted["code"], 0);
+    assert_eq!(accepted["data"]["status"], "queued");
+
+    // The mock answers at once; poll (bounded) until the job is done.
+    let mut done = serde_json::Value::Null;
+    for _ in 0..200 {
+        let (status, _, text) = raw("GET", format!("{}{location}", gateway.url()), "").await;
+        assert_eq!(status, 200, "{text}");
+        done = serde_json::from_str(&text).unwrap();
+        if done["data"]["status"] == "succeeded" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(done["data"]["status"], "succeeded", "{done}");
+    assert_eq!(done["data"]["trace_id"], "job-trace-0001");
+    let content = done["data"]["result"]["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(content.contains("Hello gateway"), "{content}");
+
+    // The jobs routes are labelled by operation in the inbound metrics, never by job ID.
+    let (_, _, scrape) = raw("GET", format!("{}/metrics", gateway.url()), "").await;
+    assert!(scrape.contains("operation=\"job_submit\""), "{scrape}");
+    assert!(scrape.contains("operation=\"job_status\""));
+    assert!(!scrape.contains(location.trim_start_matches("/v1/jobs/")));
+    gateway.stop().await;
 }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::file::{ConfigFile, SETTINGS, Setting, UpstreamEntry};
+use super::jobs::JobSettings;
 use super::outbound::{BreakerLayer, breaker_key};
 use tower_deepseek::circuit_breaker::{
     CircuitBreaker, CircuitBreakerBuilder, KeyedCircuitBreakerLayer, MAX_COUNT_WINDOW,
@@ -56,6 +57,8 @@ pub struct GatewayConfig {
     /// The benchmark baseline (`GATEWAY_BARE=1`): the same routes and client with no layer on
     /// either side, to measure what the stacks cost.
     pub bare: bool,
+    /// The async jobs (`POST /v1/jobs`): how many, how many at once, how long kept.
+    pub jobs: JobSettings,
     /// Failover upstreams, tried in order after DeepSeek (the file's `[[upstreams]]`).
     pub upstreams: Vec<UpstreamEntry>,
 }
@@ -78,6 +81,7 @@ impl Default for GatewayConfig {
             rate_limit: RateLimitSettings::default(),
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             bare: false,
+            jobs: JobSettings::default(),
             upstreams: Vec::new(),
         }
     }
@@ -487,6 +491,31 @@ impl GatewayConfig {
             |t| t.parse().ok().filter(|n| *n >= 1),
         )?
         .unwrap_or(DEFAULT_MAX_IN_FLIGHT);
+        let job_defaults = JobSettings::default();
+        let jobs = JobSettings {
+            max_jobs: parsed(
+                &sources,
+                "GATEWAY_JOBS_MAX",
+                "a whole number of jobs",
+                |t| t.parse().ok(),
+            )?
+            .unwrap_or(job_defaults.max_jobs),
+            workers: parsed(
+                &sources,
+                "GATEWAY_JOBS_WORKERS",
+                "a whole number of jobs",
+                |t| t.parse().ok(),
+            )?
+            .unwrap_or(job_defaults.workers),
+            max_age: parsed(
+                &sources,
+                "GATEWAY_JOBS_MAX_AGE",
+                "a number of seconds between 0 and 86400",
+                seconds,
+            )?
+            .unwrap_or(job_defaults.max_age),
+        };
+        jobs.validate()?;
         Ok(GatewayConfig {
             listen,
             admin_listen,
@@ -506,6 +535,7 @@ impl GatewayConfig {
             rate_limit,
             max_in_flight,
             bare: parsed(&sources, "GATEWAY_BARE", "0 or 1", boolean)?.unwrap_or(false),
+            jobs,
             upstreams,
         })
     }

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::config::{MAX_REQUEST_BYTES, RateLimitSettings, config_error};
 use super::handlers::{chat_completions, models};
+use super::jobs::{Jobs, jobs_router, operation};
 use super::outbound::Client;
 use axum::Router;
 use axum::body::Body;
@@ -17,7 +18,7 @@ use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_deepseek::Error;
 use tower_deepseek::concurrency::ConcurrencyLimitLayer;
-use tower_deepseek::metrics::{Metrics, MetricsEndpoint, MetricsLayer, operation_from_path};
+use tower_deepseek::metrics::{Metrics, MetricsEndpoint, MetricsLayer};
 use tower_deepseek::rate_limit::redis::{RedisFailureMode, RedisLimitEvent, RedisRateLimiter};
 use tower_deepseek::rate_limit::{HeaderKey, KeyedLimiter, RateLimitLayer};
 use tower_deepseek::trace_id::TraceIdLayer;
@@ -33,6 +34,7 @@ pub fn router(
     registry: prometheus::Registry,
     limit: Option<InboundLimit>,
     concurrency: ConcurrencyLimitLayer,
+    jobs: Jobs,
 ) -> Router {
     let mut api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
@@ -40,7 +42,9 @@ pub fn router(
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .with_state(client);
+        .with_state(client)
+        // Under the same limits as the chat routes: a job is a chat completion too.
+        .merge(jobs_router(jobs));
     // A refused call is the crate's error (rate limited, overloaded); its response the 429/503.
     let refused = || HandleErrorLayer::new(|error: Error| ready(error.into_response()));
     let slots = concurrency.clone();
@@ -54,7 +58,7 @@ pub fn router(
             api.layer(ServiceBuilder::new().layer(refused()).layer(layer))
         }
     };
-    api.layer(MetricsLayer::server(metrics, "api").operation_by(operation_from_path))
+    api.layer(MetricsLayer::server(metrics, "api").operation_by(operation))
         .route_service("/metrics", MetricsEndpoint::new(registry))
         .route("/healthz", get(|| ready("ok")))
         .route(

@@ -5,7 +5,12 @@
 //! ```
 //!
 //! It forwards `POST /v1/chat/completions` (streaming and not) and `GET /v1/models` to DeepSeek
-//! through the crate's typed client and pooled upstream. Any OpenAI-compatible client works
+//! through the crate's typed client and pooled upstream, and runs chat completions as
+//! asynchronous jobs: `POST /v1/jobs` answers `202` with a job ID and `Location` at once,
+//! `GET /v1/jobs/{id}` answers the envelope `{code, data, message}` with the job's status and,
+//! once done, its result or its error (see `jobs.rs`). Jobs are bounded in number, running
+//! workers and age; a full store answers `429` with `Retry-After`. They live in the memory of
+//! the replica that accepted them: a restart loses them. Any OpenAI-compatible client works
 //! against it unchanged, errors included: DeepSeek's errors come back in the OpenAI error shape
 //! with the upstream status. It also serves `/metrics` (Prometheus text format), `/healthz` and
 //! `/readyz`.
@@ -38,6 +43,9 @@
 //! | `REDIS_URL` | share the per-caller limit across replicas through Redis (fails open) | unset |
 //! | `GATEWAY_MAX_IN_FLIGHT` | requests served at once (a stream counts until it ends) | `512` |
 //! | `GATEWAY_BARE` | `1`: no layers on either side (the baseline of the end-to-end benchmark) | `0` |
+//! | `GATEWAY_JOBS_MAX` | jobs held at once (queued, running, finished not yet expired); when full, `POST /v1/jobs` answers 429 | `1000` |
+//! | `GATEWAY_JOBS_WORKERS` | jobs running at once (1 to `GATEWAY_JOBS_MAX`) | `32` |
+//! | `GATEWAY_JOBS_MAX_AGE` | seconds a job and its result are kept after acceptance (1 to 86400); a job still running then is cancelled | `900` |
 //! | `RUST_LOG` | log filter | `info` |
 //!
 //! Every value is checked at start-up; a bad one stops the gateway with an error naming it.
@@ -121,14 +129,11 @@ mod config;
 mod file;
 mod handlers;
 mod inbound;
-// Wired into the router by the lead (see jobs.rs); until then nothing in the binary uses it.
-#[allow(dead_code)]
 mod jobs;
 mod outbound;
 
 pub use config::*;
 pub use inbound::*;
-#[allow(unused_imports)]
 pub use jobs::*;
 pub use outbound::*;
 
@@ -174,7 +179,15 @@ pub async fn serve(
     let metrics = gateway_metrics(&config, &registry)?;
     let client = builder.build(transport(&config, Upstream::new()?, &metrics)?)?;
     let limit = config.rate_limit.layer(&metrics)?;
-    let app = router(client, &metrics, registry, limit, config.concurrency()?);
+    let jobs = Jobs::new(client.clone(), config.jobs.clone())?;
+    let app = router(
+        client,
+        &metrics,
+        registry,
+        limit,
+        config.concurrency()?,
+        jobs,
+    );
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
