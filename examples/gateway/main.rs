@@ -110,11 +110,13 @@ use tower_deepseek::mock::MockDeepSeek;
 use tower_deepseek::upstream::Upstream;
 use tower_deepseek::{BoxError, Error};
 
+mod admin;
 mod config;
 mod handlers;
 mod inbound;
 mod outbound;
 
+pub use admin::*;
 pub use config::*;
 pub use inbound::*;
 pub use outbound::*;
