@@ -281,7 +281,7 @@ impl ProfileEndpoint {
 /// | setting | default | accepted |
 /// |---|---|---|
 /// | [`frequency`](Self::frequency) | 99 Hz | 1 to [`MAX_FREQUENCY`] (1000) |
-/// | [`default_seconds`](Self::default_seconds) | 30 | 1 to `max_seconds` |
+/// | [`default_seconds`](Self::default_seconds) | 30 (or `max_seconds` if shorter) | 1 to `max_seconds` |
 /// | [`max_seconds`](Self::max_seconds) | 60 | 1 to [`MAX_SECONDS_LIMIT`] (3600) |
 /// | [`path`](Self::path) | any path | a path such as `/debug/pprof/profile` |
 ///
@@ -303,7 +303,8 @@ impl ProfileEndpoint {
 #[derive(Clone, Debug)]
 pub struct ProfileEndpointBuilder {
     frequency: u32,
-    default_seconds: u64,
+    // None: 30, or max_seconds if that is shorter.
+    default_seconds: Option<u64>,
     max_seconds: u64,
     path: Option<Arc<str>>,
 }
@@ -312,7 +313,7 @@ impl Default for ProfileEndpointBuilder {
     fn default() -> ProfileEndpointBuilder {
         ProfileEndpointBuilder {
             frequency: DEFAULT_FREQUENCY,
-            default_seconds: DEFAULT_SECONDS,
+            default_seconds: None,
             max_seconds: DEFAULT_MAX_SECONDS,
             path: None,
         }
@@ -326,9 +327,10 @@ impl ProfileEndpointBuilder {
         self
     }
 
-    /// Seconds profiled when the request has no `seconds` (1 to `max_seconds`); default 30.
+    /// Seconds profiled when the request has no `seconds` (1 to `max_seconds`); default 30,
+    /// or `max_seconds` if that is shorter.
     pub fn default_seconds(mut self, seconds: u64) -> ProfileEndpointBuilder {
-        self.default_seconds = seconds;
+        self.default_seconds = Some(seconds);
         self
     }
 
@@ -363,10 +365,13 @@ impl ProfileEndpointBuilder {
                 self.max_seconds
             )));
         }
-        if !(1..=self.max_seconds).contains(&self.default_seconds) {
+        let default_seconds = self
+            .default_seconds
+            .unwrap_or(DEFAULT_SECONDS.min(self.max_seconds));
+        if !(1..=self.max_seconds).contains(&default_seconds) {
             return Err(config(format!(
-                "profiling default_seconds must be from 1 to max_seconds ({}), got {}",
-                self.max_seconds, self.default_seconds
+                "profiling default_seconds must be from 1 to max_seconds ({}), got {default_seconds}",
+                self.max_seconds
             )));
         }
         if let Some(path) = &self.path
@@ -378,7 +383,7 @@ impl ProfileEndpointBuilder {
         }
         Ok(ProfileEndpoint {
             frequency,
-            default_seconds: self.default_seconds,
+            default_seconds,
             max_seconds: self.max_seconds,
             path: self.path,
         })
@@ -684,6 +689,9 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(endpoint.frequency, 1000);
+        // A short maximum shortens the default with it, unless the default was set.
+        let short = ProfileEndpoint::builder().max_seconds(10).build().unwrap();
+        assert_eq!((short.default_seconds, short.max_seconds), (10, 10));
     }
 
     async fn status_and_text(

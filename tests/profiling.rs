@@ -52,8 +52,10 @@ impl Running {
     }
 
     async fn admin() -> Running {
-        Running::start(|listener, stopped| tokio::spawn(gateway::serve_admin(listener, stopped)))
-            .await
+        Running::start(|listener, stopped| {
+            tokio::spawn(gateway::admin::serve_admin(listener, stopped))
+        })
+        .await
     }
 
     async fn start(

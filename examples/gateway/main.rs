@@ -110,13 +110,12 @@ use tower_deepseek::mock::MockDeepSeek;
 use tower_deepseek::upstream::Upstream;
 use tower_deepseek::{BoxError, Error};
 
-mod admin;
+pub mod admin;
 mod config;
 mod handlers;
 mod inbound;
 mod outbound;
 
-pub use admin::*;
 pub use config::*;
 pub use inbound::*;
 pub use outbound::*;
