@@ -15,8 +15,10 @@ mod gateway;
 
 use std::io::Read;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,9 +26,10 @@ use http::{HeaderMap, StatusCode};
 use http_body_util::{BodyExt, Full};
 use pprof::protos::{Message, Profile};
 use tokio::sync::oneshot;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 use tower_deepseek::deepseek::ChatRequest;
 use tower_deepseek::deepseek::DeepSeekClient;
+use tower_deepseek::profiling::{ProfileEndpoint, ProfileFuture};
 use tower_deepseek::upstream::Upstream;
 
 /// A server task on a 127.0.0.1 port, stopped through its shutdown future.
@@ -134,8 +137,12 @@ fn load(
     })
 }
 
+/// The process has one profiler: the tests that start it take turns.
+static PROFILER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_profile_taken_under_load_decodes_with_samples_and_a_second_at_once_is_refused() {
+    let _turn = PROFILER.lock().await;
     let public = Running::gateway().await;
     let admin = Running::admin().await;
     let client = DeepSeekClient::builder()
@@ -247,4 +254,46 @@ async fn the_admin_port_answers_400_to_bad_seconds_and_404_elsewhere() {
             .contains("/debug/pprof/profile")
     );
     admin.stop().await;
+}
+
+/// Polls `profile` until its profiler runs (it starts on the blocking pool); the step is read
+/// from its `Debug` output.
+async fn until_collecting(profile: &mut Pin<Box<ProfileFuture>>) {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let polled = std::future::poll_fn(|cx| Poll::Ready(profile.as_mut().poll(cx))).await;
+            assert!(polled.is_pending(), "a profile still running has no answer");
+            if format!("{profile:?}").contains("Collecting") {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the profiler starts");
+}
+
+#[tokio::test]
+async fn a_profile_dropped_mid_way_stops_the_profiler_and_frees_the_slot() {
+    let _turn = PROFILER.lock().await;
+    let mut endpoint = ProfileEndpoint::new();
+    let long = || {
+        http::Request::get("/debug/pprof/profile?seconds=60")
+            .body(())
+            .unwrap()
+    };
+    let mut first = Box::pin(endpoint.call(long()));
+    until_collecting(&mut first).await;
+    let busy = endpoint.call(long()).await.unwrap();
+    assert_eq!(busy.status(), StatusCode::TOO_MANY_REQUESTS);
+
+    // The caller goes away: the profiler stops with the future, at once.
+    drop(first);
+    let mut next = Box::pin(endpoint.call(long()));
+    assert!(
+        format!("{next:?}").contains("Starting"),
+        "the slot is free again: {next:?}"
+    );
+    // Let it start and stop it the same way, so no profiler outlives the test.
+    until_collecting(&mut next).await;
 }
