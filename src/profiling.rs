@@ -113,12 +113,11 @@ impl Session {
     /// sampled frame).
     fn finish(self) -> Result<Vec<u8>, String> {
         let Session { guard, slot } = self;
-        let report = guard
-            .report()
-            .build()
-            .map_err(|e| format!("the CPU profile could not be built: {e}\n"))?;
+        let report = guard.report().build();
+        // The profiler stops before the slot is freed, on the error path too.
         drop(guard);
         drop(slot);
+        let report = report.map_err(|e| format!("the CPU profile could not be built: {e}\n"))?;
         let profile = report
             .pprof()
             .map_err(|e| format!("the CPU profile could not be converted to pprof: {e}\n"))?;
