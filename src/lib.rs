@@ -41,6 +41,7 @@
 //! | `opentelemetry` | no | server and client spans joined through the OpenTelemetry propagator API (`trace_id::opentelemetry`); metrics through an OpenTelemetry meter |
 //! | `prometheus` | no | the metrics layer's Prometheus exporter and `/metrics` endpoint (`metrics::MetricsEndpoint`) |
 //! | `redis` | no | a rate limit shared by every replica through Redis (`rate_limit::redis`) |
+//! | `pprof` | no | a CPU profile in the pprof format over HTTP, for an admin address (`profiling::ProfileEndpoint`) |
 //!
 //! # Example
 //!
@@ -76,6 +77,9 @@ pub mod error;
 pub mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;
+#[cfg(feature = "pprof")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pprof")))]
+pub mod profiling;
 pub mod rate_limit;
 pub mod retry;
 pub mod timeout;

@@ -125,6 +125,7 @@ use tower_deepseek::mock::MockDeepSeek;
 use tower_deepseek::upstream::Upstream;
 use tower_deepseek::{BoxError, Error};
 
+pub mod admin;
 mod config;
 mod file;
 mod handlers;
