@@ -1,6 +1,12 @@
 //! The gateway example end to end, through real HTTP clients, in both modes: on the embedded
 //! mock (no key) and against a separate "DeepSeek" (a key and a base URL).
-#![cfg(all(feature = "mock", feature = "axum", feature = "upstream"))]
+#![cfg(all(
+    feature = "mock",
+    feature = "axum",
+    feature = "upstream",
+    feature = "prometheus",
+    feature = "redis"
+))]
 
 #[allow(dead_code)]
 #[path = "../examples/gateway/main.rs"]

@@ -6,7 +6,8 @@
     feature = "mock",
     feature = "axum",
     feature = "upstream",
-    feature = "prometheus"
+    feature = "prometheus",
+    feature = "redis"
 ))]
 
 #[allow(dead_code)]

@@ -1,6 +1,12 @@
 //! The trace-ID layers: end to end through the gateway example and the embedded mock DeepSeek
 //! over real sockets, and in process where exact control matters (paused time, captured logs).
-#![cfg(all(feature = "mock", feature = "axum", feature = "upstream"))]
+#![cfg(all(
+    feature = "mock",
+    feature = "axum",
+    feature = "upstream",
+    feature = "prometheus",
+    feature = "redis"
+))]
 
 #[allow(dead_code)]
 #[path = "../examples/gateway/main.rs"]

@@ -268,5 +268,24 @@ async fn main() -> Result<(), BoxError> {
     let listener = TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e} (set GATEWAY_ADDR to change it)"))?;
-    serve(listener, config, shutdown_signal()).await
+    // The admin server (the CPU profile) has an address of its own: the public port never
+    // serves it.
+    let admin = match config.admin_listen {
+        Some(admin_addr) => {
+            let admin_listener = TcpListener::bind(admin_addr).await.map_err(|e| {
+                format!("cannot listen on {admin_addr}: {e} (set GATEWAY_ADMIN_ADDR to change it)")
+            })?;
+            tracing::info!(addr = %admin_addr, "admin server listening");
+            Some(tokio::spawn(admin::serve_admin(
+                admin_listener,
+                shutdown_signal(),
+            )))
+        }
+        None => None,
+    };
+    serve(listener, config, shutdown_signal()).await?;
+    if let Some(admin) = admin {
+        admin.await??;
+    }
+    Ok(())
 }
