@@ -110,11 +110,13 @@ use tower_deepseek::mock::MockDeepSeek;
 use tower_deepseek::upstream::Upstream;
 use tower_deepseek::{BoxError, Error};
 
+mod bare;
 mod config;
 mod handlers;
 mod inbound;
 mod outbound;
 
+pub use bare::bare_router;
 pub use config::*;
 pub use inbound::*;
 pub use outbound::*;
@@ -150,6 +152,18 @@ pub async fn serve(
                 .api_key("mock-key-for-the-gateway");
             mock = Some(server);
         }
+    }
+    // GATEWAY_BARE (the end-to-end benchmark's baseline): the same routes with no layers.
+    if config.bare {
+        let app = bare_router(builder.build(Upstream::new()?)?);
+        tracing::info!(addr = %listener.local_addr()?, "gateway listening (bare: no layers)");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        if let Some(server) = mock {
+            server.shutdown().await;
+        }
+        return Ok(());
     }
     let registry = prometheus::Registry::new();
     let metrics = gateway_metrics(&config, &registry)?;
