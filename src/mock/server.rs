@@ -230,6 +230,11 @@ pub(super) async fn run(
 /// Serves one connection (HTTP/1.1 or h2c) until it ends, a scripted reset aborts it, or the
 /// server stops (then in-flight requests finish and the connection closes).
 async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    // Stream chunks are small writes: with Nagle's algorithm each one after the first would
+    // wait for the peer's (delayed) ACK, tens of milliseconds a chunk. DeepSeek sends at once.
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "mock DeepSeek cannot set TCP_NODELAY");
+    }
     let reset = Arc::new(ResetSwitch::default());
     let io = TokioIo::new(ResettableStream {
         stream,
