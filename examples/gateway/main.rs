@@ -103,6 +103,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use axum::serve::{Listener, ListenerExt};
 use tokio::net::TcpListener;
 use tower_deepseek::deepseek::DeepSeekClient;
 use tower_deepseek::metrics::Metrics;
@@ -128,6 +129,13 @@ pub async fn serve(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
+    // TCP_NODELAY on every accepted connection: SSE chunks are small writes that Nagle's
+    // algorithm holds for the client's delayed ACK (about 40 ms a stream on a kept-alive one).
+    let listener = listener.tap_io(|tcp: &mut tokio::net::TcpStream| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let mut builder = DeepSeekClient::builder();
     if let Some(model) = &config.model {
         builder = builder.default_model(model);
