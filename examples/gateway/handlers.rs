@@ -1,19 +1,39 @@
 //! The API handlers: chat completions (JSON and SSE) and the model list.
+//!
+//! They are generic over the client's service, so the full stack ([`Client`](super::Client))
+//! and the bare upstream of the benchmark baseline ([`bare_router`](super::bare_router)) share
+//! them.
 
 use std::cell::Cell;
 use std::convert::Infallible;
 
 use super::config::FALLBACK_HEADER;
-use super::outbound::{ANSWERED_BY, Client};
+use super::outbound::ANSWERED_BY;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
-use tower_deepseek::deepseek::{ChatChunk, ChatRequest};
-use tower_deepseek::{Error, ErrorKind};
+use tower::Service;
+use tower_deepseek::deepseek::{ChatChunk, ChatRequest, DeepSeekClient, RequestBody};
+use tower_deepseek::{BoxError, Error, ErrorKind};
 
-pub(crate) async fn chat_completions(State(client): State<Client>, body: Bytes) -> Response {
+pub(crate) async fn chat_completions<S, RB>(
+    State(client): State<DeepSeekClient<S>>,
+    body: Bytes,
+) -> Response
+where
+    S: Service<http::Request<RequestBody>, Response = http::Response<RB>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    RB: http_body::Body + Send + 'static,
+    RB::Data: Send,
+    RB::Error: Into<BoxError>,
+{
     let request: ChatRequest = match serde_json::from_slice(&body) {
         Ok(request) => request,
         Err(e) => {
@@ -88,7 +108,19 @@ pub(crate) fn sse_event(value: &impl serde::Serialize) -> Bytes {
     Bytes::from(event)
 }
 
-pub(crate) async fn models(State(client): State<Client>) -> Response {
+pub(crate) async fn models<S, RB>(State(client): State<DeepSeekClient<S>>) -> Response
+where
+    S: Service<http::Request<RequestBody>, Response = http::Response<RB>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+    S::Error: Into<BoxError>,
+    RB: http_body::Body + Send + 'static,
+    RB::Data: Send,
+    RB::Error: Into<BoxError>,
+{
     match client.models().await {
         Ok(list) => axum::Json(list).into_response(),
         Err(error) => error.into_response(),

@@ -118,6 +118,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 
+use axum::serve::{Listener, ListenerExt};
 use tokio::net::TcpListener;
 use tower_deepseek::deepseek::DeepSeekClient;
 use tower_deepseek::metrics::Metrics;
@@ -126,6 +127,7 @@ use tower_deepseek::upstream::Upstream;
 use tower_deepseek::{BoxError, Error};
 
 pub mod admin;
+mod bare;
 mod config;
 mod file;
 mod handlers;
@@ -133,6 +135,7 @@ mod inbound;
 mod jobs;
 mod outbound;
 
+pub use bare::bare_router;
 pub use config::*;
 pub use inbound::*;
 pub use jobs::*;
@@ -145,6 +148,13 @@ pub async fn serve(
     config: GatewayConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), BoxError> {
+    // TCP_NODELAY on every accepted connection: SSE chunks are small writes that Nagle's
+    // algorithm holds for the client's delayed ACK (about 40 ms a stream on a kept-alive one).
+    let listener = listener.tap_io(|tcp: &mut tokio::net::TcpStream| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "cannot set TCP_NODELAY");
+        }
+    });
     let mut builder = DeepSeekClient::builder();
     if let Some(model) = &config.model {
         builder = builder.default_model(model);
@@ -175,6 +185,18 @@ pub async fn serve(
                 .api_key("mock-key-for-the-gateway");
             mock = Some(server);
         }
+    }
+    // GATEWAY_BARE (the end-to-end benchmark's baseline): the same routes with no layers.
+    if config.bare {
+        let app = bare_router(builder.build(Upstream::new()?)?);
+        tracing::info!(addr = %listener.local_addr()?, "gateway listening (bare: no layers)");
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        if let Some(server) = mock {
+            server.shutdown().await;
+        }
+        return Ok(());
     }
     let registry = prometheus::Registry::new();
     let metrics = gateway_metrics(&config, &registry)?;

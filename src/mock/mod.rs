@@ -60,7 +60,8 @@
 //! # Faults
 //!
 //! [`MockDeepSeek::script`] queues [`Reply`]s. Each chat-completion request that passes the key
-//! check takes the next one; an empty queue means the normal answer. Models requests, refused
+//! check takes the next one; an empty queue means the normal answer (or the
+//! [`MockDeepSeekBuilder::default_reply`]). Models requests, refused
 //! keys and control requests never take a reply.
 //!
 //! ```
@@ -257,6 +258,7 @@ impl std::fmt::Debug for MockDeepSeek {
 /// | [`max_body_bytes`](Self::max_body_bytes) | 8 MiB |
 /// | [`max_recorded`](Self::max_recorded) | 10,000 requests |
 /// | [`shutdown_timeout`](Self::shutdown_timeout) | 5 s |
+/// | [`default_reply`](Self::default_reply) | the normal answer |
 ///
 /// ```
 /// use tower_deepseek::mock::MockDeepSeek;
@@ -282,6 +284,7 @@ pub struct MockDeepSeekBuilder {
     max_body_bytes: usize,
     max_recorded: usize,
     shutdown_timeout: Duration,
+    default_reply: Option<Reply>,
 }
 
 impl Default for MockDeepSeekBuilder {
@@ -296,6 +299,7 @@ impl Default for MockDeepSeekBuilder {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_recorded: DEFAULT_MAX_RECORDED,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            default_reply: None,
         }
     }
 }
@@ -347,6 +351,46 @@ impl MockDeepSeekBuilder {
         self
     }
 
+    /// The reply every chat completion gets while the script is empty, in place of the
+    /// normal answer: e.g. a long, slow stream for a load test.
+    ///
+    /// ```
+    /// # #[cfg(feature = "upstream")]
+    /// # {
+    /// use tower_deepseek::deepseek::{ChatRequest, DeepSeekClient};
+    /// use tower_deepseek::mock::{MockDeepSeek, Reply};
+    /// use tower_deepseek::upstream::Upstream;
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     tokio::runtime::Runtime::new()?.block_on(async {
+    ///         let mock = MockDeepSeek::builder()
+    ///             .default_reply(Reply::ok().content("one two three"))
+    ///             .max_recorded(0)
+    ///             .start()
+    ///             .await?;
+    ///         let client = DeepSeekClient::builder()
+    ///             .base_url(mock.base_url())
+    ///             .api_key(mock.api_key())
+    ///             .build(Upstream::new()?)?;
+    ///         let hello = || ChatRequest::new("deepseek-v4-flash").user("hi");
+    ///         // A scripted reply comes first; then the default reply, again and again.
+    ///         mock.script([Reply::ok().content("scripted")]);
+    ///         assert_eq!(client.chat(hello()).await?.content(), Some("scripted"));
+    ///         for _ in 0..2 {
+    ///             assert_eq!(client.chat(hello()).await?.content(), Some("one two three"));
+    ///         }
+    ///         mock.shutdown().await;
+    ///         Ok(())
+    ///     })
+    /// }
+    /// # main().unwrap();
+    /// # }
+    /// ```
+    pub fn default_reply(mut self, reply: Reply) -> Self {
+        self.default_reply = Some(reply);
+        self
+    }
+
     /// Binds the address and starts serving on the current Tokio runtime. Fails when called
     /// outside a Tokio runtime or when binding fails.
     pub async fn start(self) -> io::Result<MockDeepSeek> {
@@ -362,6 +406,7 @@ impl MockDeepSeekBuilder {
                 key_check: self.key_check,
                 models: self.models,
                 max_body_bytes: self.max_body_bytes,
+                default_reply: self.default_reply,
             },
             self.max_recorded,
         ));

@@ -63,6 +63,8 @@ pub(super) struct Config {
     pub(super) key_check: KeyCheck,
     pub(super) models: Vec<String>,
     pub(super) max_body_bytes: usize,
+    /// The reply for a chat completion when the script is empty (`None`: the normal answer).
+    pub(super) default_reply: Option<Reply>,
 }
 
 /// State shared by the handle and every connection.
@@ -70,6 +72,7 @@ pub(super) struct Shared {
     pub(super) config: Config,
     script: Mutex<VecDeque<Reply>>,
     log: Mutex<RequestLog>,
+    recording: bool,
     sequence: AtomicU64,
 }
 
@@ -87,6 +90,7 @@ impl Shared {
             config,
             script: Mutex::new(VecDeque::new()),
             log: Mutex::new(RequestLog::new(max_recorded)),
+            recording: max_recorded > 0,
             sequence: AtomicU64::new(0),
         }
     }
@@ -130,8 +134,11 @@ impl Shared {
         lock(&self.log).clear()
     }
 
-    fn record(&self, request: RecordedRequest) {
-        lock(&self.log).push(request);
+    fn record(&self, request: impl FnOnce() -> RecordedRequest) {
+        // Without a log (`max_recorded(0)`, e.g. under load) the copy is not even made.
+        if self.recording {
+            lock(&self.log).push(request());
+        }
     }
 
     /// A new number for each API request: it names the trace ID and the completion ID.
@@ -223,6 +230,11 @@ pub(super) async fn run(
 /// Serves one connection (HTTP/1.1 or h2c) until it ends, a scripted reset aborts it, or the
 /// server stops (then in-flight requests finish and the connection closes).
 async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    // Stream chunks are small writes: with Nagle's algorithm each one after the first would
+    // wait for the peer's (delayed) ACK, tens of milliseconds a chunk. DeepSeek sends at once.
+    if let Err(error) = stream.set_nodelay(true) {
+        debug!(%error, "mock DeepSeek cannot set TCP_NODELAY");
+    }
     let reset = Arc::new(ResetSwitch::default());
     let io = TokioIo::new(ResettableStream {
         stream,
@@ -349,7 +361,7 @@ async fn handle(
     }
     let sequence = shared.next_sequence();
     let trace_id = format!("mock-trace-{sequence:08}");
-    shared.record(RecordedRequest {
+    shared.record(|| RecordedRequest {
         method: parts.method.clone(),
         path: parts.uri.path().to_owned(),
         query: parts.uri.query().map(str::to_owned),
@@ -436,7 +448,8 @@ async fn api(
     if is_models {
         return Ok(models_response(&shared.config.models));
     }
-    let Some(reply) = shared.next_reply() else {
+    let scripted = shared.next_reply();
+    let Some(reply) = scripted.as_ref().or(shared.config.default_reply.as_ref()) else {
         return Ok(answer(shared, reset, &Reply::ok(), body, sequence));
     };
     debug!(
@@ -458,14 +471,14 @@ async fn api(
         return Err(ConnectionReset);
     }
     let mut response = if reply.is_answer() {
-        answer(shared, reset, &reply, body, sequence)
+        answer(shared, reset, reply, body, sequence)
     } else {
-        let status = status_of(&reply);
+        let status = status_of(reply);
         let body = match &reply.body {
             Some(text) => Bytes::from(text.clone()),
             None => ApiFailure::for_status(status).body(),
         };
-        let body = MockBody::play(bytes_plan(&reply, body), Arc::clone(reset));
+        let body = MockBody::play(bytes_plan(reply, body), Arc::clone(reset));
         response(status, "application/json", body)
     };
     for (name, value) in &reply.headers {
@@ -570,6 +583,7 @@ mod tests {
                     key_check,
                     models: Vec::new(),
                     max_body_bytes: 1024,
+                    default_reply: None,
                 },
                 10,
             )
