@@ -235,6 +235,8 @@ where
                         });
                         if outcome.is_success() {
                             this.state.set(State::Done);
+                            // An earlier upstream's failed response is not needed any more.
+                            *this.kept = None;
                             return Poll::Ready(finish(shared, *this.index, Ok(response)));
                         }
                         (FailoverReason::Failed(outcome), Ok(response))
@@ -275,6 +277,7 @@ where
             let from = *this.index;
             if !shared.policy.fail_over(&reason) {
                 this.state.set(State::Done);
+                *this.kept = None;
                 return Poll::Ready(finish(shared, from, answer));
             }
             match next_upstream(shared, this.template.as_ref(), from) {
