@@ -74,6 +74,7 @@ pub mod classify;
 pub mod concurrency;
 pub mod deepseek;
 pub mod error;
+pub mod failover;
 pub mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;

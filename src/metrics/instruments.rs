@@ -15,6 +15,7 @@ use super::labels::{LabelTable, UNKNOWN};
 use crate::circuit_breaker::{CircuitBreakerListener, CircuitEvent, CircuitState};
 use crate::classify::{AuthFailure, Outcome};
 use crate::error::{Error, ErrorKind};
+use crate::failover::{FailoverEvent, FailoverListener, FailoverReason};
 
 /// Which side of the gateway a layer measures: the `side` label of the request metrics.
 ///
@@ -80,6 +81,35 @@ pub(crate) fn outcome_index(outcome: &Outcome) -> usize {
     }
 }
 
+/// How many upstreams of a failover list get their own `from`/`to` label (then `other`).
+pub(crate) const MAX_UPSTREAM_LABELS: usize = 8;
+
+/// The `reason` values of the failover counter, in label-index order: the two local refusals,
+/// then the outcome classes.
+pub(crate) const FAILOVER_REASONS: [&str; 2 + OUTCOMES.len()] = [
+    "circuit_open",
+    "overloaded",
+    OUTCOMES[0],
+    OUTCOMES[1],
+    OUTCOMES[2],
+    OUTCOMES[3],
+    OUTCOMES[4],
+    OUTCOMES[5],
+    OUTCOMES[6],
+    OUTCOMES[7],
+    OUTCOMES[8],
+    OUTCOMES[9],
+];
+
+/// The label index of a failover reason.
+pub(crate) fn failover_reason_index(reason: &FailoverReason) -> usize {
+    match reason {
+        FailoverReason::CircuitOpen => 0,
+        FailoverReason::Overloaded => 1,
+        FailoverReason::Failed(outcome) => 2 + outcome_index(outcome),
+    }
+}
+
 /// The `gen_ai_token_type` values, in index order. `cached_input` (DeepSeek's
 /// `prompt_cache_hit_tokens`) is part of `input`, and `reasoning` part of `output`, as the
 /// API counts them.
@@ -138,6 +168,7 @@ pub(crate) struct Tables {
     pub(crate) models: LabelTable,
     pub(crate) limiters: LabelTable,
     pub(crate) breakers: LabelTable,
+    pub(crate) upstreams: LabelTable,
 }
 
 impl Tables {
@@ -169,6 +200,16 @@ impl Tables {
 
     pub(crate) fn genai_size(&self) -> usize {
         self.operations.dimension() * self.models.dimension() * self.models.dimension()
+    }
+
+    /// Index of a failover series: from × to × reason.
+    #[inline]
+    pub(crate) fn failover_index(&self, from: usize, to: usize, reason: usize) -> usize {
+        (from * self.upstreams.dimension() + to) * FAILOVER_REASONS.len() + reason
+    }
+
+    pub(crate) fn failover_size(&self) -> usize {
+        self.upstreams.dimension() * self.upstreams.dimension() * FAILOVER_REASONS.len()
     }
 }
 
@@ -411,6 +452,7 @@ impl MetricsBuilder {
             models: LabelTable::new(fixed, self.max_models, self.learn_models),
             limiters: LabelTable::new([], self.max_limiters, true),
             breakers: LabelTable::new([], self.max_breakers, true),
+            upstreams: LabelTable::new([], MAX_UPSTREAM_LABELS, true),
         };
         #[cfg(feature = "prometheus")]
         let prometheus = match self.registry {
@@ -589,6 +631,21 @@ impl Metrics {
         each_sink!(self.inner, |sink| sink.retry_gave_up());
     }
 
+    /// Records a call that failed over from upstream `from` to `to`
+    /// (`<prefix>_failovers_total{from,to,reason}`). Upstream names beyond the first 8 seen
+    /// report as `other`.
+    pub fn failover(&self, from: &str, to: &str, reason: &FailoverReason) {
+        let tables = &self.inner.tables;
+        let (from, to) = (tables.upstreams.index(from), tables.upstreams.index(to));
+        let reason = failover_reason_index(reason);
+        let index = tables.failover_index(from, to, reason);
+        each_sink!(self.inner, |sink| sink.failover(
+            tables,
+            index,
+            [from, to, reason]
+        ));
+    }
+
     /// Sets a breaker's state gauge (`<prefix>_circuit_breaker_state{breaker,state}`: 1 for
     /// the current state, 0 for the others). Transitions keep it current; call this once when
     /// the breaker is created so its gauge exists before the first transition.
@@ -691,6 +748,32 @@ impl crate::rate_limit::RateLimitListener for Metrics {
             }
             RateLimitEvent::Waited { limiter, waited } => self.rate_limit_waited(limiter, waited),
             _ => {}
+        }
+    }
+}
+
+/// A failover service's events, exported: each failover by the upstream left, the upstream
+/// called next and the reason (`<prefix>_failovers_total{from,to,reason}`).
+/// `.listener(metrics.clone())` on the failover builder.
+///
+/// ```
+/// # fn main() -> Result<(), tower_deepseek::Error> {
+/// use tower_deepseek::failover::{FailoverEvent, FailoverListener, FailoverReason};
+/// use tower_deepseek::metrics::Metrics;
+///
+/// let metrics = Metrics::builder().build()?;
+/// metrics.on_event(&FailoverEvent::FailedOver {
+///     from: "deepseek",
+///     to: "backup",
+///     reason: FailoverReason::CircuitOpen,
+/// });
+/// # Ok(())
+/// # }
+/// ```
+impl FailoverListener for Metrics {
+    fn on_event(&self, event: &FailoverEvent<'_>) {
+        if let FailoverEvent::FailedOver { from, to, reason } = event {
+            self.failover(from, to, reason);
         }
     }
 }

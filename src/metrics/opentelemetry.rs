@@ -8,8 +8,8 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
 
 use super::instruments::{
-    CHUNK_BUCKETS, CallKey, DURATION_BUCKETS, GenAiRecord, OUTCOMES, PROVIDER, STATES, Side,
-    TOKEN_BUCKETS, TOKEN_TYPES, Tables, WAIT_BUCKETS, auth_reason,
+    CHUNK_BUCKETS, CallKey, DURATION_BUCKETS, FAILOVER_REASONS, GenAiRecord, OUTCOMES, PROVIDER,
+    STATES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables, WAIT_BUCKETS, auth_reason,
 };
 use super::labels::Grid;
 use crate::classify::AuthFailure;
@@ -44,12 +44,14 @@ pub(crate) struct OtelSink {
     retry_attempts: Counter<u64>,
     retry_budget_exhausted: Counter<u64>,
     retries_gave_up: Counter<u64>,
+    failovers: Counter<u64>,
 
     red: Grid<Attributes>,
     flights: Grid<Attributes>,
     genai: Grid<Box<GenAiAttributes>>,
     limiters: Grid<Attributes>,
     breakers: Grid<Attributes>,
+    failover_series: Grid<Attributes>,
 }
 
 impl OtelSink {
@@ -150,11 +152,17 @@ impl OtelSink {
                 "{call}",
                 "Calls that failed after their last allowed attempt.",
             ),
+            failovers: counter(
+                format!("{prefix}.failovers"),
+                "{call}",
+                "Calls moved from one upstream to the next, by upstream left, upstream called and reason.",
+            ),
             red: Grid::new(tables.red_size()),
             flights: Grid::new(tables.flight_size()),
             genai: Grid::new(tables.genai_size()),
             limiters: Grid::new(tables.limiters.dimension()),
             breakers: Grid::new(tables.breakers.dimension()),
+            failover_series: Grid::new(tables.failover_size()),
         }
     }
 
@@ -297,6 +305,18 @@ impl OtelSink {
 
     pub(crate) fn retry_gave_up(&self) {
         self.retries_gave_up.add(1, &[]);
+    }
+
+    pub(crate) fn failover(&self, tables: &Tables, index: usize, [from, to, reason]: [usize; 3]) {
+        if let Some(attributes) = self.failover_series.get(index, || {
+            Box::new([
+                kv("from", tables.upstreams.name(from)),
+                kv("to", tables.upstreams.name(to)),
+                KeyValue::new("reason", FAILOVER_REASONS[reason]),
+            ])
+        }) {
+            self.failovers.add(1, attributes);
+        }
     }
 
     fn breaker(&self, tables: &Tables, breaker: usize) -> Option<&KeyValue> {

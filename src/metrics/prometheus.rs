@@ -9,8 +9,8 @@ use prometheus::{
 };
 
 use super::instruments::{
-    CHUNK_BUCKETS, CallKey, DURATION_BUCKETS, GenAiRecord, Metrics, OUTCOMES, PROVIDER, SIDES,
-    STATES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables, WAIT_BUCKETS, auth_reason,
+    CHUNK_BUCKETS, CallKey, DURATION_BUCKETS, FAILOVER_REASONS, GenAiRecord, Metrics, OUTCOMES,
+    PROVIDER, SIDES, STATES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables, WAIT_BUCKETS, auth_reason,
 };
 use super::labels::Grid;
 use crate::classify::AuthFailure;
@@ -54,6 +54,7 @@ pub(crate) struct PromSink {
     retry_attempts: IntCounterVec,
     retry_budget_exhausted: IntCounter,
     retries_gave_up: IntCounter,
+    failovers: IntCounterVec,
 
     red: Grid<(IntCounter, Histogram)>,
     flights: Grid<IntGauge>,
@@ -65,6 +66,7 @@ pub(crate) struct PromSink {
     rejections: Grid<IntCounter>,
     waits: Grid<Histogram>,
     retries: [OnceLock<IntCounter>; OUTCOMES.len()],
+    failover_series: Grid<IntCounter>,
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(
@@ -248,6 +250,12 @@ impl PromSink {
                 )
                 .map_err(build_error)?,
             )?,
+            failovers: counter(
+                r,
+                format!("{prefix}_failovers_total"),
+                "Calls moved from one upstream to the next, by upstream left, upstream called and reason.",
+                &["from", "to", "reason"],
+            )?,
             red: Grid::new(tables.red_size()),
             flights: Grid::new(tables.flight_size()),
             auth: Default::default(),
@@ -258,6 +266,7 @@ impl PromSink {
             rejections: Grid::new(limiters),
             waits: Grid::new(limiters),
             retries: Default::default(),
+            failover_series: Grid::new(tables.failover_size()),
             registry,
         })
     }
@@ -412,6 +421,18 @@ impl PromSink {
 
     pub(crate) fn retry_gave_up(&self) {
         self.retries_gave_up.inc();
+    }
+
+    pub(crate) fn failover(&self, tables: &Tables, index: usize, [from, to, reason]: [usize; 3]) {
+        if let Some(counter) = self.failover_series.get(index, || {
+            self.failovers.with_label_values(&[
+                tables.upstreams.name(from),
+                tables.upstreams.name(to),
+                FAILOVER_REASONS[reason],
+            ])
+        }) {
+            counter.inc();
+        }
     }
 
     pub(crate) fn breaker_state(&self, tables: &Tables, breaker: usize, state: usize) {
