@@ -118,7 +118,8 @@ fn client_for(mock: &MockDeepSeek) -> gateway::Client {
     let config = GatewayConfig::default();
     let registry = prometheus::Registry::new();
     let metrics = gateway::gateway_metrics(&config, &registry).unwrap();
-    let transport = gateway::transport(&config, Upstream::new().unwrap(), &metrics).unwrap();
+    let transport =
+        gateway::transport(&config, mock.base_url(), Upstream::new().unwrap(), &metrics).unwrap();
     DeepSeekClient::builder()
         .base_url(mock.base_url())
         .api_key(mock.api_key())

@@ -15,6 +15,7 @@
 
 use std::collections::HashMap;
 
+use tower_deepseek::failover::{Endpoint, UnmappedModel};
 use tower_deepseek::{Error, ErrorKind};
 
 /// Every setting: its environment variable, its table in the file (`""`: the top level) and its
@@ -175,6 +176,21 @@ impl ConfigFile {
     /// The file's value for the setting with environment variable `env`.
     pub fn get(&self, env: &str) -> Option<&Setting> {
         self.values.get(env)
+    }
+}
+
+impl UpstreamEntry {
+    /// The failover endpoint: its key read from `api_key_env` now (the error names the
+    /// variable, never a value). Without a `models` table names go unchanged; with one, a
+    /// model it does not map skips this upstream.
+    pub fn endpoint(&self) -> Result<Endpoint, Error> {
+        let endpoint = Endpoint::new(&self.name, &self.base_url).models(self.models.clone());
+        let endpoint = if self.models.is_empty() {
+            endpoint.unmapped_models(UnmappedModel::SendUnchanged)
+        } else {
+            endpoint
+        };
+        endpoint.api_key_from_env(&self.api_key_env)
     }
 }
 

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use tower::Service;
 use tower_deepseek::deepseek::{ChatChunk, ChatRequest, DeepSeekClient, RequestBody};
+use tower_deepseek::failover::{ServedBy, UPSTREAM_HEADER};
 use tower_deepseek::{BoxError, Error, ErrorKind};
 
 pub(crate) async fn chat_completions<S, RB>(
@@ -44,8 +45,8 @@ where
             .into_response();
         }
     };
-    let (mut response, answered_by) = ANSWERED_BY
-        .scope(Cell::new(None), async move {
+    let ((mut response, answered_by), served_by) =
+        ServedBy::capture(ANSWERED_BY.scope(Cell::new(None), async move {
             let response = if request.stream == Some(true) {
                 match client.chat_stream(request).await {
                     Ok(stream) => sse_response(stream),
@@ -58,8 +59,14 @@ where
                 }
             };
             (response, ANSWERED_BY.with(Cell::take))
-        })
+        }))
         .await;
+    // Upstream names are validated header-safe when the failover list is built.
+    if let Some(value) = served_by.and_then(|served| HeaderValue::from_str(served.name()).ok()) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(UPSTREAM_HEADER), value);
+    }
     // Validated model names are visible ASCII, so the header value always parses.
     if let Some(value) = answered_by.and_then(|model| HeaderValue::from_str(&model).ok()) {
         response

@@ -120,7 +120,7 @@ use std::net::SocketAddr;
 
 use axum::serve::{Listener, ListenerExt};
 use tokio::net::TcpListener;
-use tower_deepseek::deepseek::DeepSeekClient;
+use tower_deepseek::deepseek::{DEFAULT_BASE_URL, DeepSeekClient};
 use tower_deepseek::metrics::Metrics;
 use tower_deepseek::mock::MockDeepSeek;
 use tower_deepseek::upstream::Upstream;
@@ -161,12 +161,15 @@ pub async fn serve(
     }
     // Kept alive for as long as the gateway serves.
     let mut mock = None;
+    // The failover list strips this base from each request's URI for the other upstreams.
+    let mut primary_base_url = config
+        .base_url
+        .clone()
+        .unwrap_or_else(|| DEFAULT_BASE_URL.to_owned());
     match &config.api_key {
         Some(key) => {
             builder = builder.api_key(key.as_str());
-            if let Some(url) = &config.base_url {
-                builder = builder.base_url(url);
-            }
+            builder = builder.base_url(&primary_base_url);
         }
         None if config.require_api_key => {
             return Err(
@@ -183,6 +186,7 @@ pub async fn serve(
             builder = builder
                 .base_url(server.base_url())
                 .api_key("mock-key-for-the-gateway");
+            primary_base_url = server.base_url().to_owned();
             mock = Some(server);
         }
     }
@@ -200,7 +204,12 @@ pub async fn serve(
     }
     let registry = prometheus::Registry::new();
     let metrics = gateway_metrics(&config, &registry)?;
-    let client = builder.build(transport(&config, Upstream::new()?, &metrics)?)?;
+    let client = builder.build(transport(
+        &config,
+        &primary_base_url,
+        Upstream::new()?,
+        &metrics,
+    )?)?;
     let limit = config.rate_limit.layer(&metrics)?;
     let jobs = Jobs::new(client.clone(), config.jobs.clone())?;
     let app = router(

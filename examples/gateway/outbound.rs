@@ -1,5 +1,5 @@
-//! The outbound stack under the DeepSeek client: trace propagation, metrics, retry, a
-//! circuit breaker per model with the model fallback, stream timeouts.
+//! The outbound stack under the DeepSeek client: trace propagation, metrics, retry, failover
+//! across the upstreams, a circuit breaker per model with the model fallback, stream timeouts.
 
 use std::cell::Cell;
 use std::future::{Future, ready};
@@ -19,6 +19,7 @@ use tower_deepseek::circuit_breaker::{
 };
 use tower_deepseek::deepseek::{DeepSeekClient, RequestBody, RequestModel};
 use tower_deepseek::error::CircuitOpenReason;
+use tower_deepseek::failover::Failover;
 use tower_deepseek::metrics::{Metrics, MetricsLayer, MetricsService};
 use tower_deepseek::retry::RetryService;
 use tower_deepseek::timeout::{StreamTimeout, TimeoutBody};
@@ -54,10 +55,12 @@ pub type Breaker = KeyedCircuitBreakerService<
 /// A response from the breaker.
 pub type BreakerResponse = http::Response<CircuitBreakerBody<TimeoutBody<Incoming>>>;
 
+/// One upstream's protected service: its per-model breakers (with the fallback model for
+/// DeepSeek) over its stream timeouts.
+pub type Protected = MapResponse<Breaker, fn(BreakerResponse) -> BreakerResponse>;
+
 /// The outbound stack under the client (see the module docs for the order).
-pub type Transport = PropagateTraceId<
-    MetricsService<RetryService<MapResponse<Breaker, fn(BreakerResponse) -> BreakerResponse>>>,
->;
+pub type Transport = PropagateTraceId<MetricsService<RetryService<Failover<Protected>>>>;
 
 /// The gateway's DeepSeek client: the pooled upstream under the outbound stack.
 pub type Client = DeepSeekClient<Transport>;
@@ -145,6 +148,7 @@ pub(crate) fn note_fallback(response: BreakerResponse) -> BreakerResponse {
 /// Builds the outbound stack over `upstream` (order and reasons in the module docs).
 pub fn transport(
     config: &GatewayConfig,
+    primary_base_url: &str,
     upstream: Upstream,
     metrics: &Metrics,
 ) -> Result<Transport, Error> {
@@ -156,22 +160,35 @@ pub fn transport(
         )));
     }
     let (retry, timeouts) = config.resilience.layers(metrics)?;
-    let upstream = timeouts.layer(upstream);
-    let fallback = ModelFallback {
-        model: config.fallback_model.as_deref().map(Arc::from),
-        upstream: upstream.clone(),
+    let protected = |fallback_model: Option<Arc<str>>| -> Result<Protected, Error> {
+        let timed = timeouts.layer(upstream.clone());
+        let fallback = ModelFallback {
+            model: fallback_model,
+            upstream: timed.clone(),
+        };
+        let breaker = config.breaker.layer(metrics)?.with_fallback(fallback);
+        Ok(ServiceBuilder::new()
+            .map_response(note_fallback as fn(BreakerResponse) -> BreakerResponse)
+            .layer(breaker)
+            .service(timed))
     };
-    let breaker = config.breaker.layer(metrics)?.with_fallback(fallback);
+    let fallback_model = config.fallback_model.as_deref().map(Arc::from);
+    let mut failover = Failover::builder()
+        .primary("deepseek", primary_base_url, protected(fallback_model)?)
+        .listener(metrics.clone());
+    for entry in &config.upstreams {
+        // The fallback model is DeepSeek's: another provider's breakers refuse without one.
+        failover = failover.alternate(entry.endpoint()?, protected(None)?);
+    }
     Ok(ServiceBuilder::new()
-        // Outermost: a re-sent (fallback) request carries the same trace ID.
+        // Outermost: every attempt, a re-sent (fallback) request and every upstream of the
+        // failover list carry the same trace ID.
         .layer(PropagateTraceIdLayer::new())
-        // Above the breaker: a refused call counts as `rejected`, a fallback answer as the
-        // model that answered.
+        // Above the retries and the failover: one call is one request, labelled with the
+        // model asked for; a refused call counts as `rejected`.
         .layer(MetricsLayer::client(metrics))
-        // Outside the breaker: the breaker sees every attempt, and an open breaker's refusal
-        // (or its fallback's answer) is final.
+        // Outside the failover and the breakers: each attempt walks the list from DeepSeek,
+        // each breaker sees every attempt made to its upstream.
         .layer(retry)
-        .map_response(note_fallback as fn(BreakerResponse) -> BreakerResponse)
-        .layer(breaker)
-        .service(upstream))
+        .service(failover.build()?))
 }
