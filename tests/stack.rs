@@ -7,6 +7,8 @@
 //! clock and the stack's long timeouts never fire while a reply is in flight.
 #![cfg(all(feature = "mock", feature = "upstream"))]
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 use tower::{Layer, ServiceBuilder};
 use tower_deepseek::ErrorKind;
@@ -15,7 +17,7 @@ use tower_deepseek::deepseek::{ChatRequest, DeepSeekClient, RequestBody, Request
 use tower_deepseek::error::CircuitOpenReason;
 use tower_deepseek::mock::{MockDeepSeek, RecordedRequest, Reply};
 use tower_deepseek::rate_limit::RateLimitLayer;
-use tower_deepseek::stack::{DeepSeekStack, DeepSeekStackService};
+use tower_deepseek::stack::{self, DeepSeekStack, DeepSeekStackService};
 use tower_deepseek::trace_id::TraceId;
 use tower_deepseek::upstream::Upstream;
 
@@ -213,21 +215,42 @@ async fn an_open_breakers_refusal_is_final_not_retried() {
         error.kind(),
         ErrorKind::CircuitOpen(CircuitOpenReason::Forced)
     );
-    assert_eq!(started.elapsed(), std::time::Duration::ZERO, "no back-off");
+    assert_eq!(started.elapsed(), Duration::ZERO, "no back-off");
     assert!(mock.requests().is_empty());
     assert_eq!(breaker.metrics().not_permitted_calls, 1, "asked once");
     assert_eq!(retries.metrics().retries, 0);
 }
 
-/// The concurrency slot is held across a call's attempts and given back when its body ends.
+/// The concurrency limit sits above the retries: a call holds its one slot across its
+/// attempts and the wait between them (reference case 50 with one permit: the second call is
+/// shed at once), and gives it back when it ends.
 #[tokio::test(start_paused = true)]
-async fn the_concurrency_slot_is_given_back_after_a_retried_call() {
+async fn case_50_a_call_holds_its_concurrency_slot_across_its_retry() {
     let mock = mock().await;
-    let stack = DeepSeekStack::default();
+    let stack = DeepSeekStack::builder()
+        .concurrency_settings(stack::default_concurrency().max_in_flight(1))
+        .build()
+        .expect("stack");
     let limit = stack.concurrency().clone();
     let client = client(&mock, stack);
-    mock.script([Reply::status(503)]);
-    client.chat(hello()).await.expect("the retry answers");
+    mock.script([Reply::status(503).header("retry-after", "1")]);
+    let first = tokio::spawn({
+        let client = client.clone();
+        async move { client.chat(hello()).await }
+    });
+    // The first attempt got its 503; the call now waits 1 s before its retry.
+    while mock.requests().is_empty() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let shed = client.chat(hello()).await.expect_err("no slot");
+    assert_eq!(shed.kind(), ErrorKind::Overloaded);
+    assert_eq!(
+        mock.requests().len(),
+        1,
+        "a shed call never reaches DeepSeek"
+    );
+    first.await.expect("the task").expect("the retry answers");
+    assert_eq!(mock.requests().len(), 2);
     assert_eq!(limit.in_flight(), 0);
 }
 
