@@ -3,7 +3,7 @@
 //!
 //! ```
 //! use tower::ServiceBuilder;
-//! use tower_deepseek::deepseek::DeepSeekClient;
+//! use tower_deepseek::deepseek::{ChatRequest, DeepSeekClient};
 //! use tower_deepseek::stack::DeepSeekStack;
 //! use tower_deepseek::upstream::Upstream;
 //!
@@ -12,7 +12,8 @@
 //!     .layer(DeepSeekStack::default())
 //!     .service(Upstream::new()?);
 //! let client = DeepSeekClient::builder().api_key("sk-...").build(transport)?;
-//! # let _ = client;
+//! let answer = async { client.chat(ChatRequest::new("deepseek-v4-flash").user("Hi")).await };
+//! # drop(answer);
 //! # Ok(())
 //! # }
 //! ```
@@ -76,24 +77,34 @@
 //! ```
 //! use std::time::Duration;
 //! use tower::ServiceBuilder;
-//! use tower_deepseek::deepseek::DeepSeekClient;
+//! use tower_deepseek::concurrency::ConcurrencyLimitLayer;
+//! use tower_deepseek::deepseek::{ChatRequest, DeepSeekClient};
 //! use tower_deepseek::metrics::Metrics;
 //! use tower_deepseek::rate_limit::RateLimitLayer;
 //! use tower_deepseek::stack::{self, DeepSeekStack};
 //! use tower_deepseek::upstream::Upstream;
 //!
 //! # fn main() -> Result<(), tower_deepseek::Error> {
-//! let metrics = Metrics::builder().build()?;
+//! let metrics = Metrics::builder().build()?; // with `.prometheus(registry)` in real use
 //! let stack = DeepSeekStack::builder()
 //!     .metrics(&metrics)
+//!     // Settings: built by the stack, reporting to `metrics`.
 //!     .rate_limit_settings(RateLimitLayer::builder().per_minute(600).burst(60))
 //!     .retry_settings(stack::default_retry().max_attempts(4))
-//!     .timeouts(tower::timeout::TimeoutLayer::new(Duration::from_secs(120)))
-//!     .without_concurrency_limit()
+//!     .timeouts_settings(stack::default_timeouts().total(Duration::from_secs(900)))
+//!     // A layer given whole, used as it is.
+//!     .concurrency(
+//!         ConcurrencyLimitLayer::builder()
+//!             .max_in_flight(2_500)
+//!             .max_wait(Duration::from_secs(5))
+//!             .build()?,
+//!     )
+//!     .without_trace_id()
 //!     .build()?;
 //! let transport = ServiceBuilder::new().layer(stack).service(Upstream::new()?);
 //! let client = DeepSeekClient::builder().api_key("sk-...").build(transport)?;
-//! # let _ = client;
+//! let answer = async { client.chat(ChatRequest::new("deepseek-v4-flash").user("Hi")).await };
+//! # drop(answer);
 //! # Ok(())
 //! # }
 //! ```
