@@ -716,4 +716,21 @@ mod tests {
         assert_eq!(stack.concurrency().limit(), DEFAULT_MAX_IN_FLIGHT);
         assert_eq!(stack.circuit_breaker().breaker().name(), "deepseek");
     }
+
+    /// A piece that is off is no code and no data: with every piece off the stack is
+    /// zero-sized and its service is the upstream itself.
+    #[test]
+    fn pieces_that_are_off_cost_nothing() {
+        let bare = DeepSeekStack::builder()
+            .without_trace_id()
+            .without_concurrency_limit()
+            .without_retry()
+            .without_circuit_breaker()
+            .without_timeouts()
+            .build()
+            .expect("an empty stack");
+        assert_eq!(std::mem::size_of_val(&bare), 0);
+        let service: u32 = bare.layer(7u32);
+        assert_eq!(service, 7);
+    }
 }
