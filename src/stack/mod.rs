@@ -23,8 +23,8 @@
 //! | # | layer | default | why here |
 //! |---|---|---|---|
 //! | 1 | [`PropagateTraceIdLayer`] | on | Outermost, so every attempt (a retry, a fallback's re-send) carries the caller's trace ID, and the call's span covers all of them. |
-//! | 2 | [`MetricsLayer::client`] | off until [`metrics`](DeepSeekStackBuilder::metrics) | Above the limits and the retries: one call is counted once, with the outcome the caller got (a refusal as `rejected`, a retried 503 that ended in a 200 as a success), and its duration is what the caller waited. |
-//! | 3 | [`RateLimitLayer`] | off | Above the retries: the limiter counts each *call* once, whatever the retries do, so a retry never spends a permit (the retry budget bounds retries instead). A refused call never takes a concurrency slot. |
+//! | 2 | [`MetricsLayer::client`](crate::metrics::MetricsLayer::client) | off until [`metrics`](DeepSeekStackBuilder::metrics) | Above the limits and the retries: one call is counted once, with the outcome the caller got (a refusal as `rejected`, a retried 503 that ended in a 200 as a success), and its duration is what the caller waited. |
+//! | 3 | [`RateLimitLayer`](crate::rate_limit::RateLimitLayer) | off | Above the retries: the limiter counts each *call* once, whatever the retries do, so a retry never spends a permit (the retry budget bounds retries instead). A refused call never takes a concurrency slot. |
 //! | 4 | [`ConcurrencyLimitLayer`] | on, 500 in flight, shed at once | Above the retries: a call holds one slot across its attempts and back-off, and has at most one attempt in flight, so the limit bounds upstream requests too. |
 //! | 5 | [`RetryLayer`] | on, 3 attempts | Outside the breaker: the breaker sees every attempt, and an open breaker's refusal (or its fallback's answer) is final: the retry layer does not retry a local rejection. |
 //! | 6 | [`CircuitBreakerLayer`] | on | Sees each attempt and its real outcome, a timeout included, so it learns how the upstream is doing, not how the retries ended. |
@@ -53,7 +53,8 @@
 //!   account's concurrency, above); add one with [`rate_limit`](DeepSeekStackBuilder::rate_limit)
 //!   or [`rate_limit_settings`](DeepSeekStackBuilder::rate_limit_settings) when your account
 //!   or your budget has one.
-//! - **Metrics**: off until a [`Metrics`] handle is given (it needs your registry or meter).
+//! - **Metrics**: off until a [`Metrics`](crate::metrics::Metrics) handle is given (it needs
+//!   your registry or meter).
 //!
 //! # Each piece optional, each replaceable
 //!
@@ -66,13 +67,15 @@
 //! allocation, box or dynamic call of its own to a call.
 //!
 //! With [`metrics`](DeepSeekStackBuilder::metrics), the pieces built from settings (retry,
-//! circuit breaker, rate limit) report their events to the same [`Metrics`] handle (replacing
-//! a listener set on those settings); a layer given whole is used as it is.
+//! circuit breaker, rate limit) report their events to the same
+//! [`Metrics`](crate::metrics::Metrics) handle (replacing a listener set on those settings); a
+//! layer given whole is used as it is.
 //!
 //! The adaptive limit ([`AdaptiveConcurrencyLayer`](crate::concurrency::AdaptiveConcurrencyLayer))
 //! learns from the outcomes it sees: in the concurrency slot it sees calls (a retried 503 that
 //! ended in a 200 is one slow success). To let it learn from every attempt, put it under the
-//! retries, with the breaker: `.circuit_breaker(ServiceBuilder::new().layer(breaker).layer(adaptive))`.
+//! retries, with the breaker:
+//! `.circuit_breaker(ServiceBuilder::new().layer(breaker).layer(adaptive))`.
 //!
 //! ```
 //! use std::time::Duration;
@@ -109,7 +112,8 @@
 //! # }
 //! ```
 
-use std::fmt;
+mod builder;
+
 use std::time::Duration;
 
 use tower_layer::{Identity, Layer};
@@ -120,12 +124,11 @@ use crate::circuit_breaker::{
 use crate::concurrency::{
     ConcurrencyLimitLayer, ConcurrencyLimitLayerBuilder, ConcurrencyLimitService,
 };
-use crate::error::Error;
-use crate::metrics::{Metrics, MetricsLayer};
-use crate::rate_limit::{RateLimitBuilder, RateLimitLayer};
 use crate::retry::{Hold, RetryLayer, RetryLayerBuilder, RetryService};
 use crate::timeout::{StreamTimeout, StreamTimeoutLayer, StreamTimeoutLayerBuilder};
 use crate::trace_id::{PropagateTraceId, PropagateTraceIdLayer};
+
+pub use builder::{DeepSeekStackBuilder, StackPart, Use};
 
 /// The default time to the response head: DeepSeek answers a head at once and then keeps the
 /// connection alive while the request waits.
@@ -352,355 +355,6 @@ where
         let limited = self.rate_limit.layer(limited);
         let measured = self.metrics.layer(limited);
         self.trace_id.layer(measured)
-    }
-}
-
-/// One piece of a [`DeepSeekStackBuilder`]: what [`build`](DeepSeekStackBuilder::build) turns
-/// into a layer. Implemented by [`Use`] (a layer given whole), [`Identity`] (the piece is
-/// off) and the settings of this crate's layers (built, and wired to the stack's [`Metrics`]
-/// when it has one).
-///
-/// ```
-/// use tower::layer::util::Identity;
-/// use tower_deepseek::stack::StackPart;
-///
-/// # fn main() -> Result<(), tower_deepseek::Error> {
-/// let off: Identity = Identity::new().into_layer(None)?;
-/// # let _ = off;
-/// # Ok(())
-/// # }
-/// ```
-pub trait StackPart {
-    /// The layer it becomes.
-    type Layer;
-
-    /// Builds the layer; `metrics` is the stack's handle, if it has one.
-    fn into_layer(self, metrics: Option<&Metrics>) -> Result<Self::Layer, Error>;
-}
-
-/// A layer given whole to a [`DeepSeekStackBuilder`]: used as it is.
-///
-/// ```
-/// use tower_deepseek::stack::{StackPart, Use};
-///
-/// # fn main() -> Result<(), tower_deepseek::Error> {
-/// let layer = Use(tower::layer::util::Identity::new()).into_layer(None)?;
-/// # let _ = layer;
-/// # Ok(())
-/// # }
-/// ```
-#[derive(Clone, Debug)]
-pub struct Use<L>(pub L);
-
-impl<L> StackPart for Use<L> {
-    type Layer = L;
-
-    fn into_layer(self, _metrics: Option<&Metrics>) -> Result<L, Error> {
-        Ok(self.0)
-    }
-}
-
-impl StackPart for Identity {
-    type Layer = Identity;
-
-    fn into_layer(self, _metrics: Option<&Metrics>) -> Result<Identity, Error> {
-        Ok(self)
-    }
-}
-
-impl StackPart for StreamTimeoutLayerBuilder {
-    type Layer = StreamTimeoutLayer;
-
-    fn into_layer(self, _metrics: Option<&Metrics>) -> Result<StreamTimeoutLayer, Error> {
-        self.build()
-    }
-}
-
-impl StackPart for ConcurrencyLimitLayerBuilder {
-    type Layer = ConcurrencyLimitLayer;
-
-    fn into_layer(self, _metrics: Option<&Metrics>) -> Result<ConcurrencyLimitLayer, Error> {
-        self.build()
-    }
-}
-
-impl StackPart for RetryLayerBuilder {
-    type Layer = RetryLayer;
-
-    fn into_layer(self, metrics: Option<&Metrics>) -> Result<RetryLayer, Error> {
-        match metrics {
-            Some(metrics) => self.listener(metrics.clone()).build(),
-            None => self.build(),
-        }
-    }
-}
-
-impl StackPart for CircuitBreakerLayerBuilder {
-    type Layer = CircuitBreakerLayer;
-
-    fn into_layer(self, metrics: Option<&Metrics>) -> Result<CircuitBreakerLayer, Error> {
-        let Some(metrics) = metrics else {
-            return self.build();
-        };
-        let layer = self.listener(metrics.clone()).build()?;
-        // The state gauge shows the breaker from the start, not from its first transition.
-        let breaker = layer.breaker();
-        metrics.breaker_state(breaker.name(), breaker.state());
-        Ok(layer)
-    }
-}
-
-impl StackPart for RateLimitBuilder {
-    type Layer = RateLimitLayer;
-
-    fn into_layer(self, metrics: Option<&Metrics>) -> Result<RateLimitLayer, Error> {
-        match metrics {
-            Some(metrics) => self.listener(metrics.clone()).build(),
-            None => self.build(),
-        }
-    }
-}
-
-/// Builds a [`DeepSeekStack`] piece by piece (start with [`DeepSeekStack::builder`]). Each
-/// type parameter is a [`StackPart`]: the settings of this crate's layer, a [`Use`]d layer, or
-/// [`Identity`] when the piece is off.
-///
-/// ```
-/// use tower_deepseek::stack::DeepSeekStack;
-///
-/// # fn main() -> Result<(), tower_deepseek::Error> {
-/// let bare = DeepSeekStack::builder()
-///     .without_trace_id()
-///     .without_concurrency_limit()
-///     .without_retry()
-///     .without_circuit_breaker()
-///     .without_timeouts()
-///     .build()?;
-/// # let _ = bare;
-/// # Ok(())
-/// # }
-/// ```
-pub struct DeepSeekStackBuilder<T, M, R, C, Re, B, To> {
-    trace_id: T,
-    metrics: M,
-    rate_limit: R,
-    concurrency: C,
-    retry: Re,
-    circuit_breaker: B,
-    timeouts: To,
-    handle: Option<Metrics>,
-}
-
-impl<T, M, R, C, Re, B, To> fmt::Debug for DeepSeekStackBuilder<T, M, R, C, Re, B, To> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("DeepSeekStackBuilder")
-            .field("metrics", &self.handle.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-/// `$new` when the two field names are the same, else `$old`.
-macro_rules! pick {
-    (trace_id, trace_id, $new:expr, $old:expr) => {
-        $new
-    };
-    (metrics, metrics, $new:expr, $old:expr) => {
-        $new
-    };
-    (rate_limit, rate_limit, $new:expr, $old:expr) => {
-        $new
-    };
-    (concurrency, concurrency, $new:expr, $old:expr) => {
-        $new
-    };
-    (retry, retry, $new:expr, $old:expr) => {
-        $new
-    };
-    (circuit_breaker, circuit_breaker, $new:expr, $old:expr) => {
-        $new
-    };
-    (timeouts, timeouts, $new:expr, $old:expr) => {
-        $new
-    };
-    ($field:ident, $other:ident, $new:expr, $old:expr) => {
-        $old
-    };
-}
-
-/// `$self` with the piece `$field` replaced by `$value`; the other pieces move over.
-macro_rules! replace {
-    ($self:ident, $field:ident: $value:expr) => {
-        DeepSeekStackBuilder {
-            trace_id: pick!(trace_id, $field, $value, $self.trace_id),
-            metrics: pick!(metrics, $field, $value, $self.metrics),
-            rate_limit: pick!(rate_limit, $field, $value, $self.rate_limit),
-            concurrency: pick!(concurrency, $field, $value, $self.concurrency),
-            retry: pick!(retry, $field, $value, $self.retry),
-            circuit_breaker: pick!(circuit_breaker, $field, $value, $self.circuit_breaker),
-            timeouts: pick!(timeouts, $field, $value, $self.timeouts),
-            handle: $self.handle,
-        }
-    };
-}
-
-impl<T, M, R, C, Re, B, To> DeepSeekStackBuilder<T, M, R, C, Re, B, To> {
-    /// Turns metrics on: [`MetricsLayer::client`] in the metrics slot, and the pieces built
-    /// from settings (retry, circuit breaker, rate limit) report their events to `metrics`.
-    pub fn metrics(
-        mut self,
-        metrics: &Metrics,
-    ) -> DeepSeekStackBuilder<T, Use<MetricsLayer>, R, C, Re, B, To> {
-        self.handle = Some(metrics.clone());
-        replace!(self, metrics: Use(MetricsLayer::client(metrics)))
-    }
-
-    /// Puts `layer` in the metrics slot (e.g. a [`MetricsLayer`] with its own operation
-    /// names). Unlike [`metrics`](Self::metrics), it wires no listener.
-    pub fn metrics_layer<L>(self, layer: L) -> DeepSeekStackBuilder<T, Use<L>, R, C, Re, B, To> {
-        replace!(self, metrics: Use(layer))
-    }
-
-    /// Removes the metrics layer (and the listeners [`metrics`](Self::metrics) wires).
-    pub fn without_metrics(mut self) -> DeepSeekStackBuilder<T, Identity, R, C, Re, B, To> {
-        self.handle = None;
-        replace!(self, metrics: Identity::new())
-    }
-
-    /// Puts `layer` in the trace ID slot (e.g. a
-    /// [`PropagateTraceIdLayer::builder`] with other headers).
-    pub fn trace_id<L>(self, layer: L) -> DeepSeekStackBuilder<Use<L>, M, R, C, Re, B, To> {
-        replace!(self, trace_id: Use(layer))
-    }
-
-    /// Removes trace ID propagation.
-    pub fn without_trace_id(self) -> DeepSeekStackBuilder<Identity, M, R, C, Re, B, To> {
-        replace!(self, trace_id: Identity::new())
-    }
-
-    /// Puts `layer` in the rate limit slot (a keyed or Redis-backed [`RateLimitLayer`], a
-    /// [`TokenLimitLayer`](crate::rate_limit::TokenLimitLayer), both in a `ServiceBuilder`).
-    pub fn rate_limit<L>(self, layer: L) -> DeepSeekStackBuilder<T, M, Use<L>, C, Re, B, To> {
-        replace!(self, rate_limit: Use(layer))
-    }
-
-    /// A global [`RateLimitLayer`] with these settings (off by default).
-    pub fn rate_limit_settings(
-        self,
-        settings: RateLimitBuilder,
-    ) -> DeepSeekStackBuilder<T, M, RateLimitBuilder, C, Re, B, To> {
-        replace!(self, rate_limit: settings)
-    }
-
-    /// Removes the rate limit.
-    pub fn without_rate_limit(self) -> DeepSeekStackBuilder<T, M, Identity, C, Re, B, To> {
-        replace!(self, rate_limit: Identity::new())
-    }
-
-    /// Puts `layer` in the concurrency slot (e.g. an
-    /// [`AdaptiveConcurrencyLayer`](crate::concurrency::AdaptiveConcurrencyLayer)).
-    pub fn concurrency<L>(self, layer: L) -> DeepSeekStackBuilder<T, M, R, Use<L>, Re, B, To> {
-        replace!(self, concurrency: Use(layer))
-    }
-
-    /// A [`ConcurrencyLimitLayer`] with these settings (default [`default_concurrency`]).
-    pub fn concurrency_settings(
-        self,
-        settings: ConcurrencyLimitLayerBuilder,
-    ) -> DeepSeekStackBuilder<T, M, R, ConcurrencyLimitLayerBuilder, Re, B, To> {
-        replace!(self, concurrency: settings)
-    }
-
-    /// Removes the concurrency limit.
-    pub fn without_concurrency_limit(self) -> DeepSeekStackBuilder<T, M, R, Identity, Re, B, To> {
-        replace!(self, concurrency: Identity::new())
-    }
-
-    /// Puts `layer` in the retry slot (e.g. a [`RetryLayer`] with its own listener).
-    pub fn retry<L>(self, layer: L) -> DeepSeekStackBuilder<T, M, R, C, Use<L>, B, To> {
-        replace!(self, retry: Use(layer))
-    }
-
-    /// A [`RetryLayer`] with these settings (default [`default_retry`]).
-    pub fn retry_settings(
-        self,
-        settings: RetryLayerBuilder,
-    ) -> DeepSeekStackBuilder<T, M, R, C, RetryLayerBuilder, B, To> {
-        replace!(self, retry: settings)
-    }
-
-    /// Removes the retries: every call is sent once.
-    pub fn without_retry(self) -> DeepSeekStackBuilder<T, M, R, C, Identity, B, To> {
-        replace!(self, retry: Identity::new())
-    }
-
-    /// Puts `layer` in the circuit breaker slot (e.g. a
-    /// [`KeyedCircuitBreakerLayer`](crate::circuit_breaker::KeyedCircuitBreakerLayer) per model
-    /// with a fallback).
-    pub fn circuit_breaker<L>(self, layer: L) -> DeepSeekStackBuilder<T, M, R, C, Re, Use<L>, To> {
-        replace!(self, circuit_breaker: Use(layer))
-    }
-
-    /// A [`CircuitBreakerLayer`] with these settings (default [`default_circuit_breaker`]).
-    pub fn circuit_breaker_settings(
-        self,
-        settings: CircuitBreakerLayerBuilder,
-    ) -> DeepSeekStackBuilder<T, M, R, C, Re, CircuitBreakerLayerBuilder, To> {
-        replace!(self, circuit_breaker: settings)
-    }
-
-    /// Removes the circuit breaker.
-    pub fn without_circuit_breaker(self) -> DeepSeekStackBuilder<T, M, R, C, Re, Identity, To> {
-        replace!(self, circuit_breaker: Identity::new())
-    }
-
-    /// Puts `layer` in the timeouts slot (e.g. tower's `TimeoutLayer`).
-    pub fn timeouts<L>(self, layer: L) -> DeepSeekStackBuilder<T, M, R, C, Re, B, Use<L>> {
-        replace!(self, timeouts: Use(layer))
-    }
-
-    /// A [`StreamTimeoutLayer`] with these settings (default [`default_timeouts`]).
-    pub fn timeouts_settings(
-        self,
-        settings: StreamTimeoutLayerBuilder,
-    ) -> DeepSeekStackBuilder<T, M, R, C, Re, B, StreamTimeoutLayerBuilder> {
-        replace!(self, timeouts: settings)
-    }
-
-    /// Removes the stream timeouts.
-    pub fn without_timeouts(self) -> DeepSeekStackBuilder<T, M, R, C, Re, B, Identity> {
-        replace!(self, timeouts: Identity::new())
-    }
-}
-
-impl<T, M, R, C, Re, B, To> DeepSeekStackBuilder<T, M, R, C, Re, B, To>
-where
-    T: StackPart,
-    M: StackPart,
-    R: StackPart,
-    C: StackPart,
-    Re: StackPart,
-    B: StackPart,
-    To: StackPart,
-{
-    /// Builds every piece from its settings; an invalid setting is an error of kind
-    /// [`Config`](crate::ErrorKind::Config) from that piece's builder.
-    #[allow(clippy::type_complexity)]
-    pub fn build(
-        self,
-    ) -> Result<
-        DeepSeekStack<T::Layer, M::Layer, R::Layer, C::Layer, Re::Layer, B::Layer, To::Layer>,
-        Error,
-    > {
-        let metrics = self.handle.as_ref();
-        Ok(DeepSeekStack {
-            trace_id: self.trace_id.into_layer(metrics)?,
-            metrics: self.metrics.into_layer(metrics)?,
-            rate_limit: self.rate_limit.into_layer(metrics)?,
-            concurrency: self.concurrency.into_layer(metrics)?,
-            retry: self.retry.into_layer(metrics)?,
-            circuit_breaker: self.circuit_breaker.into_layer(metrics)?,
-            timeouts: self.timeouts.into_layer(metrics)?,
-        })
     }
 }
 
