@@ -25,6 +25,7 @@
 //!   ([`TraceIdLayer`](trace_id::TraceIdLayer) on the server,
 //!   [`PropagateTraceIdLayer`](trace_id::PropagateTraceIdLayer) under the client), with W3C
 //!   `traceparent`.
+//! - [`stack`]: [`DeepSeekStack`], all of the above in a documented order, in one line.
 //! - [`error`]: the one [`Error`] type, whose [`ErrorKind`] says what happened and whose
 //!   `Display` says what to do.
 //! - `mock` (feature `mock`): [`MockDeepSeek`](crate::mock::MockDeepSeek), a real HTTP server
@@ -83,6 +84,7 @@ pub mod mock;
 pub mod profiling;
 pub mod rate_limit;
 pub mod retry;
+pub mod stack;
 pub mod timeout;
 pub mod trace_id;
 #[cfg(feature = "upstream")]
@@ -90,6 +92,7 @@ pub mod upstream;
 
 pub use deepseek::DeepSeekClient;
 pub use error::{BoxError, Error, ErrorKind};
+pub use stack::DeepSeekStack;
 
 // Compiles the README's code blocks as doctests, so the README example cannot rot.
 #[cfg(doctest)]
