@@ -880,7 +880,11 @@ models = { "deepseek-v4-pro" = "backup-large" }
     );
     let config = config_with(
         &path,
-        &[("GATEWAY_BREAKER_WINDOW", "40"), ("DEEPSEEK_MODEL", " ")],
+        &[
+            ("GATEWAY_BREAKER_WINDOW", "40"),
+            ("DEEPSEEK_MODEL", " "),
+            ("BACKUP_API_KEY", "sk-backup-secret"),
+        ],
     )
     .unwrap();
     assert_eq!(config.listen, Some("0.0.0.0:9000".parse().unwrap()));
@@ -900,6 +904,14 @@ models = { "deepseek-v4-pro" = "backup-large" }
         config.upstreams[0].models,
         vec![("deepseek-v4-pro".to_owned(), "backup-large".to_owned())]
     );
+    assert_eq!(
+        config.upstreams[0].api_key.as_ref().map(|k| k.0.as_str()),
+        Some("sk-backup-secret")
+    );
+    assert!(!format!("{config:?}").contains("sk-backup-secret"));
+    // The key's variable must be set: the error names it, not a value.
+    let error = config_with(&path, &[]).unwrap_err();
+    assert!(error.to_string().contains("BACKUP_API_KEY"), "{error}");
 }
 
 #[test]
@@ -1031,5 +1043,59 @@ async fn the_gateway_runs_jobs_under_its_inbound_stack() {
     assert!(scrape.contains("operation=\"job_submit\""), "{scrape}");
     assert!(scrape.contains("operation=\"job_status\""));
     assert!(!scrape.contains(location.trim_start_matches("/v1/jobs/")));
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_deepseek_is_answered_by_the_next_upstream_which_the_answer_names() {
+    let backup = MockDeepSeek::builder()
+        .api_key(Some("sk-backup".to_owned()))
+        .models(["backup-model"])
+        .start()
+        .await
+        .unwrap();
+    let config = gateway::GatewayConfig {
+        resilience: no_retries(),
+        upstreams: vec![gateway::file::UpstreamEntry {
+            name: "backup".to_owned(),
+            base_url: backup.base_url().to_owned(),
+            api_key_env: "UNUSED".to_owned(),
+            api_key: Some(gateway::file::SecretKey("sk-backup".to_owned())),
+            models: vec![("deepseek-v4-flash".to_owned(), "backup-model".to_owned())],
+        }],
+        ..gateway::GatewayConfig::default()
+    };
+    let (deepseek, gateway) = RunningGateway::start_with_upstream_and(config).await;
+
+    // DeepSeek answers: it serves, and says so.
+    let (status, headers, _) = raw_chat(&gateway, FLASH_CHAT).await;
+    assert_eq!(status, 200);
+    assert_eq!(headers["x-upstream"], "deepseek");
+
+    // DeepSeek overloaded: the backup answers the same call, under the same trace ID.
+    deepseek.script([Reply::status(503)]);
+    let (status, headers, body) = raw_chat(&gateway, FLASH_CHAT).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(headers["x-upstream"], "backup");
+    let sent = backup.requests();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(recorded_model(&sent[0]), "backup-model");
+    assert_eq!(sent[0].headers["x-trace-id"], "fallback-trace-0001");
+    assert_eq!(
+        deepseek.requests().last().unwrap().headers["x-trace-id"],
+        "fallback-trace-0001"
+    );
+
+    // A bad request is the caller's: no failover.
+    deepseek.script([Reply::status(400)]);
+    let (status, _, _) = raw_chat(&gateway, FLASH_CHAT).await;
+    assert_eq!(status, 400);
+    assert_eq!(backup.requests().len(), 1);
+
+    let (_, _, scrape) = raw("GET", format!("{}/metrics", gateway.url()), "").await;
+    assert!(
+        scrape.contains(r#"failovers_total{from="deepseek",reason="server_error",to="backup"} 1"#),
+        "{scrape}"
+    );
     gateway.stop().await;
 }

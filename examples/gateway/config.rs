@@ -366,7 +366,10 @@ impl GatewayConfig {
             Some(path) => ConfigFile::read(path.trim())?,
             None => ConfigFile::default(),
         };
-        let upstreams = file.upstreams.clone();
+        let mut upstreams = file.upstreams.clone();
+        for entry in &mut upstreams {
+            entry.resolve_key(&lookup)?;
+        }
         let sources = Sources { env: &lookup, file };
         let var = |name: &str| sources.value(name);
         let socket_addr = |name: &str| match sources.get(name) {

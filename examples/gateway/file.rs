@@ -71,8 +71,20 @@ pub struct UpstreamEntry {
     pub base_url: String,
     /// The environment variable holding its key (keys never sit in the file).
     pub api_key_env: String,
+    /// The key, read from `api_key_env` when the settings are read (or set directly).
+    pub api_key: Option<SecretKey>,
     /// DeepSeek model name → this upstream's model name.
     pub models: Vec<(String, String)>,
+}
+
+/// An upstream's API key: `Debug` never shows it.
+#[derive(Clone, PartialEq)]
+pub struct SecretKey(pub String);
+
+impl std::fmt::Debug for SecretKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretKey(<redacted>)")
+    }
 }
 
 /// The settings of a config file, by environment variable name.
@@ -180,9 +192,26 @@ impl ConfigFile {
 }
 
 impl UpstreamEntry {
-    /// The failover endpoint: its key read from `api_key_env` now (the error names the
-    /// variable, never a value). Without a `models` table names go unchanged; with one, a
-    /// model it does not map skips this upstream.
+    /// Reads the key from `api_key_env` through `lookup`; a missing one is an error naming
+    /// the variable (never a value).
+    pub fn resolve_key(&mut self, lookup: &dyn Fn(&str) -> Option<String>) -> Result<(), Error> {
+        match lookup(&self.api_key_env).filter(|key| !key.trim().is_empty()) {
+            Some(key) => {
+                self.api_key = Some(SecretKey(key.trim().to_owned()));
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorKind::Config,
+                format!(
+                    "the upstream {:?} takes its key from {}, which is not set",
+                    self.name, self.api_key_env
+                ),
+            )),
+        }
+    }
+
+    /// The failover endpoint. Without a `models` table names go unchanged; with one, a model
+    /// it does not map skips this upstream.
     pub fn endpoint(&self) -> Result<Endpoint, Error> {
         let endpoint = Endpoint::new(&self.name, &self.base_url).models(self.models.clone());
         let endpoint = if self.models.is_empty() {
@@ -190,7 +219,10 @@ impl UpstreamEntry {
         } else {
             endpoint
         };
-        endpoint.api_key_from_env(&self.api_key_env)
+        Ok(match &self.api_key {
+            Some(key) => endpoint.api_key(key.0.as_str()),
+            None => endpoint,
+        })
     }
 }
 

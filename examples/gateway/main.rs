@@ -69,11 +69,13 @@
 //!   whole length); a call finding none free waits up to a second in a bounded queue, then gets
 //!   a `503` with `Retry-After: 1`. `/readyz` answers `503 busy` while every slot is taken.
 //!
-//! Outbound, under the [`DeepSeekClient`], outermost first:
+//! Outbound, under the [`DeepSeekClient`], outermost first: the crate's preset
+//! ([`DeepSeekStack`](tower_deepseek::stack::DeepSeekStack): trace ID, metrics, retry) over the
+//! failover list, each of whose upstreams has its own breakers and timeouts:
 //!
 //! ```text
-//! PropagateTraceId ─► Metrics (client) ─► Retry ─► note_fallback ─► CircuitBreaker per model
-//!                                                    (fallback: ModelFallback) ─► StreamTimeout ─► Upstream
+//! PropagateTraceId ─► Metrics (client) ─► Retry ─► Failover: DeepSeek, then each [[upstreams]] entry
+//!   each upstream: note_fallback ─► CircuitBreaker per model (fallback: ModelFallback) ─► StreamTimeout ─► Upstream
 //! ```
 //!
 //! - Trace propagation is outermost, so the headers (`x-trace-id`, `traceparent`) are on the
@@ -87,6 +89,12 @@
 //!   holds a stream until its first token and a JSON answer until its end, so a keep-alive-only
 //!   wait or `insufficient_system_resource` is retried before the caller sees anything; after
 //!   the first delivered token nothing is retried.
+//! - Failover (the file's `[[upstreams]]`: name, base URL, `api_key_env`, model mapping) sits
+//!   inside the retries: each attempt tries DeepSeek, then the next upstream when DeepSeek
+//!   answers 429, 5xx, times out, cannot be reached or its breaker refuses; never on 400, 401,
+//!   402 or 422, and never once a stream has started. Every answer names its upstream
+//!   (`x-upstream: deepseek` or the entry's name); `failovers_total{from,to,reason}` counts the
+//!   hops. Each upstream's key is read from its variable at start-up.
 //! - The stream timeouts sit under the breakers, so a silent upstream counts as a failure.
 //! - One breaker per model ([`KeyedCircuitBreakerLayer`] keyed by the [`RequestModel`] the
 //!   client puts in each chat request's extensions; `GET /models` has a breaker of its own):
@@ -129,7 +137,7 @@ use tower_deepseek::{BoxError, Error};
 pub mod admin;
 mod bare;
 mod config;
-mod file;
+pub mod file;
 mod handlers;
 mod inbound;
 mod jobs;

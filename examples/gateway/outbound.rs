@@ -20,10 +20,11 @@ use tower_deepseek::circuit_breaker::{
 use tower_deepseek::deepseek::{DeepSeekClient, RequestBody, RequestModel};
 use tower_deepseek::error::CircuitOpenReason;
 use tower_deepseek::failover::Failover;
-use tower_deepseek::metrics::{Metrics, MetricsLayer, MetricsService};
+use tower_deepseek::metrics::{Metrics, MetricsService};
 use tower_deepseek::retry::RetryService;
+use tower_deepseek::stack::DeepSeekStack;
 use tower_deepseek::timeout::{StreamTimeout, TimeoutBody};
-use tower_deepseek::trace_id::{PropagateTraceId, PropagateTraceIdLayer};
+use tower_deepseek::trace_id::PropagateTraceId;
 use tower_deepseek::upstream::Upstream;
 use tower_deepseek::{Error, ErrorKind};
 
@@ -180,15 +181,19 @@ pub fn transport(
         // The fallback model is DeepSeek's: another provider's breakers refuse without one.
         failover = failover.alternate(entry.endpoint()?, protected(None)?);
     }
-    Ok(ServiceBuilder::new()
-        // Outermost: every attempt, a re-sent (fallback) request and every upstream of the
-        // failover list carry the same trace ID.
-        .layer(PropagateTraceIdLayer::new())
-        // Above the retries and the failover: one call is one request, labelled with the
-        // model asked for; a refused call counts as `rejected`.
-        .layer(MetricsLayer::client(metrics))
-        // Outside the failover and the breakers: each attempt walks the list from DeepSeek,
-        // each breaker sees every attempt made to its upstream.
-        .layer(retry)
-        .service(failover.build()?))
+    // The crate's preset, in its documented order (`tower_deepseek::stack`): the trace ID
+    // outermost (every attempt, a re-sent fallback request and every upstream of the list carry
+    // it), metrics (one call is one request, labelled with the model asked for; a refused call
+    // counts as `rejected`), retry (each attempt walks the failover list from DeepSeek). The
+    // breaker and timeout slots are per upstream, inside the failover list, so each upstream's
+    // breakers judge only its own calls. No outbound rate or concurrency limit: the gateway
+    // limits its callers inbound.
+    let stack = DeepSeekStack::builder()
+        .metrics(metrics)
+        .without_concurrency_limit()
+        .retry(retry)
+        .without_circuit_breaker()
+        .without_timeouts()
+        .build()?;
+    Ok(stack.layer(failover.build()?))
 }
