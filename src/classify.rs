@@ -194,7 +194,7 @@ impl Outcome {
 
     /// The error kind a failed outcome maps to; `None` for success. An outcome does not say
     /// which layer refused a call, so [`Outcome::Rejected`] maps to an open circuit; the refusing
-    /// layer's own [`Error`](crate::Error) carries the exact kind (`CircuitOpen` or `Overloaded`).
+    /// layer's own [`Error`] carries the exact kind (`CircuitOpen` or `Overloaded`).
     pub fn error_kind(&self) -> Option<ErrorKind> {
         Some(match *self {
             Outcome::Success => return None,

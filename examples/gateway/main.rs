@@ -96,7 +96,7 @@
 //!   (`x-upstream: deepseek` or the entry's name); `failovers_total{from,to,reason}` counts the
 //!   hops. Each upstream's key is read from its variable at start-up.
 //! - The stream timeouts sit under the breakers, so a silent upstream counts as a failure.
-//! - One breaker per model ([`KeyedCircuitBreakerLayer`] keyed by the [`RequestModel`] the
+//! - One breaker per model ([`KeyedCircuitBreakerLayer`](tower_deepseek::circuit_breaker::KeyedCircuitBreakerLayer) keyed by the [`RequestModel`](tower_deepseek::deepseek::RequestModel) the
 //!   client puts in each chat request's extensions; `GET /models` has a breaker of its own):
 //!   a failing model does not cut off the others. 5xx, timeouts and transport errors count;
 //!   429 and 4xx do not; 401/402 stop that model's calls for `GATEWAY_BREAKER_FATAL_WAIT`
