@@ -77,7 +77,7 @@ fi
 
 echo "== building the release examples (target dir $TARGET)"
 (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release --example gateway --example mock_deepseek \
-    --features mock,axum,upstream,prometheus,redis)
+    --features mock,axum,upstream,prometheus,redis,pprof)
 # Copies: another build in a shared target dir must not swap the binaries mid-run.
 BIN=$LOGS/bin
 mkdir -p "$BIN"

@@ -53,7 +53,10 @@ use crate::error::{Error, ErrorKind};
 /// ```
 #[derive(Clone)]
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, RequestBody>,
+    // Behind one `Arc`: hyper-util's client is a dozen `Arc`s and a few hundred bytes, and
+    // every layer above clones its inner service per call (tower's readiness pattern), so a
+    // deep stack would pay a dozen shared-counter bumps per clone and move 350 bytes.
+    client: Arc<Client<HttpsConnector<HttpConnector>, RequestBody>>,
     connect_timeout: Option<Duration>,
 }
 
@@ -244,7 +247,7 @@ impl UpstreamBuilder {
             .timer(TokioTimer::new())
             .build(connector);
         Ok(Upstream {
-            client,
+            client: Arc::new(client),
             connect_timeout: self.connect_timeout,
         })
     }

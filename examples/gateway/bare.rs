@@ -3,6 +3,7 @@
 //! (`bench/e2e.sh`), so the difference to the full gateway is the cost of the stack.
 
 use std::future::ready;
+use std::sync::Arc;
 
 use super::config::MAX_REQUEST_BYTES;
 use super::handlers::{chat_completions, models};
@@ -23,6 +24,8 @@ pub fn bare_router(client: DeepSeekClient<Upstream>) -> Router {
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .with_state(client)
+        // Behind an `Arc`: axum clones the state for every request, and the client holds the
+        // whole outbound stack.
+        .with_state(Arc::new(client))
         .route("/healthz", get(|| ready("ok")))
 }

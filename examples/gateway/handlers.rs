@@ -6,6 +6,7 @@
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use super::config::FALLBACK_HEADER;
 use super::outbound::ANSWERED_BY;
@@ -20,7 +21,7 @@ use tower_deepseek::failover::{ServedBy, UPSTREAM_HEADER};
 use tower_deepseek::{BoxError, Error, ErrorKind};
 
 pub(crate) async fn chat_completions<S, RB>(
-    State(client): State<DeepSeekClient<S>>,
+    State(client): State<Arc<DeepSeekClient<S>>>,
     body: Bytes,
 ) -> Response
 where
@@ -115,7 +116,7 @@ pub(crate) fn sse_event(value: &impl serde::Serialize) -> Bytes {
     Bytes::from(event)
 }
 
-pub(crate) async fn models<S, RB>(State(client): State<DeepSeekClient<S>>) -> Response
+pub(crate) async fn models<S, RB>(State(client): State<Arc<DeepSeekClient<S>>>) -> Response
 where
     S: Service<http::Request<RequestBody>, Response = http::Response<RB>>
         + Clone

@@ -2,6 +2,7 @@
 //! concurrency limit.
 
 use std::future::ready;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::config::{MAX_REQUEST_BYTES, RateLimitSettings, config_error};
@@ -36,30 +37,48 @@ pub fn router(
     concurrency: ConcurrencyLimitLayer,
     jobs: Jobs,
 ) -> Router {
-    let mut api = Router::new()
+    let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/models", get(models))
         .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
-        .with_state(client)
+        // Behind an `Arc`: axum clones the state for every request, and the client holds the
+        // whole outbound stack.
+        .with_state(Arc::new(client))
         // Under the same limits as the chat routes: a job is a chat completion too.
         .merge(jobs_router(jobs));
     // A refused call is the crate's error (rate limited, overloaded); its response the 429/503.
     let refused = || HandleErrorLayer::new(|error: Error| ready(error.into_response()));
     let slots = concurrency.clone();
-    api = api.layer(ServiceBuilder::new().layer(refused()).layer(concurrency));
-    api = match limit {
-        None => api,
-        Some(InboundLimit::Local(layer)) => {
-            api.layer(ServiceBuilder::new().layer(refused()).layer(layer))
-        }
-        Some(InboundLimit::Shared(layer)) => {
-            api.layer(ServiceBuilder::new().layer(refused()).layer(layer))
-        }
+    let metrics = MetricsLayer::server(metrics, "api").operation_by(operation);
+    // One `Router::layer` call for the whole inbound stack: axum boxes every route again (and
+    // clones the box on every request) for each `layer` call.
+    let api = match limit {
+        None => api.layer(
+            ServiceBuilder::new()
+                .layer(metrics)
+                .layer(refused())
+                .layer(concurrency),
+        ),
+        Some(InboundLimit::Local(limit)) => api.layer(
+            ServiceBuilder::new()
+                .layer(metrics)
+                .layer(refused())
+                .layer(limit)
+                .layer(refused())
+                .layer(concurrency),
+        ),
+        Some(InboundLimit::Shared(limit)) => api.layer(
+            ServiceBuilder::new()
+                .layer(metrics)
+                .layer(refused())
+                .layer(limit)
+                .layer(refused())
+                .layer(concurrency),
+        ),
     };
-    api.layer(MetricsLayer::server(metrics, "api").operation_by(operation))
-        .route_service("/metrics", MetricsEndpoint::new(registry))
+    api.route_service("/metrics", MetricsEndpoint::new(registry))
         .route("/healthz", get(|| ready("ok")))
         .route(
             "/readyz",
