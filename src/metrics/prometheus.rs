@@ -9,8 +9,8 @@ use prometheus::{
 };
 
 use super::instruments::{
-    CHUNK_BUCKETS, CallKey, DURATION_BUCKETS, GenAiRecord, Metrics, OUTCOMES, PROVIDER, SIDES,
-    STATES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables, WAIT_BUCKETS, auth_reason,
+    CHUNK_BUCKETS, CallKey, DURATION_BUCKETS, GenAiRecord, HEDGE_OUTCOMES, Metrics, OUTCOMES,
+    PROVIDER, SIDES, STATES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables, WAIT_BUCKETS, auth_reason,
 };
 use super::labels::Grid;
 use crate::classify::AuthFailure;
@@ -54,6 +54,8 @@ pub(crate) struct PromSink {
     retry_attempts: IntCounterVec,
     retry_budget_exhausted: IntCounter,
     retries_gave_up: IntCounter,
+    /// `sent`, `won`, `budget_exhausted`, resolved when the sink is built.
+    hedges: [IntCounter; HEDGE_OUTCOMES.len()],
 
     red: Grid<(IntCounter, Histogram)>,
     flights: Grid<IntGauge>,
@@ -248,6 +250,15 @@ impl PromSink {
                 )
                 .map_err(build_error)?,
             )?,
+            hedges: {
+                let hedges = counter(
+                    r,
+                    format!("{prefix}_hedges_total"),
+                    "Hedged requests: sent, won (the hedge answered first), budget_exhausted.",
+                    &["outcome"],
+                )?;
+                HEDGE_OUTCOMES.map(|outcome| hedges.with_label_values(&[outcome]))
+            },
             red: Grid::new(tables.red_size()),
             flights: Grid::new(tables.flight_size()),
             auth: Default::default(),
@@ -412,6 +423,12 @@ impl PromSink {
 
     pub(crate) fn retry_gave_up(&self) {
         self.retries_gave_up.inc();
+    }
+
+    pub(crate) fn hedge(&self, outcome: usize) {
+        if let Some(counter) = self.hedges.get(outcome) {
+            counter.inc();
+        }
     }
 
     pub(crate) fn breaker_state(&self, tables: &Tables, breaker: usize, state: usize) {
