@@ -100,7 +100,11 @@ impl LatencyTracker {
                 &[0, 1]
             } else {
                 // The slot about to be reused held the generation before the previous one.
-                if current % 2 == 0 { &[0] } else { &[1] }
+                if current.is_multiple_of(2) {
+                    &[0]
+                } else {
+                    &[1]
+                }
             };
             for &slot in stale {
                 for count in &self.counts[slot] {
@@ -120,7 +124,7 @@ impl LatencyTracker {
         self.counts[slot][bucket(latency)].fetch_add(1, Ordering::Relaxed);
         let samples = self.totals[slot].fetch_add(1, Ordering::AcqRel) + 1;
         // Until hedging has started every sample may be the one that starts it.
-        if samples % REFRESH == 0 || self.delay_nanos.load(Ordering::Relaxed) == NO_DELAY {
+        if samples.is_multiple_of(REFRESH) || self.delay_nanos.load(Ordering::Relaxed) == NO_DELAY {
             self.refresh();
         }
     }

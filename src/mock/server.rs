@@ -392,10 +392,10 @@ impl http_body::Body for GuardedBody {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.body).poll_frame(cx);
         // The reply is finished when its last frame was handed over.
-        if matches!(polled, Poll::Ready(None)) || this.body.is_end_stream() {
-            if let Some(guard) = this.guard.as_mut() {
-                guard.disarm();
-            }
+        if (matches!(polled, Poll::Ready(None)) || this.body.is_end_stream())
+            && let Some(guard) = this.guard.as_mut()
+        {
+            guard.disarm();
         }
         polled
     }
