@@ -677,16 +677,21 @@ pub(crate) const HEDGE_OUTCOMES: [&str; 3] = ["sent", "won", "budget_exhausted"]
 /// `budget_exhausted`). `.listener(metrics.clone())` on the hedge layer's builder.
 ///
 /// ```
+/// # #[cfg(feature = "prometheus")]
 /// # fn main() -> Result<(), tower_deepseek::Error> {
 /// use tower_deepseek::hedge::{HedgeEvent, HedgeLayer, HedgeListener};
 /// use tower_deepseek::metrics::Metrics;
 ///
-/// let metrics = Metrics::builder().build()?;
+/// let metrics = Metrics::builder().prometheus(prometheus::Registry::new()).build()?;
 /// let hedge = HedgeLayer::builder().listener(metrics.clone()).build()?;
 /// metrics.on_event(&HedgeEvent::Won { name: "deepseek" });
+/// let text = metrics.render_prometheus().unwrap_or_default();
+/// assert!(text.contains(r#"deepseek_hedges_total{outcome="won"} 1"#));
 /// # let _ = hedge;
 /// # Ok(())
 /// # }
+/// # #[cfg(not(feature = "prometheus"))]
+/// # fn main() {}
 /// ```
 impl crate::hedge::HedgeListener for Metrics {
     fn on_event(&self, event: &crate::hedge::HedgeEvent<'_>) {

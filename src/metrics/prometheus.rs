@@ -54,8 +54,7 @@ pub(crate) struct PromSink {
     retry_attempts: IntCounterVec,
     retry_budget_exhausted: IntCounter,
     retries_gave_up: IntCounter,
-    /// `sent`, `won`, `budget_exhausted`, resolved when the sink is built.
-    hedges: [IntCounter; HEDGE_OUTCOMES.len()],
+    hedges: IntCounterVec,
 
     red: Grid<(IntCounter, Histogram)>,
     flights: Grid<IntGauge>,
@@ -67,6 +66,8 @@ pub(crate) struct PromSink {
     rejections: Grid<IntCounter>,
     waits: Grid<Histogram>,
     retries: [OnceLock<IntCounter>; OUTCOMES.len()],
+    /// `sent`, `won`, `budget_exhausted`, each resolved on first use.
+    hedge_series: [OnceLock<IntCounter>; HEDGE_OUTCOMES.len()],
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(
@@ -250,15 +251,12 @@ impl PromSink {
                 )
                 .map_err(build_error)?,
             )?,
-            hedges: {
-                let hedges = counter(
-                    r,
-                    format!("{prefix}_hedges_total"),
-                    "Hedged requests: sent, won (the hedge answered first), budget_exhausted.",
-                    &["outcome"],
-                )?;
-                HEDGE_OUTCOMES.map(|outcome| hedges.with_label_values(&[outcome]))
-            },
+            hedges: counter(
+                r,
+                format!("{prefix}_hedges_total"),
+                "Hedged requests: sent, won (the hedge answered first), budget_exhausted.",
+                &["outcome"],
+            )?,
             red: Grid::new(tables.red_size()),
             flights: Grid::new(tables.flight_size()),
             auth: Default::default(),
@@ -269,6 +267,7 @@ impl PromSink {
             rejections: Grid::new(limiters),
             waits: Grid::new(limiters),
             retries: Default::default(),
+            hedge_series: Default::default(),
             registry,
         })
     }
@@ -426,8 +425,11 @@ impl PromSink {
     }
 
     pub(crate) fn hedge(&self, outcome: usize) {
-        if let Some(counter) = self.hedges.get(outcome) {
-            counter.inc();
+        if let (Some(slot), Some(name)) =
+            (self.hedge_series.get(outcome), HEDGE_OUTCOMES.get(outcome))
+        {
+            slot.get_or_init(|| self.hedges.with_label_values(&[*name]))
+                .inc();
         }
     }
 
