@@ -12,6 +12,7 @@ use crate::classify::{Classify, DeepSeekClassifier};
 use crate::error::{Error, ErrorKind};
 
 pub(crate) struct HedgeConfig {
+    pub(crate) enabled: bool,
     pub(crate) name: Arc<str>,
     pub(crate) latency: LatencyTracker,
     pub(crate) budget: HedgeBudget,
@@ -32,6 +33,7 @@ impl HedgeConfig {
 impl fmt::Debug for HedgeConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("HedgeConfig")
+            .field("enabled", &self.enabled)
             .field("name", &self.name)
             .field("percentile", &self.percentile)
             .field("max_extra_percent", &self.max_extra_percent)
@@ -65,6 +67,7 @@ impl fmt::Debug for HedgeConfig {
 /// ```
 #[must_use]
 pub struct HedgeLayerBuilder {
+    enabled: bool,
     name: Arc<str>,
     percentile: f64,
     max_extra_percent: f64,
@@ -95,6 +98,7 @@ impl fmt::Debug for HedgeLayerBuilder {
 impl Default for HedgeLayerBuilder {
     fn default() -> Self {
         HedgeLayerBuilder {
+            enabled: true,
             name: Arc::from("deepseek"),
             percentile: 95.0,
             max_extra_percent: 5.0,
@@ -110,6 +114,14 @@ impl Default for HedgeLayerBuilder {
 }
 
 impl HedgeLayerBuilder {
+    /// Whether the layer hedges at all (default `true`). A disabled layer passes every call
+    /// through untouched (one branch per call), so a stack keeps one type whether a
+    /// configuration turns hedging on or off.
+    pub fn enabled(mut self, enabled: bool) -> Self {
+        self.enabled = enabled;
+        self
+    }
+
     /// The layer's name in events (default `deepseek`).
     pub fn name(mut self, name: impl Into<Arc<str>>) -> Self {
         self.name = name.into();
@@ -210,7 +222,13 @@ impl HedgeLayerBuilder {
                 self.min_delay, self.max_delay
             ));
         }
-        Ok(HedgeLayer::from_config(HedgeConfig {
+        Ok(HedgeLayer::from_config(self.into_config()))
+    }
+
+    /// The settings as they are, unchecked: [`build`](Self::build) checks them first.
+    pub(crate) fn into_config(self) -> HedgeConfig {
+        HedgeConfig {
+            enabled: self.enabled,
             name: self.name,
             latency: LatencyTracker::new(
                 self.window,
@@ -224,6 +242,6 @@ impl HedgeLayerBuilder {
             listener: self.listener,
             percentile: self.percentile,
             max_extra_percent: self.max_extra_percent,
-        }))
+        }
     }
 }

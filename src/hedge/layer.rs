@@ -89,6 +89,23 @@ impl HedgeLayer {
         }
     }
 
+    /// A layer that never hedges: every call passes through untouched. The gateway's
+    /// default, so its stack has one type whether `[hedge] enabled` is set or not.
+    ///
+    /// ```
+    /// use tower_deepseek::hedge::HedgeLayer;
+    /// assert!(!HedgeLayer::disabled().is_enabled());
+    /// ```
+    pub fn disabled() -> HedgeLayer {
+        // The defaults are valid (`build` would accept them); a disabled layer uses none anyway.
+        HedgeLayer::from_config(HedgeLayerBuilder::default().enabled(false).into_config())
+    }
+
+    /// Whether the layer hedges at all.
+    pub fn is_enabled(&self) -> bool {
+        self.config.enabled
+    }
+
     /// The hedge delay a call starting now would get: `None` while the window holds fewer
     /// than `min_samples` successful calls (no hedging yet).
     pub fn current_delay(&self) -> Option<Duration> {
@@ -188,7 +205,7 @@ where
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let config = Arc::clone(&self.config);
         let started = Instant::now();
-        let tracked = !is_streaming(&request);
+        let tracked = config.enabled && !is_streaming(&request);
         let mut timer = None;
         let mut spare = None;
         let mut delay = Duration::ZERO;

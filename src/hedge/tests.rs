@@ -377,6 +377,21 @@ async fn an_error_from_the_first_attempt_is_returned_as_the_crate_error() {
     assert_eq!(error.kind(), ErrorKind::Server);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_disabled_layer_never_hedges_nor_samples() {
+    let (layer, events) = layer(eager().enabled(false));
+    let (inner, seen) = inner(vec![after(0, 200, "warm"), after(1_000, 200, "slow")]);
+    let service = tower::Layer::layer(&layer, inner);
+    service.clone().oneshot(request()).await.unwrap();
+    let response = service.oneshot(request()).await.unwrap();
+    assert_eq!(text(response).await, "slow");
+    assert_eq!(seen.started.load(Ordering::SeqCst), 2);
+    assert!(events.lock().unwrap().is_empty());
+    assert_eq!(layer.current_delay(), None);
+    assert_eq!(layer.budget_available(), 0);
+    assert!(!HedgeLayer::disabled().is_enabled());
+}
+
 #[test]
 fn every_bad_setting_is_a_config_error_naming_it() {
     let cases: [(HedgeLayerBuilder, &str); 8] = [
