@@ -17,6 +17,8 @@
 //! - [`retry`]: retries with jittered backoff, `Retry-After`, deadlines and budgets, that never
 //!   repeat output already delivered; [`timeout`]: time to headers, to the first token, the
 //!   gap between chunks.
+//! - [`hedge`]: hedged requests for slow non-streaming calls, bounded by a budget (off unless
+//!   added).
 //! - [`concurrency`]: a fixed limit that queues or sheds, and an adaptive one (AIMD, Vegas,
 //!   Gradient2, Envoy's gradient); a slot lasts until the response body ends.
 //! - [`metrics`]: RED and GenAI metrics (tokens, time to first chunk) with bounded labels, to an
@@ -76,6 +78,7 @@ pub mod concurrency;
 pub mod deepseek;
 pub mod error;
 pub mod failover;
+pub mod hedge;
 pub mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;

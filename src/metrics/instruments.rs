@@ -725,6 +725,44 @@ impl crate::retry::RetryListener for Metrics {
     }
 }
 
+/// The values of `<prefix>_hedges_total{outcome}`, as [`HedgeEvent::as_str`] names them.
+///
+/// [`HedgeEvent::as_str`]: crate::hedge::HedgeEvent::as_str
+pub(crate) const HEDGE_OUTCOMES: [&str; 3] = ["sent", "won", "budget_exhausted"];
+
+/// A hedging layer's events, exported as `<prefix>_hedges_total{outcome}` (`sent`, `won`,
+/// `budget_exhausted`). `.listener(metrics.clone())` on the hedge layer's builder.
+///
+/// ```
+/// # #[cfg(feature = "prometheus")]
+/// # fn main() -> Result<(), tower_deepseek::Error> {
+/// use tower_deepseek::hedge::{HedgeEvent, HedgeLayer, HedgeListener};
+/// use tower_deepseek::metrics::Metrics;
+///
+/// let metrics = Metrics::builder().prometheus(prometheus::Registry::new()).build()?;
+/// let hedge = HedgeLayer::builder().listener(metrics.clone()).build()?;
+/// metrics.on_event(&HedgeEvent::Won { name: "deepseek" });
+/// let text = metrics.render_prometheus().unwrap_or_default();
+/// assert!(text.contains(r#"deepseek_hedges_total{outcome="won"} 1"#));
+/// # let _ = hedge;
+/// # Ok(())
+/// # }
+/// # #[cfg(not(feature = "prometheus"))]
+/// # fn main() {}
+/// ```
+impl crate::hedge::HedgeListener for Metrics {
+    fn on_event(&self, event: &crate::hedge::HedgeEvent<'_>) {
+        use crate::hedge::HedgeEvent;
+        let outcome = match event {
+            HedgeEvent::Sent { .. } => 0,
+            HedgeEvent::Won { .. } => 1,
+            HedgeEvent::BudgetExhausted { .. } => 2,
+        };
+        let _ = outcome;
+        each_sink!(self.inner, |sink| sink.hedge(outcome));
+    }
+}
+
 /// A rate-limit layer's events, exported: rejections and waits by limiter name (never a key).
 /// `.listener(metrics.clone())` on the rate-limit layer's builder.
 ///

@@ -27,6 +27,7 @@
 //! | `<prefix>_retry_attempts_total` | counter | `outcome` |
 //! | `<prefix>_retry_budget_exhausted_total`, `<prefix>_retries_gave_up_total` | counter | |
 //! | `<prefix>_failovers_total` | counter | `from`, `to` (upstream names), `reason` (`circuit_open`, `overloaded` or an outcome class) |
+//! | `<prefix>_hedges_total` | counter | `outcome` (`sent`, `won`, `budget_exhausted`) |
 //!
 //! The GenAI names follow the OpenTelemetry GenAI semantic conventions
 //! (`gen_ai.client.operation.duration`, `gen_ai.client.token.usage`,

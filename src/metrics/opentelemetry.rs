@@ -8,8 +8,9 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
 
 use super::instruments::{
-    CHUNK_BUCKETS, CallKey, DURATION_BUCKETS, FAILOVER_REASONS, GenAiRecord, OUTCOMES, PROVIDER,
-    STATES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables, WAIT_BUCKETS, auth_reason,
+    CHUNK_BUCKETS, CallKey, DURATION_BUCKETS, FAILOVER_REASONS, GenAiRecord, HEDGE_OUTCOMES,
+    OUTCOMES, PROVIDER, STATES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables, WAIT_BUCKETS,
+    auth_reason,
 };
 use super::labels::Grid;
 use crate::classify::AuthFailure;
@@ -45,6 +46,7 @@ pub(crate) struct OtelSink {
     retry_budget_exhausted: Counter<u64>,
     retries_gave_up: Counter<u64>,
     failovers: Counter<u64>,
+    hedges: Counter<u64>,
 
     red: Grid<Attributes>,
     flights: Grid<Attributes>,
@@ -156,6 +158,11 @@ impl OtelSink {
                 format!("{prefix}.failovers"),
                 "{call}",
                 "Calls moved from one upstream to the next, by upstream left, upstream called and reason.",
+            ),
+            hedges: counter(
+                format!("{prefix}.hedges"),
+                "{call}",
+                "Hedged requests: sent, won (the hedge answered first), budget_exhausted.",
             ),
             red: Grid::new(tables.red_size()),
             flights: Grid::new(tables.flight_size()),
@@ -301,6 +308,12 @@ impl OtelSink {
 
     pub(crate) fn retry_budget_exhausted(&self) {
         self.retry_budget_exhausted.add(1, &[]);
+    }
+
+    pub(crate) fn hedge(&self, outcome: usize) {
+        if let Some(outcome) = HEDGE_OUTCOMES.get(outcome) {
+            self.hedges.add(1, &[KeyValue::new("outcome", *outcome)]);
+        }
     }
 
     pub(crate) fn retry_gave_up(&self) {

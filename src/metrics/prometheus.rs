@@ -9,8 +9,9 @@ use prometheus::{
 };
 
 use super::instruments::{
-    CHUNK_BUCKETS, CallKey, DURATION_BUCKETS, FAILOVER_REASONS, GenAiRecord, Metrics, OUTCOMES,
-    PROVIDER, SIDES, STATES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables, WAIT_BUCKETS, auth_reason,
+    CHUNK_BUCKETS, CallKey, DURATION_BUCKETS, FAILOVER_REASONS, GenAiRecord, HEDGE_OUTCOMES,
+    Metrics, OUTCOMES, PROVIDER, SIDES, STATES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables,
+    WAIT_BUCKETS, auth_reason,
 };
 use super::labels::Grid;
 use crate::classify::AuthFailure;
@@ -55,6 +56,7 @@ pub(crate) struct PromSink {
     retry_budget_exhausted: IntCounter,
     retries_gave_up: IntCounter,
     failovers: IntCounterVec,
+    hedges: IntCounterVec,
 
     red: Grid<(IntCounter, Histogram)>,
     flights: Grid<IntGauge>,
@@ -67,6 +69,8 @@ pub(crate) struct PromSink {
     waits: Grid<Histogram>,
     retries: [OnceLock<IntCounter>; OUTCOMES.len()],
     failover_series: Grid<IntCounter>,
+    /// `sent`, `won`, `budget_exhausted`, each resolved on first use.
+    hedge_series: [OnceLock<IntCounter>; HEDGE_OUTCOMES.len()],
 }
 
 fn register<C: prometheus::core::Collector + Clone + 'static>(
@@ -256,6 +260,12 @@ impl PromSink {
                 "Calls moved from one upstream to the next, by upstream left, upstream called and reason.",
                 &["from", "to", "reason"],
             )?,
+            hedges: counter(
+                r,
+                format!("{prefix}_hedges_total"),
+                "Hedged requests: sent, won (the hedge answered first), budget_exhausted.",
+                &["outcome"],
+            )?,
             red: Grid::new(tables.red_size()),
             flights: Grid::new(tables.flight_size()),
             auth: Default::default(),
@@ -267,6 +277,7 @@ impl PromSink {
             waits: Grid::new(limiters),
             retries: Default::default(),
             failover_series: Grid::new(tables.failover_size()),
+            hedge_series: Default::default(),
             registry,
         })
     }
@@ -432,6 +443,15 @@ impl PromSink {
             ])
         }) {
             counter.inc();
+        }
+    }
+
+    pub(crate) fn hedge(&self, outcome: usize) {
+        if let (Some(slot), Some(name)) =
+            (self.hedge_series.get(outcome), HEDGE_OUTCOMES.get(outcome))
+        {
+            slot.get_or_init(|| self.hedges.with_label_values(&[*name]))
+                .inc();
         }
     }
 

@@ -15,7 +15,7 @@
 //! | `POST /_mock/script` | appends replies to the script (a JSON array of [`Reply`], or one reply); answers `{"queued": <queue length>}` |
 //! | `GET /_mock/script` | the replies still queued, as a JSON array |
 //! | `DELETE /_mock/script` | empties the script; answers `{"cleared": <count>}` |
-//! | `GET /_mock/requests` | the recorded requests as a JSON array of `{"method","path","query","version","headers":{name: value},"body"}` (body as JSON when it parses, text otherwise; repeated headers joined with `, `; the API key masked to its last four characters) |
+//! | `GET /_mock/requests` | the recorded requests as a JSON array of `{"method","path","query","version","headers":{name: value},"body","cancelled"}` (body as JSON when it parses, text otherwise; repeated headers joined with `, `; the API key masked to its last four characters) |
 //! | `DELETE /_mock/requests` | forgets the recorded requests; answers `{"cleared": <count>}` |
 //!
 //! The API endpoints check `Authorization: Bearer <key>` (see
@@ -192,6 +192,14 @@ impl MockDeepSeek {
     /// The API requests received so far, oldest first (at most the recording limit).
     pub fn requests(&self) -> Vec<RecordedRequest> {
         self.shared.requests()
+    }
+
+    /// How many API requests the client abandoned before their reply finished (it closed the
+    /// connection while the head was delayed or the body was still being sent); each is also
+    /// [`RecordedRequest::cancelled`]. Counts every abandonment since the start, including
+    /// requests no longer kept in [`requests`](Self::requests).
+    pub fn cancelled(&self) -> u64 {
+        self.shared.cancelled()
     }
 
     /// Forgets the recorded requests.

@@ -59,6 +59,14 @@ pub struct RecordedRequest {
     pub headers: HeaderMap,
     /// The request body.
     pub body: Bytes,
+    /// `true` when the client abandoned the reply before it finished: it closed the
+    /// connection (or, over HTTP/2, reset the stream) while the mock was still waiting to send
+    /// the head or still sending the body. A scripted reset is not an abandonment. Hedged
+    /// requests use it to prove the losing attempt was cancelled.
+    pub cancelled: bool,
+    /// The API request's number (the one in its trace ID), to find it again when it is
+    /// abandoned.
+    pub(super) sequence: u64,
 }
 
 impl RecordedRequest {
@@ -97,6 +105,7 @@ impl RecordedRequest {
             "version": format!("{:?}", self.version),
             "headers": headers,
             "body": body,
+            "cancelled": self.cancelled,
         })
     }
 }
@@ -123,6 +132,7 @@ impl fmt::Debug for RecordedRequest {
             .field("version", &self.version)
             .field("headers", &headers)
             .field("body", &String::from_utf8_lossy(&self.body))
+            .field("cancelled", &self.cancelled)
             .finish()
     }
 }
@@ -176,6 +186,19 @@ impl RequestLog {
         self.entries.push_back(request);
     }
 
+    /// Marks the request numbered `sequence` as abandoned, if it is still kept.
+    pub(super) fn mark_cancelled(&mut self, sequence: u64) {
+        // The request is recent, so search from the newest end.
+        if let Some(entry) = self
+            .entries
+            .iter_mut()
+            .rev()
+            .find(|entry| entry.sequence == sequence)
+        {
+            entry.cancelled = true;
+        }
+    }
+
     pub(super) fn snapshot(&self) -> Vec<RecordedRequest> {
         self.entries.iter().cloned().collect()
     }
@@ -209,6 +232,8 @@ mod tests {
             version: Version::HTTP_11,
             headers,
             body: Bytes::from_static(b"not json"),
+            cancelled: false,
+            sequence: 1,
         }
     }
 
@@ -222,6 +247,20 @@ mod tests {
         assert_eq!(paths, ["/b", "/c"]);
         assert_eq!(log.clear(), 2);
         assert!(log.snapshot().is_empty());
+    }
+
+    #[test]
+    fn an_abandoned_request_is_marked_once_found() {
+        let mut log = RequestLog::new(4);
+        let mut second = request("/b");
+        second.sequence = 2;
+        log.push(request("/a"));
+        log.push(second);
+        log.mark_cancelled(2);
+        log.mark_cancelled(99);
+        let cancelled: Vec<bool> = log.snapshot().iter().map(|r| r.cancelled).collect();
+        assert_eq!(cancelled, [false, true]);
+        assert_eq!(log.to_json()[1]["cancelled"], true);
     }
 
     #[test]

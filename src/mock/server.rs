@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::Body as _;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -74,6 +75,7 @@ pub(super) struct Shared {
     log: Mutex<RequestLog>,
     recording: bool,
     sequence: AtomicU64,
+    cancelled: AtomicU64,
 }
 
 /// Locks a mutex, ignoring poisoning: the guarded queues stay consistent after any panic
@@ -92,6 +94,7 @@ impl Shared {
             log: Mutex::new(RequestLog::new(max_recorded)),
             recording: max_recorded > 0,
             sequence: AtomicU64::new(0),
+            cancelled: AtomicU64::new(0),
         }
     }
 
@@ -139,6 +142,16 @@ impl Shared {
         if self.recording {
             lock(&self.log).push(request());
         }
+    }
+
+    /// How many API requests the client abandoned before their reply finished.
+    pub(super) fn cancelled(&self) -> u64 {
+        self.cancelled.load(Ordering::Relaxed)
+    }
+
+    fn mark_cancelled(&self, sequence: u64) {
+        self.cancelled.fetch_add(1, Ordering::Relaxed);
+        lock(&self.log).mark_cancelled(sequence);
     }
 
     /// A new number for each API request: it names the trace ID and the completion ID.
@@ -339,11 +352,80 @@ impl StdError for ConnectionReset {}
 
 pub(super) type MockResponse = Response<MockBody>;
 
+/// Marks its request abandoned when dropped before [`disarm`](Self::disarm): hyper drops the
+/// handler's future when the client closes the connection while the head is pending, and the
+/// response body when it closes while the body is being sent. A reset the script asked for is
+/// the mock's own doing, not an abandonment.
+struct AbandonGuard {
+    shared: Arc<Shared>,
+    reset: Arc<ResetSwitch>,
+    sequence: u64,
+    armed: bool,
+}
+
+impl AbandonGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        if self.armed && !self.reset.is_triggered() {
+            debug!(
+                sequence = self.sequence,
+                "mock DeepSeek: the client abandoned a reply"
+            );
+            self.shared.mark_cancelled(self.sequence);
+        }
+    }
+}
+
+/// A response body that carries its request's [`AbandonGuard`] until the last frame.
+struct GuardedBody {
+    body: MockBody,
+    guard: Option<AbandonGuard>,
+}
+
+impl GuardedBody {
+    fn unguarded(response: MockResponse) -> Response<GuardedBody> {
+        response.map(|body| GuardedBody { body, guard: None })
+    }
+}
+
+impl http_body::Body for GuardedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        // The reply is finished when its last frame was handed over.
+        if (matches!(polled, Poll::Ready(None)) || this.body.is_end_stream())
+            && let Some(guard) = this.guard.as_mut()
+        {
+            guard.disarm();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
+    }
+}
+
 async fn handle(
     shared: Arc<Shared>,
     reset: Arc<ResetSwitch>,
     request: Request<Incoming>,
-) -> Result<MockResponse, ConnectionReset> {
+) -> Result<Response<GuardedBody>, ConnectionReset> {
     let (parts, body) = request.into_parts();
     let body = read_body(body, shared.config.max_body_bytes).await;
     if is_control_path(parts.uri.path()) {
@@ -357,7 +439,7 @@ async fn handle(
             status = response.status().as_u16(),
             "mock DeepSeek control request"
         );
-        return Ok(response);
+        return Ok(GuardedBody::unguarded(response));
     }
     let sequence = shared.next_sequence();
     let trace_id = format!("mock-trace-{sequence:08}");
@@ -368,7 +450,15 @@ async fn handle(
         version: parts.version,
         headers: parts.headers.clone(),
         body: body.as_ref().cloned().unwrap_or_default(),
+        cancelled: false,
+        sequence,
     });
+    let mut guard = AbandonGuard {
+        shared: Arc::clone(&shared),
+        reset: Arc::clone(&reset),
+        sequence,
+        armed: true,
+    };
     let result = match body {
         Ok(body) => api(&shared, &reset, &parts, &body, sequence).await,
         Err(failure) => Ok(failure_response(&failure)),
@@ -389,9 +479,19 @@ async fn handle(
                 trace_id,
                 "mock DeepSeek answered"
             );
-            Ok(response)
+            Ok(response.map(|body| {
+                // A body with nothing to send is finished with the head: hyper never polls it.
+                if body.is_end_stream() {
+                    guard.disarm();
+                }
+                GuardedBody {
+                    body,
+                    guard: Some(guard),
+                }
+            }))
         }
         Err(reset) => {
+            guard.disarm();
             debug!(
                 method = %parts.method,
                 path = parts.uri.path(),
