@@ -846,6 +846,7 @@ fn the_sample_config_file_holds_the_defaults() {
     assert_eq!(config.rate_limit, defaults.rate_limit);
     assert_eq!(config.max_in_flight, defaults.max_in_flight);
     assert_eq!(config.jobs, defaults.jobs);
+    assert_eq!(config.hedge, defaults.hedge);
     assert_eq!(config.model.as_deref(), Some("deepseek-v4-flash"));
     assert_eq!(config.listen, Some("127.0.0.1:8080".parse().unwrap()));
     assert!(!config.bare);
@@ -944,6 +945,11 @@ fn a_bad_config_file_is_an_error_naming_the_key_and_the_file() {
         ),
         ("syntax.toml", "[breaker\n", &["not valid TOML"]),
         ("jobs.toml", "[jobs]\nworkers = 0\n", &["[jobs] workers"]),
+        (
+            "hedge.toml",
+            "[hedge]\nenabled = false\nmax_extra_percent = 0\n",
+            &["[hedge]", "max_extra_percent"],
+        ),
         (
             "upstream.toml",
             "[[upstreams]]\nname = \"b\"\nbase_url = \"http://x\"\n",

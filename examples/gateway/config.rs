@@ -12,6 +12,7 @@ use tower_deepseek::circuit_breaker::{
 };
 use tower_deepseek::concurrency::ConcurrencyLimitLayer;
 use tower_deepseek::deepseek::{RequestBody, RequestModel};
+use tower_deepseek::hedge::HedgeLayer;
 use tower_deepseek::metrics::Metrics;
 use tower_deepseek::retry::{Hold, RetryLayer, TpsBudget};
 use tower_deepseek::timeout::StreamTimeoutLayer;
@@ -59,6 +60,8 @@ pub struct GatewayConfig {
     pub bare: bool,
     /// The async jobs (`POST /v1/jobs`): how many, how many at once, how long kept.
     pub jobs: JobSettings,
+    /// Hedged requests (off by default).
+    pub hedge: HedgeSettings,
     /// Failover upstreams, tried in order after DeepSeek (the file's `[[upstreams]]`).
     pub upstreams: Vec<UpstreamEntry>,
 }
@@ -82,6 +85,7 @@ impl Default for GatewayConfig {
             max_in_flight: DEFAULT_MAX_IN_FLIGHT,
             bare: false,
             jobs: JobSettings::default(),
+            hedge: HedgeSettings::default(),
             upstreams: Vec::new(),
         }
     }
@@ -127,6 +131,51 @@ impl Default for ResilienceSettings {
             first_token_timeout: Duration::from_secs(600),
             idle_timeout: Duration::from_secs(120),
         }
+    }
+}
+
+/// Hedged requests: a second attempt races a non-streaming call slower than a percentile of
+/// recent ones, within a budget of extra calls. Each hedge may bill tokens for both attempts
+/// (the loser's connection is closed, but DeepSeek may have generated part of an answer).
+#[derive(Clone, Debug, PartialEq)]
+pub struct HedgeSettings {
+    /// Off by default (`GATEWAY_HEDGE`, `[hedge] enabled`).
+    pub enabled: bool,
+    /// The latency percentile after which a hedge is sent (`[hedge] percentile`).
+    pub percentile: f64,
+    /// At most this many extra calls, in percent of calls (`[hedge] max_extra_percent`).
+    pub max_extra_percent: f64,
+}
+
+impl Default for HedgeSettings {
+    fn default() -> Self {
+        HedgeSettings {
+            enabled: false,
+            percentile: 95.0,
+            max_extra_percent: 5.0,
+        }
+    }
+}
+
+impl HedgeSettings {
+    /// The hedge layer (a pass-through when off), reporting to `metrics`.
+    pub fn layer(&self, metrics: &Metrics) -> Result<HedgeLayer, Error> {
+        // Built (so checked) even when off: turning it on later cannot fail at start-up.
+        let layer = HedgeLayer::builder()
+            .percentile(self.percentile)
+            .max_extra_percent(self.max_extra_percent)
+            .listener(metrics.clone())
+            .build()
+            .map_err(|e| {
+                config_error(format!(
+                    "the GATEWAY_HEDGE_* (`[hedge]`) settings are not valid: {e}"
+                ))
+            })?;
+        Ok(if self.enabled {
+            layer
+        } else {
+            HedgeLayer::disabled()
+        })
     }
 }
 
@@ -519,6 +568,26 @@ impl GatewayConfig {
             .unwrap_or(job_defaults.max_age),
         };
         jobs.validate()?;
+        let hedge_defaults = HedgeSettings::default();
+        let hedge = HedgeSettings {
+            enabled: parsed(&sources, "GATEWAY_HEDGE", "true or false", boolean)?
+                .unwrap_or(hedge_defaults.enabled),
+            percentile: parsed(
+                &sources,
+                "GATEWAY_HEDGE_PERCENTILE",
+                "a percentile in (0, 100]",
+                |t| t.parse().ok(),
+            )?
+            .unwrap_or(hedge_defaults.percentile),
+            max_extra_percent: parsed(
+                &sources,
+                "GATEWAY_HEDGE_MAX_EXTRA_PERCENT",
+                "a percentage in (0, 100]",
+                |t| t.parse().ok(),
+            )?
+            .unwrap_or(hedge_defaults.max_extra_percent),
+        };
+        hedge.layer(&Metrics::builder().build()?)?;
         Ok(GatewayConfig {
             listen,
             admin_listen,
@@ -539,6 +608,7 @@ impl GatewayConfig {
             max_in_flight,
             bare: parsed(&sources, "GATEWAY_BARE", "0 or 1", boolean)?.unwrap_or(false),
             jobs,
+            hedge,
             upstreams,
         })
     }

@@ -46,6 +46,9 @@
 //! | `GATEWAY_JOBS_MAX` | jobs held at once (queued, running, finished not yet expired); when full, `POST /v1/jobs` answers 429 | `1000` |
 //! | `GATEWAY_JOBS_WORKERS` | jobs running at once (1 to `GATEWAY_JOBS_MAX`) | `32` |
 //! | `GATEWAY_JOBS_MAX_AGE` | seconds a job and its result are kept after acceptance (1 to 86400); a job still running then is cancelled | `900` |
+//! | `GATEWAY_HEDGE` | `true`: hedge non-streaming calls slower than a percentile of recent ones (each hedge may bill tokens twice) | `false` |
+//! | `GATEWAY_HEDGE_PERCENTILE` | the latency percentile that sends a hedge | `95` |
+//! | `GATEWAY_HEDGE_MAX_EXTRA_PERCENT` | at most this many extra calls, in percent | `5` |
 //! | `RUST_LOG` | log filter | `info` |
 //!
 //! Every value is checked at start-up; a bad one stops the gateway with an error naming it.
@@ -95,6 +98,10 @@
 //!   402 or 422, and never once a stream has started. Every answer names its upstream
 //!   (`x-upstream: deepseek` or the entry's name); `failovers_total{from,to,reason}` counts the
 //!   hops. Each upstream's key is read from its variable at start-up.
+//! - Hedging (`[hedge]`, off by default) sits between the retries and the failover list: a
+//!   non-streaming call slower than the configured percentile of recent calls gets a second
+//!   attempt that races it; the first answer wins and the other is cancelled. A budget keeps
+//!   hedges under `max_extra_percent` of calls. Each hedge may bill tokens for both attempts.
 //! - The stream timeouts sit under the breakers, so a silent upstream counts as a failure.
 //! - One breaker per model ([`KeyedCircuitBreakerLayer`](tower_deepseek::circuit_breaker::KeyedCircuitBreakerLayer) keyed by the [`RequestModel`](tower_deepseek::deepseek::RequestModel) the
 //!   client puts in each chat request's extensions; `GET /models` has a breaker of its own):

@@ -20,6 +20,7 @@ use tower_deepseek::circuit_breaker::{
 use tower_deepseek::deepseek::{DeepSeekClient, RequestBody, RequestModel};
 use tower_deepseek::error::CircuitOpenReason;
 use tower_deepseek::failover::Failover;
+use tower_deepseek::hedge::HedgeService;
 use tower_deepseek::metrics::{Metrics, MetricsService};
 use tower_deepseek::retry::RetryService;
 use tower_deepseek::stack::DeepSeekStack;
@@ -61,7 +62,8 @@ pub type BreakerResponse = http::Response<CircuitBreakerBody<TimeoutBody<Incomin
 pub type Protected = MapResponse<Breaker, fn(BreakerResponse) -> BreakerResponse>;
 
 /// The outbound stack under the client (see the module docs for the order).
-pub type Transport = PropagateTraceId<MetricsService<RetryService<Failover<Protected>>>>;
+pub type Transport =
+    PropagateTraceId<MetricsService<RetryService<HedgeService<Failover<Protected>>>>>;
 
 /// The gateway's DeepSeek client: the pooled upstream under the outbound stack.
 pub type Client = DeepSeekClient<Transport>;
@@ -195,5 +197,9 @@ pub fn transport(
         .without_circuit_breaker()
         .without_timeouts()
         .build()?;
-    Ok(stack.layer(failover.build()?))
+    // Hedging (off unless `[hedge] enabled`) sits inside the retries and over the failover
+    // list: a hedge is one more attempt through the same breakers, and a failed call is still
+    // the retries' to repeat.
+    let hedge = config.hedge.layer(metrics)?;
+    Ok(stack.layer(hedge.layer(failover.build()?)))
 }
