@@ -17,6 +17,9 @@
 //! `mock DeepSeek listening on <base URL>` once it accepts connections. Ctrl-C or SIGTERM
 //! stops it.
 
+#[path = "common/signal.rs"]
+mod signal;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -80,26 +83,7 @@ async fn main() -> Result<(), BoxError> {
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e} (set MOCK_ADDR to change it)"))?;
     println!("mock DeepSeek listening on {}", mock.base_url());
-    stopped().await;
+    signal::shutdown_signal().await;
     mock.shutdown().await;
     Ok(())
-}
-
-/// Resolves on Ctrl-C (or SIGTERM on Unix).
-async fn stopped() {
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        () = terminate => {},
-    }
 }

@@ -149,6 +149,8 @@ mod handlers;
 mod inbound;
 mod jobs;
 mod outbound;
+#[path = "../common/signal.rs"]
+mod signal;
 
 pub use bare::bare_router;
 pub use config::*;
@@ -272,29 +274,9 @@ pub fn gateway_metrics(
         .build()
 }
 
-/// Resolves on Ctrl-C (or SIGTERM on Unix).
+/// Resolves on Ctrl-C or SIGTERM, and says what happens next.
 async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for Ctrl-C");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = terminate => {},
-    }
+    signal::shutdown_signal().await;
     tracing::info!("shutting down: no new connections, letting in-flight requests finish");
 }
 
