@@ -81,6 +81,7 @@
 //! [`ChatStream`]: crate::deepseek::sse::ChatStream
 
 use std::borrow::Cow;
+use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
@@ -657,6 +658,58 @@ impl<'de: 'a, 'a> Deserialize<'de> for LastFinishReason<'a> {
             }
         }
         deserializer.deserialize_option(Choices(std::marker::PhantomData))
+    }
+}
+
+/// Frames a layer read ahead of the caller while it held a response back (the retry layer
+/// until a first token, the hedge layer while its attempts raced), and how that read ended:
+/// handed out before the rest of the body, unchanged.
+pub(crate) struct ReadAhead<D, E> {
+    pub(crate) frames: VecDeque<Frame<D>>,
+    pub(crate) error: Option<E>,
+    pub(crate) ended: bool,
+}
+
+impl<D, E> ReadAhead<D, E> {
+    pub(crate) fn new(frames: VecDeque<Frame<D>>) -> ReadAhead<D, E> {
+        ReadAhead {
+            frames,
+            error: None,
+            ended: false,
+        }
+    }
+
+    /// The next frame: the ones read ahead, then the read's error or end, then `body`'s.
+    pub(crate) fn poll_frame<B>(
+        &mut self,
+        body: Pin<&mut B>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<D>, E>>>
+    where
+        B: Body<Data = D, Error = E> + ?Sized,
+    {
+        if let Some(frame) = self.frames.pop_front() {
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        if let Some(error) = self.error.take() {
+            return Poll::Ready(Some(Err(error)));
+        }
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        body.poll_frame(cx)
+    }
+
+    pub(crate) fn is_end_stream<B: Body + ?Sized>(&self, body: &B) -> bool {
+        self.frames.is_empty() && self.error.is_none() && (self.ended || body.is_end_stream())
+    }
+
+    pub(crate) fn size_hint<B: Body + ?Sized>(&self, body: &B) -> SizeHint {
+        if self.frames.is_empty() && !self.ended {
+            body.size_hint()
+        } else {
+            SizeHint::default()
+        }
     }
 }
 

@@ -19,7 +19,7 @@ use tower_service::Service;
 
 use super::config::{HedgeConfig, HedgeLayerBuilder};
 use super::events::HedgeEvent;
-use crate::body::BodyFormat;
+use crate::body::{BodyFormat, ReadAhead};
 use crate::classify::Observation;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::retry::ReplayBody;
@@ -259,9 +259,11 @@ impl<B: Body> Held<B> {
             HedgeBody {
                 kind: Kind::Held {
                     body: self.body,
-                    frames: self.frames,
-                    error,
-                    ended,
+                    ahead: ReadAhead {
+                        frames: self.frames,
+                        error,
+                        ended,
+                    },
                 },
             },
         )
@@ -528,9 +530,7 @@ pin_project! {
         },
         Held {
             body: Pin<Box<B>>,
-            frames: VecDeque<Frame<B::Data>>,
-            error: Option<B::Error>,
-            ended: bool,
+            ahead: ReadAhead<B::Data, B::Error>,
         },
     }
 }
@@ -547,7 +547,7 @@ impl<B: Body> fmt::Debug for HedgeBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let held = match &self.kind {
             Kind::Direct { .. } => None,
-            Kind::Held { frames, .. } => Some(frames.len()),
+            Kind::Held { ahead, .. } => Some(ahead.frames.len()),
         };
         f.debug_struct("HedgeBody")
             .field("held_frames", &held)
@@ -565,48 +565,21 @@ impl<B: Body> Body for HedgeBody<B> {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::Direct { body } => body.poll_frame(cx),
-            KindProj::Held {
-                body,
-                frames,
-                error,
-                ended,
-            } => {
-                if let Some(frame) = frames.pop_front() {
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                if let Some(error) = error.take() {
-                    return Poll::Ready(Some(Err(error)));
-                }
-                if *ended {
-                    return Poll::Ready(None);
-                }
-                body.as_mut().poll_frame(cx)
-            }
+            KindProj::Held { body, ahead } => ahead.poll_frame(body.as_mut(), cx),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Direct { body } => body.is_end_stream(),
-            Kind::Held {
-                body,
-                frames,
-                error,
-                ended,
-            } => frames.is_empty() && error.is_none() && (*ended || body.is_end_stream()),
+            Kind::Held { body, ahead } => ahead.is_end_stream(&**body),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Direct { body } => body.size_hint(),
-            Kind::Held {
-                body,
-                frames,
-                ended: false,
-                ..
-            } if frames.is_empty() => body.size_hint(),
-            Kind::Held { .. } => SizeHint::default(),
+            Kind::Held { body, ahead } => ahead.size_hint(&**body),
         }
     }
 }

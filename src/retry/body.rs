@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody};
+use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody, ReadAhead};
 use crate::classify::{Classify, Observation, Outcome};
 
 /// A response held back until it cannot need a retry.
@@ -24,11 +24,9 @@ pin_project! {
     /// A held response body: the frames read so far (keep-alives included, passed on
     /// unchanged) and the rest of the body.
     pub(crate) struct Held<B: Body> {
-        frames: VecDeque<Frame<B::Data>>,
+        ahead: ReadAhead<B::Data, B::Error>,
         #[pin]
         body: ObservedBody<B, HoldObserver>,
-        error: Option<B::Error>,
-        ended: bool,
     }
 }
 
@@ -69,7 +67,7 @@ where
         // A stream is committed at its first token even when whole bodies are held.
         let whole_body = all && format == BodyFormat::Json;
         Held {
-            frames: VecDeque::new(),
+            ahead: ReadAhead::new(VecDeque::new()),
             body: ObservedBody::new(
                 body,
                 format,
@@ -80,8 +78,6 @@ where
                     classifier,
                 },
             ),
-            error: None,
-            ended: false,
         }
     }
 
@@ -91,7 +87,7 @@ where
         loop {
             match this.body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    this.frames.push_back(frame);
+                    this.ahead.frames.push_back(frame);
                     let observer = this.body.as_ref().get_ref().observer();
                     if observer.first_token && !observer.whole_body {
                         return Poll::Ready(HeldRead::Deliver);
@@ -100,12 +96,12 @@ where
                 Poll::Ready(Some(Err(error))) => {
                     let observer = this.body.as_ref().get_ref().observer();
                     let outcome = observer.classifier.classify(Observation::Error(&error));
-                    *this.error = Some(error);
-                    *this.ended = true;
+                    this.ahead.error = Some(error);
+                    this.ahead.ended = true;
                     return Poll::Ready(HeldRead::Failed(outcome));
                 }
                 Poll::Ready(None) => {
-                    *this.ended = true;
+                    this.ahead.ended = true;
                     return Poll::Ready(HeldRead::Deliver);
                 }
                 Poll::Pending => return Poll::Pending,
@@ -162,7 +158,7 @@ impl<B: Body> fmt::Debug for RetryBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let held = match &self.kind {
             Kind::Direct { .. } => None,
-            Kind::Held { held } => Some(held.frames.len()),
+            Kind::Held { held } => Some(held.ahead.frames.len()),
         };
         f.debug_struct("RetryBody")
             .field("held_frames", &held)
@@ -187,16 +183,7 @@ where
             KindProj::Direct { body } => body.poll_frame(cx),
             KindProj::Held { held } => {
                 let this = held.as_mut().project();
-                if let Some(frame) = this.frames.pop_front() {
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-                if let Some(error) = this.error.take() {
-                    return Poll::Ready(Some(Err(error)));
-                }
-                if *this.ended {
-                    return Poll::Ready(None);
-                }
-                this.body.poll_frame(cx)
+                this.ahead.poll_frame(this.body, cx)
             }
         }
     }
@@ -204,19 +191,14 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Direct { body } => body.is_end_stream(),
-            Kind::Held { held } => {
-                held.frames.is_empty()
-                    && held.error.is_none()
-                    && (held.ended || held.body.is_end_stream())
-            }
+            Kind::Held { held } => held.ahead.is_end_stream(&held.body),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Direct { body } => body.size_hint(),
-            Kind::Held { held } if held.frames.is_empty() && !held.ended => held.body.size_hint(),
-            Kind::Held { .. } => SizeHint::default(),
+            Kind::Held { held } => held.ahead.size_hint(&held.body),
         }
     }
 }
