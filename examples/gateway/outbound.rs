@@ -149,6 +149,8 @@ pub(crate) fn note_fallback(response: BreakerResponse) -> BreakerResponse {
 }
 
 /// Builds the outbound stack over `upstream` (order and reasons in the module docs).
+/// `primary_base_url` is the base URL the client sends DeepSeek's requests to: the failover
+/// list replaces it with each other upstream's.
 pub fn transport(
     config: &GatewayConfig,
     primary_base_url: &str,
