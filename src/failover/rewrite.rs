@@ -7,36 +7,26 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use http::header::{AUTHORIZATION, CONTENT_LENGTH, HOST};
 use http::uri::PathAndQuery;
-use http::{Extensions, HeaderMap, Method, Request, Uri, Version};
+use http::{Request, Uri};
 use http_body::Body;
 use http_body_util::Full;
 
 use super::config::{Target, UnmappedModel};
 use super::events::SkipReason;
 use crate::deepseek::{RequestBody, RequestModel};
+use crate::retry::template::Template as RequestCopy;
 
-/// What is needed to send a request again to another upstream. The body is a
-/// reference-counted buffer: cloning it copies no bytes.
+/// What is needed to send a request again to another upstream: the retry layer's request copy
+/// (headers kept inline, the body a reference-counted buffer: cloning it copies no bytes).
 pub(crate) struct Template {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
-    extensions: Extensions,
-    body: RequestBody,
+    copy: RequestCopy<RequestBody>,
 }
 
 impl Template {
-    /// A copy of `request`'s head and a reference to its body.
-    pub(crate) fn of(request: &Request<RequestBody>) -> Template {
-        Template {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            version: request.version(),
-            headers: request.headers().clone(),
-            extensions: request.extensions().clone(),
-            body: request.body().clone(),
-        }
+    /// A copy of `request`'s head and a reference to its body; `None` only for a body that
+    /// cannot be replayed (the client's buffered body always can).
+    pub(crate) fn of(request: &Request<RequestBody>) -> Option<Template> {
+        RequestCopy::of(request).map(|copy| Template { copy })
     }
 
     /// The request rewritten for `target`, or why it cannot be.
@@ -45,8 +35,9 @@ impl Template {
         target: &Target,
         primary_base_path: &str,
     ) -> Result<Request<RequestBody>, SkipReason> {
-        let model = self.extensions.get::<RequestModel>();
-        let mapped = match model {
+        let mut request = self.copy.copy().ok_or(SkipReason::Unroutable)?;
+        let model = request.extensions().get::<RequestModel>().cloned();
+        let mapped = match &model {
             Some(model) => match target.models.get(model.as_str()) {
                 Some(mapped) => Some(mapped),
                 None if target.unmapped == UnmappedModel::SendUnchanged => None,
@@ -55,20 +46,16 @@ impl Template {
             // `GET /models` and other requests that name no model go unchanged.
             None => None,
         };
-        let uri = rebase(&self.uri, primary_base_path, target).ok_or(SkipReason::Unroutable)?;
-        let body = match mapped {
-            Some(mapped) if model.is_some_and(|m| m.as_str() != &*mapped.name) => {
-                let bytes = body_bytes(&self.body).ok_or(SkipReason::Unroutable)?;
-                Full::new(with_model(&bytes, &mapped.name).ok_or(SkipReason::Unroutable)?)
-            }
-            _ => self.body.clone(),
-        };
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method.clone();
+        let uri = rebase(request.uri(), primary_base_path, target).ok_or(SkipReason::Unroutable)?;
         *request.uri_mut() = uri;
-        *request.version_mut() = self.version;
+        if let Some(mapped) = mapped
+            && model.as_ref().is_some_and(|m| m.as_str() != &*mapped.name)
+        {
+            let bytes = body_bytes(request.body()).ok_or(SkipReason::Unroutable)?;
+            *request.body_mut() =
+                Full::new(with_model(&bytes, &mapped.name).ok_or(SkipReason::Unroutable)?);
+        }
         let headers = request.headers_mut();
-        *headers = self.headers.clone();
         // The primary's key must never reach another provider; a host or length set for the
         // primary's request would be wrong for this one.
         headers.remove(HOST);
@@ -81,12 +68,10 @@ impl Template {
                 headers.remove(AUTHORIZATION);
             }
         }
-        let extensions = request.extensions_mut();
-        *extensions = self.extensions.clone();
         if let Some(mapped) = mapped {
             // The upstream's own layers (a breaker or metrics keyed per model) see the model
             // it is actually asked for.
-            extensions.insert(mapped.extension.clone());
+            request.extensions_mut().insert(mapped.extension.clone());
         }
         Ok(request)
     }

@@ -145,7 +145,11 @@ where
 
     fn call(&mut self, request: Request<RequestBody>) -> Self::Future {
         // Only a list with somewhere to go keeps a copy of the request.
-        let template = (!self.shared.alternates.is_empty()).then(|| Template::of(&request));
+        let template = if self.shared.alternates.is_empty() {
+            None
+        } else {
+            Template::of(&request)
+        };
         let state = match self.unready.take() {
             Some(error) => State::Unready { error: Some(error) },
             None => State::Calling {

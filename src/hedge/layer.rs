@@ -23,6 +23,7 @@ use crate::body::{BodyFormat, ReadAhead};
 use crate::classify::Observation;
 use crate::error::{BoxError, Error, ErrorKind};
 use crate::retry::ReplayBody;
+use crate::retry::template::Template;
 
 /// Hedged requests: a non-streaming call still unanswered after a latency percentile gets a
 /// second attempt; the first answer wins and the other is cancelled. All services made by
@@ -173,16 +174,10 @@ fn is_streaming<B>(request: &Request<B>) -> bool {
         .any(|value| memchr::memmem::find(value.as_bytes(), b"text/event-stream").is_some())
 }
 
-/// A copy of the request for the hedge, or `None` when its body cannot be replayed.
+/// A copy of the request for the hedge (the retry layer's request copy), or `None` when its
+/// body cannot be replayed.
 fn replay<B: ReplayBody>(request: &Request<B>) -> Option<Request<B>> {
-    let body = request.body().try_replay()?;
-    let mut copy = Request::new(body);
-    *copy.method_mut() = request.method().clone();
-    *copy.uri_mut() = request.uri().clone();
-    *copy.version_mut() = request.version();
-    *copy.headers_mut() = request.headers().clone();
-    *copy.extensions_mut() = request.extensions().clone();
-    Some(copy)
+    Template::of(request)?.copy()
 }
 
 impl<S, ReqB, RB> Service<Request<ReqB>> for HedgeService<S>

@@ -111,7 +111,7 @@ mod config;
 mod events;
 mod layer;
 mod policy;
-mod template;
+pub(crate) mod template;
 #[cfg(test)]
 mod tests;
 

@@ -1,4 +1,5 @@
-//! The copy of a request kept for a retry, made as cheaply as the success path allows.
+//! The copy of a request kept to send it again (a retry, a hedge, the next upstream of a
+//! failover list), made as cheaply as the success path allows.
 //!
 //! Cloning `http::request::Parts` costs two allocations for the header map (and two frees
 //! when the call succeeds), the largest part of the layer's success-path cost. Most requests
@@ -60,15 +61,21 @@ impl<B: ReplayBody> Template<B> {
         })
     }
 
+    /// A new request from the template, which stays for the next one; `None` when the body
+    /// cannot be replayed again.
+    pub(crate) fn copy(&self) -> Option<Request<B>> {
+        let body = self.body.try_replay()?;
+        let mut request = Request::new(body);
+        self.fill(&mut request, self.headers_map());
+        *request.extensions_mut() = self.extensions.clone();
+        Some(request)
+    }
+
     /// A request built from the template: a copy while `keep`, the template itself
     /// otherwise.
     pub(crate) fn request(this: &mut Option<Template<B>>, keep: bool) -> Option<Request<B>> {
         if keep && let Some(template) = this.as_ref() {
-            let body = template.body.try_replay()?;
-            let mut request = Request::new(body);
-            template.fill(&mut request, template.headers_map());
-            *request.extensions_mut() = template.extensions.clone();
-            return Some(request);
+            return template.copy();
         }
         let template = this.take()?;
         let headers = template.headers_map();
