@@ -13,6 +13,7 @@ use super::config::{CancelPolicy, CircuitBreakerBuilder, Config, SlidingWindow};
 use super::events::{CallKind, CircuitEvent};
 use super::window::{ClosedWindow, CountWindow, Sample, TimeWindow, WindowCounts};
 use crate::classify::{AuthFailure, Outcome};
+use crate::clock::Stamp;
 use crate::error::{CircuitOpenReason, Error, ErrorKind};
 
 const STATE_BITS: u32 = 3;
@@ -180,6 +181,7 @@ impl CircuitBreaker {
             SlidingWindow::Time { seconds } => ClosedWindow::Time(TimeWindow::new(seconds)),
         };
         let initial = config.initial_state;
+        crate::clock::warm_up();
         let core = Core {
             base: Instant::now(),
             word: AtomicU64::new(code(CircuitState::Closed)),
@@ -377,8 +379,8 @@ impl Core {
         }
     }
 
-    fn start_stamp(&self) -> Option<Instant> {
-        self.config.measures_slowness().then(Instant::now)
+    fn start_stamp(&self) -> Option<Stamp> {
+        self.config.measures_slowness().then(Stamp::now)
     }
 
     fn acquire(&self, core: &Arc<Core>) -> Result<Permit, Rejection> {
@@ -847,7 +849,7 @@ pub struct Permit {
     core: Arc<Core>,
     generation: u64,
     kind: PermitKind,
-    start: Option<Instant>,
+    start: Option<Stamp>,
     armed: bool,
 }
 

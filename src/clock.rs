@@ -1,0 +1,128 @@
+//! The clock the layers measure calls with (durations, latency samples), not the one they
+//! sleep on.
+//!
+//! A [`Stamp`] is read on every call by the breaker (slow calls), the metrics (durations, time
+//! to first chunk) and the adaptive limits (latency samples), so its cost is paid per call:
+//!
+//! - By default it reads the CPU's time-stamp counter through `quanta` (about 10 ns here),
+//!   scaled to nanoseconds only when a duration is asked for. Where the counter is not a
+//!   reliable clock (no invariant TSC), `quanta` reads the OS monotonic clock instead.
+//! - With the crate feature `test-util` it reads [`tokio::time::Instant`] (the OS clock,
+//!   about 26 ns on the project's VM), so paused time (`tokio::time::pause`) moves it:
+//!   enable the feature in the dev-dependencies of tests that pause time and expect the
+//!   layers' measurements to follow, exactly as tokio asks for its own `test-util`.
+//!
+//! Deadlines that are slept on (`tokio::time::sleep_until`) stay on tokio's clock in both
+//! modes; a [`Stamp`] only ever measures the time between two of its own readings.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// A reading of the measuring clock: opaque, compared only with another reading.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Stamp(u64);
+
+impl Stamp {
+    /// Reads the clock now.
+    #[inline]
+    pub(crate) fn now() -> Stamp {
+        Stamp(source::read())
+    }
+
+    /// Time from `earlier` to `self`; zero if `earlier` is later.
+    #[inline]
+    pub(crate) fn duration_since(self, earlier: Stamp) -> Duration {
+        source::between(earlier.0, self.0)
+    }
+
+    /// Time since this reading.
+    #[inline]
+    pub(crate) fn elapsed(self) -> Duration {
+        Stamp::now().duration_since(self)
+    }
+}
+
+/// Reads the clock once so that its one-time set-up (`quanta` calibrates the counter against
+/// the OS clock for a few milliseconds) happens when a layer is built, not in a call.
+pub(crate) fn warm_up() {
+    let _ = Stamp::now();
+}
+
+/// The time-stamp counter through `quanta`.
+mod fast {
+    use super::*;
+
+    static CLOCK: OnceLock<quanta::Clock> = OnceLock::new();
+
+    #[inline]
+    fn clock() -> &'static quanta::Clock {
+        CLOCK.get_or_init(quanta::Clock::new)
+    }
+
+    #[inline]
+    pub(super) fn read() -> u64 {
+        clock().raw()
+    }
+
+    #[inline]
+    pub(super) fn between(start: u64, end: u64) -> Duration {
+        Duration::from_nanos(clock().delta_as_nanos(start, end))
+    }
+}
+
+/// tokio's clock, which paused time moves: nanoseconds since a base read once.
+#[cfg_attr(not(any(test, feature = "test-util")), allow(dead_code))]
+mod tokio_clock {
+    use super::*;
+    use tokio::time::Instant;
+
+    static BASE: OnceLock<Instant> = OnceLock::new();
+
+    pub(super) fn read() -> u64 {
+        let now = Instant::now();
+        let base = *BASE.get_or_init(|| now);
+        u64::try_from(now.saturating_duration_since(base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    pub(super) fn between(start: u64, end: u64) -> Duration {
+        Duration::from_nanos(end.saturating_sub(start))
+    }
+}
+
+#[cfg(not(any(test, feature = "test-util")))]
+use fast as source;
+#[cfg(any(test, feature = "test-util"))]
+use tokio_clock as source;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The counter clock (compiled in every build, selected without `test-util`) measures
+    /// real time: a measured sleep lies between the sleep asked for and the OS clock's reading
+    /// around it.
+    #[test]
+    fn the_counter_clock_measures_real_time() {
+        let outer = std::time::Instant::now();
+        let start = fast::read();
+        std::thread::sleep(Duration::from_millis(5));
+        let end = fast::read();
+        let bound = outer.elapsed();
+        let measured = fast::between(start, end);
+        assert!(measured >= Duration::from_millis(5), "{measured:?}");
+        // quanta's calibration is good to well under a percent; allow 1 % and a microsecond.
+        assert!(
+            measured <= bound + bound / 100 + Duration::from_micros(1),
+            "{measured:?} > {bound:?}"
+        );
+        assert_eq!(fast::between(end, start), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn under_test_util_stamps_follow_paused_time() {
+        let start = Stamp::now();
+        tokio::time::advance(Duration::from_secs(90)).await;
+        assert_eq!(Stamp::now().duration_since(start), Duration::from_secs(90));
+        assert_eq!(start.duration_since(Stamp::now()), Duration::ZERO);
+    }
+}
