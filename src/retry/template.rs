@@ -37,28 +37,39 @@ pub(crate) struct Template<B> {
 impl<B: ReplayBody> Template<B> {
     /// A template of `request`, or `None` when its body cannot be replayed.
     pub(crate) fn of(request: &Request<B>) -> Option<Template<B>> {
-        let body = request.body().try_replay()?;
-        let map = request.headers();
-        let headers = if map.len() <= INLINE {
-            let mut items: [Option<(HeaderName, HeaderValue)>; INLINE] = Default::default();
-            for (slot, (name, value)) in items.iter_mut().zip(map.iter()) {
-                *slot = Some((name.clone(), value.clone()));
-            }
-            Headers::Inline {
-                len: map.len(),
-                items,
-            }
-        } else {
-            Headers::Map(map.clone())
-        };
+        let mut template = Template::empty(request)?;
+        template.copy_headers(request.headers());
+        Some(template)
+    }
+
+    /// A template of everything but the headers (see [`Template::copy_headers`]), to be
+    /// completed where it will stay: the inline headers are most of its size.
+    #[inline]
+    pub(crate) fn empty(request: &Request<B>) -> Option<Template<B>> {
         Some(Template {
+            body: request.body().try_replay()?,
             method: request.method().clone(),
             uri: request.uri().clone(),
             version: request.version(),
-            headers,
+            headers: Headers::Inline {
+                len: 0,
+                items: Default::default(),
+            },
             extensions: request.extensions().clone(),
-            body,
         })
+    }
+
+    /// Copies the request's headers into the template.
+    #[inline]
+    pub(crate) fn copy_headers(&mut self, map: &HeaderMap) {
+        if map.len() > INLINE {
+            self.headers = Headers::Map(map.clone());
+        } else if let Headers::Inline { len, items } = &mut self.headers {
+            for (slot, (name, value)) in items.iter_mut().zip(map.iter()) {
+                *slot = Some((name.clone(), value.clone()));
+            }
+            *len = map.len();
+        }
     }
 
     /// A new request from the template, which stays for the next one; `None` when the body
