@@ -234,13 +234,13 @@ pin_project! {
 impl<ReqB: ReplayBody> Retrying<ReqB> {
     /// The state of a new call, `None` when it can neither be retried nor time out.
     fn of(config: &RetryConfig, request: &Request<ReqB>) -> Option<Pin<Box<Retrying<ReqB>>>> {
-        let template = if config.max_attempts > 1 {
-            Template::empty(request)
+        let body = if config.max_attempts > 1 {
+            request.body().try_replay()
         } else {
             None
         };
         let timed = config.deadline.is_some() || config.attempt_timeout.is_some();
-        if template.is_none() && !timed {
+        if body.is_none() && !timed {
             return None;
         }
         let now = timed.then(Instant::now);
@@ -254,13 +254,13 @@ impl<ReqB: ReplayBody> Retrying<ReqB> {
         let mut retrying = Box::pin(Retrying {
             timer: timer.map(tokio::time::sleep_until),
             timer_kind,
-            template,
+            template: None,
             deadline,
             previous_delay: Duration::ZERO,
         });
-        // The headers are copied into the box, not moved there.
-        if let Some(template) = retrying.as_mut().project().template {
-            template.copy_headers(request.headers());
+        // The copy is written into the box, not moved there.
+        if let Some(body) = body {
+            Template::write(retrying.as_mut().project().template, body, request);
         }
         Some(retrying)
     }

@@ -37,31 +37,43 @@ pub(crate) struct Template<B> {
 impl<B: ReplayBody> Template<B> {
     /// A template of `request`, or `None` when its body cannot be replayed.
     pub(crate) fn of(request: &Request<B>) -> Option<Template<B>> {
-        let mut template = Template::empty(request)?;
-        template.copy_headers(request.headers());
-        Some(template)
+        let body = request.body().try_replay()?;
+        let mut template = None;
+        Template::write(&mut template, body, request);
+        template
     }
 
-    /// A template of everything but the headers (see [`Template::copy_headers`]), to be
-    /// completed where it will stay: the inline headers are most of its size.
-    #[inline]
-    pub(crate) fn empty(request: &Request<B>) -> Option<Template<B>> {
-        Some(Template {
-            body: request.body().try_replay()?,
-            method: request.method().clone(),
-            uri: request.uri().clone(),
+    /// Writes a template of `request` with `body` (its replayed body) into `slot`, where it
+    /// will stay: its inline headers are most of its size, so it is built in place rather
+    /// than built and moved.
+    pub(crate) fn write<'a>(
+        slot: &'a mut Option<Template<B>>,
+        body: B,
+        request: &Request<B>,
+    ) -> &'a mut Template<B> {
+        // The clones first, so that nothing runs between the template's construction and
+        // its store, which lets the compiler write it into the slot directly.
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let extensions = request.extensions().clone();
+        let template = slot.insert(Template {
+            body,
+            method,
+            uri,
             version: request.version(),
             headers: Headers::Inline {
                 len: 0,
                 items: Default::default(),
             },
-            extensions: request.extensions().clone(),
-        })
+            extensions,
+        });
+        template.copy_headers(request.headers());
+        template
     }
 
     /// Copies the request's headers into the template.
     #[inline]
-    pub(crate) fn copy_headers(&mut self, map: &HeaderMap) {
+    fn copy_headers(&mut self, map: &HeaderMap) {
         if map.len() > INLINE {
             self.headers = Headers::Map(map.clone());
         } else if let Headers::Inline { len, items } = &mut self.headers {
