@@ -10,6 +10,8 @@
 //! - `bare_service_fn`: no layer.
 //! - `tower_deepseek`: the defaults (3 attempts, shared `TpsBudget::default`, streams held).
 //! - `tower_deepseek_no_budget`: the same without a budget (no clock read, no deposit).
+//! - `tower_deepseek_one_attempt`: one attempt, no budget: no request copy, no hold check,
+//!   what the layer costs around a call before it does anything a retry needs (a floor).
 //! - `tower_resilience_0_13`: 3 attempts, exponential back-off, no budget (its default).
 //! - `tower_retry_tps_budget`: tower 0.5 `Retry` with a policy over `TpsBudget::default()`
 //!   (deposit on success, as tower's example does), cloning the request per call.
@@ -107,6 +109,15 @@ fn bench(c: &mut Criterion) {
     let ours_no_budget = ServiceBuilder::new()
         .layer(RetryLayer::builder().no_budget().build().expect("layer"))
         .service_fn(ready_service);
+    let ours_one_attempt = ServiceBuilder::new()
+        .layer(
+            RetryLayer::builder()
+                .max_attempts(1)
+                .no_budget()
+                .build()
+                .expect("layer"),
+        )
+        .service_fn(ready_service);
     let anchor = ServiceBuilder::new()
         .layer(
             tower_resilience::retry::RetryLayer::<Req, Resp, Infallible>::builder()
@@ -133,6 +144,10 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("tower_deepseek_no_budget", |b| {
         let mut service = ours_no_budget.clone();
+        b.iter(|| runtime.block_on(drive(&mut service)));
+    });
+    group.bench_function("tower_deepseek_one_attempt", |b| {
+        let mut service = ours_one_attempt.clone();
         b.iter(|| runtime.block_on(drive(&mut service)));
     });
     group.bench_function("tower_resilience_0_13", |b| {

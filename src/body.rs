@@ -126,14 +126,21 @@ impl BodyFormat {
     /// [`BodyFormat::Sse`] when `content-type` is `text/event-stream`, otherwise
     /// [`BodyFormat::Json`].
     pub fn from_headers(headers: &HeaderMap) -> BodyFormat {
+        // On the bytes: every response of every layer asks, and `to_str` would first check all
+        // of them. A valid header value holds no whitespace but spaces and tabs, so trimming
+        // those is `trim_start` on the text; the text check stays for a value that matches.
         let is_sse = headers
             .get(http::header::CONTENT_TYPE)
-            .and_then(|value| value.to_str().ok())
             .is_some_and(|value| {
-                value
-                    .trim_start()
+                let bytes = value.as_bytes();
+                let start = bytes
+                    .iter()
+                    .position(|b| *b != b' ' && *b != b'\t')
+                    .unwrap_or(bytes.len());
+                bytes[start..]
                     .get(..17)
-                    .is_some_and(|prefix| prefix.eq_ignore_ascii_case("text/event-stream"))
+                    .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"text/event-stream"))
+                    && value.to_str().is_ok()
             });
         if is_sse {
             BodyFormat::Sse

@@ -24,6 +24,9 @@ pin_project! {
     /// A held response body: the frames read so far (keep-alives included, passed on
     /// unchanged) and the rest of the body.
     pub(crate) struct Held<B: Body> {
+        // The response head, kept here until the hand-over so that the response future does
+        // not carry it inline (its size is copied every time the future moves).
+        parts: Option<http::response::Parts>,
         ahead: ReadAhead<B::Data, B::Error>,
         #[pin]
         body: ObservedBody<B, HoldObserver>,
@@ -59,6 +62,7 @@ where
     B::Error: StdError + Send + Sync + 'static,
 {
     pub(crate) fn new(
+        parts: http::response::Parts,
         body: B,
         format: BodyFormat,
         all: bool,
@@ -67,6 +71,7 @@ where
         // A stream is committed at its first token even when whole bodies are held.
         let whole_body = all && format == BodyFormat::Json;
         Held {
+            parts: Some(parts),
             ahead: ReadAhead::new(VecDeque::new()),
             body: ObservedBody::new(
                 body,
@@ -107,6 +112,11 @@ where
                 Poll::Pending => return Poll::Pending,
             }
         }
+    }
+
+    /// The response head, once.
+    pub(crate) fn take_parts(self: Pin<&mut Self>) -> Option<http::response::Parts> {
+        self.project().parts.take()
     }
 
     /// How the held part went: a body that ended says how it ended; one that reached its

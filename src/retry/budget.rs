@@ -15,10 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::time::Instant;
-
 use super::backoff::{FastRandom, RandomSource};
 use crate::classify::Outcome;
+use crate::clock::Stamp;
 use crate::error::{Error, ErrorKind};
 
 /// Decides whether a retry may go out, from what it has seen of calls and outcomes. Called
@@ -56,9 +55,10 @@ pub trait RetryBudget: Send + Sync + 'static {
 
 /// Counters in time slots, lock-free: each slot packs its epoch (high 32 bits) and a signed
 /// count (low 32 bits) into one atomic, so a slot that is reused for a new epoch is reset and
-/// counted in one compare-and-swap.
+/// counted in one compare-and-swap. Time is read from the measuring clock: every call deposits,
+/// so the OS clock's cost would be paid per call.
 struct Slots {
-    start: Instant,
+    start: Stamp,
     slot_nanos: u64,
     slots: Box<[AtomicU64]>,
 }
@@ -67,7 +67,7 @@ impl Slots {
     fn new(window: Duration, count: usize) -> Slots {
         let slot_nanos = (window.as_nanos() / count as u128).max(1);
         Slots {
-            start: Instant::now(),
+            start: Stamp::now(),
             slot_nanos: u64::try_from(slot_nanos).unwrap_or(u64::MAX),
             slots: (0..count).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -75,7 +75,9 @@ impl Slots {
 
     fn epoch(&self) -> u32 {
         // Wraps after 2^32 slots (13 years of 100 ms slots): only the low bits are compared.
-        (self.start.elapsed().as_nanos() / u128::from(self.slot_nanos)) as u32
+        // A u64 division: u128's is a library call. u64 nanoseconds last 584 years.
+        let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        (nanos / self.slot_nanos) as u32
     }
 
     fn add(&self, delta: i32) {

@@ -156,37 +156,19 @@ where
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
         let config = &self.config;
-        let template = if config.max_attempts > 1 {
-            Template::of(&request)
-        } else {
-            None
-        };
         if let Some(budget) = &config.budget {
             budget.on_call();
         }
-        let timed = config.deadline.is_some() || config.attempt_timeout.is_some();
-        let now = timed.then(Instant::now);
-        let deadline = now
-            .zip(config.deadline)
-            .map(|(now, d)| deadline_after(now, d));
-        let (timer, timer_kind) = match now {
-            Some(now) => attempt_timer(config, now, deadline),
-            None => (None, TimerKind::Attempt),
-        };
+        let retrying = Retrying::of(config, &request);
         ResponseFuture {
             state: State::Calling {
                 future: service.call(request),
             },
-            timer: timer.map(tokio::time::sleep_until),
-            timer_kind,
             service,
             config: Arc::clone(config),
-            template,
             attempt: 1,
-            deadline,
-            previous_delay: Duration::ZERO,
+            retrying,
             held: None,
-            held_parts: None,
         }
     }
 }
@@ -218,7 +200,7 @@ fn attempt_timer(
 pin_project! {
     /// The future of a [`RetryService`] call: an attempt in flight, a held stream being read
     /// to its first token, a back-off wait, or the service being driven to ready for the next
-    /// attempt. A pinned enum of states, no boxing.
+    /// attempt. A pinned enum of states, no boxed future.
     #[project = ResponseFutureProj]
     pub struct ResponseFuture<S, ReqB, RB>
     where
@@ -227,18 +209,85 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
+        service: S,
+        config: Arc<RetryConfig>,
+        attempt: u32,
+        retrying: Option<Pin<Box<Retrying<ReqB>>>>,
+        held: Option<Pin<Box<Held<RB>>>>,
+    }
+}
+
+pin_project! {
+    /// What only a call that can be sent again or has a timer needs, in one allocation: the
+    /// future is copied whole every time it moves, and the request copy alone is several
+    /// hundred bytes.
+    struct Retrying<ReqB> {
         #[pin]
         timer: Option<Sleep>,
         timer_kind: TimerKind,
-        service: S,
-        config: Arc<RetryConfig>,
         template: Option<Template<ReqB>>,
-        attempt: u32,
         deadline: Option<Instant>,
         previous_delay: Duration,
-        held: Option<Pin<Box<Held<RB>>>>,
-        held_parts: Option<http::response::Parts>,
     }
+}
+
+impl<ReqB: ReplayBody> Retrying<ReqB> {
+    /// The state of a new call, `None` when it can neither be retried nor time out.
+    fn of(config: &RetryConfig, request: &Request<ReqB>) -> Option<Pin<Box<Retrying<ReqB>>>> {
+        let body = if config.max_attempts > 1 {
+            request.body().try_replay()
+        } else {
+            None
+        };
+        let timed = config.deadline.is_some() || config.attempt_timeout.is_some();
+        if body.is_none() && !timed {
+            return None;
+        }
+        let now = timed.then(Instant::now);
+        let deadline = now
+            .zip(config.deadline)
+            .map(|(now, d)| deadline_after(now, d));
+        let (timer, timer_kind) = match now {
+            Some(now) => attempt_timer(config, now, deadline),
+            None => (None, TimerKind::Attempt),
+        };
+        let mut retrying = Box::pin(Retrying {
+            timer: timer.map(tokio::time::sleep_until),
+            timer_kind,
+            template: None,
+            deadline,
+            previous_delay: Duration::ZERO,
+        });
+        // The copy is written into the box, not moved there.
+        if let Some(body) = body {
+            Template::write(retrying.as_mut().project().template, body, request);
+        }
+        Some(retrying)
+    }
+}
+
+impl<ReqB> Retrying<ReqB> {
+    /// Whether the armed timer fired, and the phase it names.
+    fn fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Option<TimeoutPhase> {
+        let this = self.project();
+        fired(this.timer, *this.timer_kind, cx)
+    }
+
+    /// Arms the timer for an attempt starting now.
+    fn arm_attempt(self: Pin<&mut Self>, config: &RetryConfig) {
+        let mut this = self.project();
+        let (at, kind) = attempt_timer(config, Instant::now(), *this.deadline);
+        set_timer(this.timer.as_mut(), at);
+        *this.timer_kind = kind;
+    }
+}
+
+/// Whether the call's timer fired (a call without one never times out).
+fn timer_fired<ReqB>(
+    retrying: &mut Option<Pin<Box<Retrying<ReqB>>>>,
+    cx: &mut Context<'_>,
+) -> Option<TimeoutPhase> {
+    retrying.as_mut()?.as_mut().fired(cx)
 }
 
 pin_project! {
@@ -263,8 +312,8 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("attempt", &self.attempt)
-            .field("deadline", &self.deadline)
-            .field("replayable", &self.template.is_some())
+            .field("deadline", &self.retrying.as_ref().and_then(|r| r.deadline))
+            .field("replayable", &replayable(&self.retrying))
             .finish_non_exhaustive()
     }
 }
@@ -378,7 +427,7 @@ where
                         if outcome.is_success() {
                             let hold = match config.hold {
                                 Hold::Off => false,
-                                _ if this.template.is_none()
+                                _ if !replayable(this.retrying)
                                     || *this.attempt >= config.max_attempts =>
                                 {
                                     false
@@ -396,12 +445,12 @@ where
                             let (parts, body) = response.into_parts();
                             let format = BodyFormat::from_headers(&parts.headers);
                             *this.held = Some(Box::pin(Held::new(
+                                parts,
                                 body,
                                 format,
                                 config.hold == Hold::All,
                                 Arc::clone(&config.classifier),
                             )));
-                            *this.held_parts = Some(parts);
                             this.state.set(State::Holding);
                             continue;
                         }
@@ -413,16 +462,10 @@ where
                         failed = (outcome, None, Some(error));
                     }
                     Poll::Pending => {
-                        let Some(phase) = fired(this.timer.as_mut(), *this.timer_kind, cx) else {
+                        let Some(phase) = timer_fired(this.retrying, cx) else {
                             return Poll::Pending;
                         };
-                        failed = timed_out(
-                            this.state.as_mut(),
-                            this.held,
-                            this.held_parts,
-                            config,
-                            phase,
-                        );
+                        failed = timed_out(this.state.as_mut(), this.held, config, phase);
                     }
                 },
                 StateProj::Holding => {
@@ -434,11 +477,7 @@ where
                             let outcome = held.verdict();
                             if outcome.is_success() {
                                 succeeded(config, *this.attempt);
-                                return Poll::Ready(hand_over(
-                                    this.state.as_mut(),
-                                    this.held,
-                                    this.held_parts,
-                                ));
+                                return Poll::Ready(hand_over(this.state.as_mut(), this.held));
                             }
                             failed = (outcome, None, None);
                         }
@@ -446,64 +485,53 @@ where
                             failed = (outcome, None, None);
                         }
                         Poll::Pending => {
-                            let Some(phase) = fired(this.timer.as_mut(), *this.timer_kind, cx)
-                            else {
+                            let Some(phase) = timer_fired(this.retrying, cx) else {
                                 return Poll::Pending;
                             };
-                            failed = timed_out(
-                                this.state.as_mut(),
-                                this.held,
-                                this.held_parts,
-                                config,
-                                phase,
-                            );
+                            failed = timed_out(this.state.as_mut(), this.held, config, phase);
                         }
                     }
                 }
                 StateProj::Backoff => {
-                    if let Some(timer) = this.timer.as_mut().as_pin_mut()
+                    let Some(retrying) = this.retrying.as_mut() else {
+                        return Poll::Ready(Err(internal("back-off without a retry state")));
+                    };
+                    if let Some(timer) = retrying.as_mut().project().timer.as_pin_mut()
                         && timer.poll(cx).is_pending()
                     {
                         return Poll::Pending;
                     }
-                    let now = Instant::now();
-                    let (at, kind) = attempt_timer(config, now, *this.deadline);
-                    set_timer(this.timer.as_mut(), at);
-                    *this.timer_kind = kind;
+                    retrying.as_mut().arm_attempt(config);
                     this.state.set(State::Readying);
                     continue;
                 }
-                StateProj::Readying => match this.service.poll_ready(cx) {
-                    Poll::Ready(Ok(())) => {
-                        let Some(request) = Template::request(
-                            this.template,
-                            *this.attempt + 1 < config.max_attempts,
-                        ) else {
-                            return Poll::Ready(Err(internal("no request to replay")));
-                        };
-                        *this.attempt += 1;
-                        let future = this.service.call(request);
-                        this.state.set(State::Calling { future });
-                        continue;
+                StateProj::Readying => {
+                    match this.service.poll_ready(cx) {
+                        Poll::Ready(Ok(())) => {
+                            let keep = *this.attempt + 1 < config.max_attempts;
+                            let Some(request) = this.retrying.as_mut().and_then(|r| {
+                                Template::request(r.as_mut().project().template, keep)
+                            }) else {
+                                return Poll::Ready(Err(internal("no request to replay")));
+                            };
+                            *this.attempt += 1;
+                            let future = this.service.call(request);
+                            this.state.set(State::Calling { future });
+                            continue;
+                        }
+                        Poll::Ready(Err(error)) => {
+                            this.state.set(State::Done);
+                            config.counters.finished(false, *this.attempt);
+                            return Poll::Ready(Err(Error::from_boxed(error.into())));
+                        }
+                        Poll::Pending => {
+                            let Some(phase) = timer_fired(this.retrying, cx) else {
+                                return Poll::Pending;
+                            };
+                            failed = timed_out(this.state.as_mut(), this.held, config, phase);
+                        }
                     }
-                    Poll::Ready(Err(error)) => {
-                        this.state.set(State::Done);
-                        config.counters.finished(false, *this.attempt);
-                        return Poll::Ready(Err(Error::from_boxed(error.into())));
-                    }
-                    Poll::Pending => {
-                        let Some(phase) = fired(this.timer.as_mut(), *this.timer_kind, cx) else {
-                            return Poll::Pending;
-                        };
-                        failed = timed_out(
-                            this.state.as_mut(),
-                            this.held,
-                            this.held_parts,
-                            config,
-                            phase,
-                        );
-                    }
-                },
+                }
                 StateProj::Done => {
                     return Poll::Ready(Err(internal("polled after it completed")));
                 }
@@ -519,26 +547,30 @@ where
                 outcome,
                 response.as_ref().map(Response::headers),
                 *this.attempt,
-                this.template.is_some(),
-                *this.deadline,
-                *this.previous_delay,
+                replayable(this.retrying),
+                this.retrying.as_ref().and_then(|r| r.deadline),
+                this.retrying
+                    .as_ref()
+                    .map_or(Duration::ZERO, |r| r.previous_delay),
             );
             match next {
                 Next::Retry(delay) => {
                     drop((response, error));
                     *this.held = None;
-                    *this.held_parts = None;
-                    *this.previous_delay = delay;
+                    // A retry is decided only for a replayable call, which has a retry state.
+                    let Some(retrying) = this.retrying.as_mut() else {
+                        return Poll::Ready(Err(internal("retry without a retry state")));
+                    };
+                    *retrying.as_mut().project().previous_delay = delay;
                     if delay.is_zero() {
-                        set_timer(this.timer.as_mut(), None);
+                        set_timer(retrying.as_mut().project().timer, None);
                         // Straight to readiness, with the next attempt's timer.
-                        let (at, kind) = attempt_timer(config, Instant::now(), *this.deadline);
-                        set_timer(this.timer.as_mut(), at);
-                        *this.timer_kind = kind;
+                        retrying.as_mut().arm_attempt(config);
                         this.state.set(State::Readying);
                     } else {
-                        set_timer(this.timer.as_mut(), Some(Instant::now() + delay));
-                        *this.timer_kind = TimerKind::Backoff;
+                        let r = retrying.as_mut().project();
+                        set_timer(r.timer, Some(Instant::now() + delay));
+                        *r.timer_kind = TimerKind::Backoff;
                         this.state.set(State::Backoff);
                     }
                 }
@@ -548,12 +580,17 @@ where
                     return Poll::Ready(match (response, error) {
                         (Some(response), _) => Ok(response.map(RetryBody::direct)),
                         (None, Some(error)) => Err(error),
-                        (None, None) => hand_over(this.state.as_mut(), this.held, this.held_parts),
+                        (None, None) => hand_over(this.state.as_mut(), this.held),
                     });
                 }
             }
         }
     }
+}
+
+/// Whether the call has a copy of its request to send again.
+fn replayable<ReqB>(retrying: &Option<Pin<Box<Retrying<ReqB>>>>) -> bool {
+    retrying.as_ref().is_some_and(|r| r.template.is_some())
 }
 
 fn set_timer(mut timer: Pin<&mut Option<Sleep>>, at: Option<Instant>) {
@@ -587,12 +624,18 @@ fn internal(what: &str) -> Error {
 fn hand_over<F, RB: Body>(
     mut state: Pin<&mut State<F>>,
     held: &mut Option<Pin<Box<Held<RB>>>>,
-    held_parts: &mut Option<http::response::Parts>,
-) -> Result<Response<RetryBody<RB>>, Error> {
+) -> Result<Response<RetryBody<RB>>, Error>
+where
+    RB::Data: 'static,
+    RB::Error: StdError + Send + Sync + 'static,
+{
     state.set(State::Done);
-    match (held_parts.take(), held.take()) {
-        (Some(parts), Some(held)) => Ok(Response::from_parts(parts, RetryBody::held(held))),
-        _ => Err(internal("no held response")),
+    let Some(mut held) = held.take() else {
+        return Err(internal("no held response"));
+    };
+    match held.as_mut().take_parts() {
+        Some(parts) => Ok(Response::from_parts(parts, RetryBody::held(held))),
+        None => Err(internal("no held response head")),
     }
 }
 
@@ -616,13 +659,11 @@ fn fired(
 fn timed_out<F, RB: Body>(
     mut state: Pin<&mut State<F>>,
     held: &mut Option<Pin<Box<Held<RB>>>>,
-    held_parts: &mut Option<http::response::Parts>,
     config: &RetryConfig,
     phase: TimeoutPhase,
 ) -> (Outcome, Option<Response<RB>>, Option<Error>) {
     state.set(State::Done);
     *held = None;
-    *held_parts = None;
     let limit = match phase {
         TimeoutPhase::Deadline => config.deadline,
         _ => config.attempt_timeout,

@@ -38,27 +38,50 @@ impl<B: ReplayBody> Template<B> {
     /// A template of `request`, or `None` when its body cannot be replayed.
     pub(crate) fn of(request: &Request<B>) -> Option<Template<B>> {
         let body = request.body().try_replay()?;
-        let map = request.headers();
-        let headers = if map.len() <= INLINE {
-            let mut items: [Option<(HeaderName, HeaderValue)>; INLINE] = Default::default();
+        let mut template = None;
+        Template::write(&mut template, body, request);
+        template
+    }
+
+    /// Writes a template of `request` with `body` (its replayed body) into `slot`, where it
+    /// will stay: its inline headers are most of its size, so it is built in place rather
+    /// than built and moved.
+    pub(crate) fn write<'a>(
+        slot: &'a mut Option<Template<B>>,
+        body: B,
+        request: &Request<B>,
+    ) -> &'a mut Template<B> {
+        // The clones first, so that nothing runs between the template's construction and
+        // its store, which lets the compiler write it into the slot directly.
+        let method = request.method().clone();
+        let uri = request.uri().clone();
+        let extensions = request.extensions().clone();
+        let template = slot.insert(Template {
+            body,
+            method,
+            uri,
+            version: request.version(),
+            headers: Headers::Inline {
+                len: 0,
+                items: Default::default(),
+            },
+            extensions,
+        });
+        template.copy_headers(request.headers());
+        template
+    }
+
+    /// Copies the request's headers into the template.
+    #[inline]
+    fn copy_headers(&mut self, map: &HeaderMap) {
+        if map.len() > INLINE {
+            self.headers = Headers::Map(map.clone());
+        } else if let Headers::Inline { len, items } = &mut self.headers {
             for (slot, (name, value)) in items.iter_mut().zip(map.iter()) {
                 *slot = Some((name.clone(), value.clone()));
             }
-            Headers::Inline {
-                len: map.len(),
-                items,
-            }
-        } else {
-            Headers::Map(map.clone())
-        };
-        Some(Template {
-            method: request.method().clone(),
-            uri: request.uri().clone(),
-            version: request.version(),
-            headers,
-            extensions: request.extensions().clone(),
-            body,
-        })
+            *len = map.len();
+        }
     }
 
     /// A new request from the template, which stays for the next one; `None` when the body
