@@ -228,7 +228,7 @@ for mode in stack bare; do
     sleep 2
     closed=$(rss_kb "$GATEWAY_PID")
     per_stream=$(awk -v a="$peak" -v b="$idle" -v n="$open" 'BEGIN { if (n > 0) printf "%.0f", (a - b) * 1024 / n; else print "n/a" }')
-    echo "   $mode: idle ${idle} kB; after ${ramp}s $held streams held ($upstream open upstream on $conns connections): ${peak} kB ($fds fds); $per_stream bytes per stream; ${closed} kB 2 s after they closed"
+    echo "   $mode: idle ${idle} kB; after ${ramp}s $held streams held ($upstream open upstream on $conns connection(s)): ${peak} kB ($fds fds); $per_stream bytes per stream; ${closed} kB 2 s after they closed"
     MEMORY[$mode]="$idle $peak $held $upstream $conns $per_stream $closed"
     stop "$GATEWAY_PID"
 done
