@@ -45,6 +45,13 @@ use tower_service::Service;
 use crate::deepseek::RequestBody;
 use crate::error::{Error, ErrorKind};
 
+/// Cancelled HTTP/2 streams remembered per connection (h2's default is 50), so frames the server
+/// sent before it saw a cancel are dropped quietly. A forgotten stream's late frames each cost a
+/// reset of the client's own, and past h2's cap of 1,024 of those in a connection's life it
+/// closes the connection with every stream on it: a burst of callers leaving (a load test's
+/// end, a client timeout) would do that. An entry is a few hundred bytes for 30 s.
+const H2_REMEMBERED_RESETS: usize = 10_000;
+
 /// The pooled HTTPS client as a tower service. Cloning is cheap and clones share the pool.
 ///
 /// ```
@@ -201,7 +208,12 @@ impl UpstreamBuilder {
     /// above this service (the crate's [timeout](crate::timeout) and
     /// [concurrency](crate::concurrency) layers) decide how long and how many. A lost
     /// connection fails every call on it at once (retryable network errors); the next call
-    /// opens a new one, as it does after the server's `GOAWAY`.
+    /// opens a new one, as it does after the server's `GOAWAY`. Up to 10,000 cancelled streams
+    /// are remembered per connection (h2's default is 50), so a burst of callers leaving at
+    /// once does not get the connection closed for the frames still in flight to them. The
+    /// streams also share the connection's flow-control window (hyper's default, 5 MB): what a
+    /// caller leaves unread counts against it until its stream ends, so many callers that stop
+    /// reading can stall the others.
     ///
     /// The failure mode on an upstream that does not speak HTTP/2: over `http://` an HTTP/1.1
     /// server cannot read the HTTP/2 preface and closes the connection or answers garbage, so
@@ -313,6 +325,7 @@ impl UpstreamBuilder {
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
             .http2_only(self.http2_only)
+            .http2_max_concurrent_reset_streams(H2_REMEMBERED_RESETS)
             .build(connector);
         Ok(Upstream {
             client: Arc::new(client),

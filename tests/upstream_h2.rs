@@ -205,3 +205,72 @@ async fn an_http1_only_server_fails_h2c_calls_at_once() {
     );
     server.abort();
 }
+
+// Two threads and real time: the mock must keep sending while the client resets its streams,
+// as it does over a real network. No wait here is a sleep; each is bounded only in case of a
+// hang. How many frames arrive late depends on scheduling, so with h2's default of 50
+// remembered resets this failed only some runs here; the end-to-end bench (10,000 streams
+// cancelled at once) showed it every time, in the gateway's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_cancelled_streams_does_not_cost_the_connection() {
+    // More than h2's lifetime cap of 1,024 resets the client makes on its own, which the
+    // frames still in flight for cancelled streams would each cost if it forgot them.
+    const STREAMS: usize = 600;
+    let words: Vec<&str> = std::iter::repeat_n("token", 1_000).collect();
+    let mock = MockDeepSeek::builder()
+        .max_concurrent_streams(10_000)
+        .default_reply(
+            Reply::ok()
+                .content(words.join(" "))
+                .chunk_delay(Duration::from_millis(1)),
+        )
+        .max_recorded(0)
+        .start()
+        .await
+        .unwrap();
+    let upstream = h2_upstream();
+    let calls = (0..STREAMS).map(|_| upstream.clone().oneshot(stream_request(&mock)));
+    let responses = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures_util::future::join_all(calls),
+    )
+    .await
+    .expect("every stream opens");
+    // Only the heads: unread bodies soon fill the connection's flow-control window, so a
+    // body's first chunk could wait behind the others' forever.
+    let bodies: Vec<_> = responses
+        .into_iter()
+        .map(|response| response.unwrap().into_body())
+        .collect();
+    // Every caller goes at once while the mock is still sending: each stream is reset.
+    drop(bodies);
+    // Until the mock has seen every reset, it keeps sending: those frames arrive for streams
+    // the client has already reset.
+    tokio::time::timeout(Duration::from_secs(60), async {
+        while mock.in_flight() > 0 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the mock sees every stream cancelled");
+    // Two calls: the first one's answer comes after the late frames on the connection, so by
+    // the second the client has read them all (and closed the connection, had they cost it).
+    for _ in 0..2 {
+        let request = http::Request::get(format!("{}/models", mock.base_url()))
+            .header("authorization", format!("Bearer {}", mock.api_key()))
+            .body(RequestBody::default())
+            .unwrap();
+        let response =
+            tokio::time::timeout(Duration::from_secs(60), upstream.clone().oneshot(request))
+                .await
+                .expect("the call is answered")
+                .unwrap();
+        assert_eq!(response.status(), 200);
+        response.into_body().collect().await.unwrap();
+    }
+    assert_eq!(
+        mock.connections(),
+        1,
+        "the connection survived the burst of resets"
+    );
+}
