@@ -49,7 +49,7 @@ use crate::error::{Error, ErrorKind};
 /// sent before it saw a cancel are dropped quietly. A forgotten stream's late frames each cost a
 /// reset of the client's own, and past h2's cap of 1,024 of those in a connection's life it
 /// closes the connection with every stream on it: a burst of callers leaving (a load test's
-/// end, a client timeout) would do that. An entry is a few hundred bytes for 30 s.
+/// end, a client timeout) would do that. An entry is one stream's state, kept for 30 s.
 const H2_REMEMBERED_RESETS: usize = 10_000;
 
 /// The pooled HTTPS client as a tower service. Cloning is cheap and clones share the pool.
