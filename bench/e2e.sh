@@ -9,13 +9,17 @@
 #      cases also run at E2E_LATENCY_CONNECTIONS (10), where latency is the per-call cost;
 #   2. E2E_STREAMS (10,000) streams held open at once (the mock sends one chunk a second), and
 #      the gateway's memory per open stream: (VmRSS with them open - VmRSS idle) / open streams,
-#      on a freshly started gateway, VmRSS read from /proc/<pid>/status.
+#      on a freshly started gateway, VmRSS read from /proc/<pid>/status. The gateway speaks
+#      HTTP/2 to the mock here (GATEWAY_UPSTREAM_HTTP2_ONLY, h2c: every stream on one
+#      connection, as a production gateway multiplexes over TLS+ALPN), so it needs one
+#      descriptor per stream; E2E_UPSTREAM_HTTP2=0 keeps HTTP/1.1 (a connection per stream).
 #
 # Needs wrk (`apt-get install -y wrk`), curl and ss. Usage: bench/e2e.sh
 # Environment (defaults in brackets): E2E_DURATION [20] seconds per wrk run, E2E_WARMUP [2]
 # seconds of warm-up per gateway and case, E2E_CONNECTIONS [1000], E2E_THREADS [2] wrk
 # threads, E2E_LATENCY_CONNECTIONS [10] (the unsaturated latency rows), E2E_STREAMS [10000],
-# E2E_RAMP [60] longest wait for all streams to be open,
+# E2E_RAMP [60] longest wait for all streams to be open, E2E_UPSTREAM_HTTP2 [1] (0: phase 2's
+# upstream is HTTP/1.1, two descriptors per stream),
 # E2E_MOCK_PORT [18100], E2E_PORT [18080] (stack; bare on E2E_PORT+1), CARGO_TARGET_DIR.
 set -euo pipefail
 
@@ -27,6 +31,8 @@ LATENCY_CONNECTIONS=${E2E_LATENCY_CONNECTIONS:-10}
 THREADS=${E2E_THREADS:-2}
 STREAMS=${E2E_STREAMS:-10000}
 RAMP=${E2E_RAMP:-60}
+UPSTREAM_HTTP2=${E2E_UPSTREAM_HTTP2:-1}
+[[ $UPSTREAM_HTTP2 == [01] ]] || { echo "e2e: E2E_UPSTREAM_HTTP2 must be 0 or 1" >&2; exit 1; }
 MOCK_PORT=${E2E_MOCK_PORT:-18100}
 STACK_PORT=${E2E_PORT:-18080}
 BARE_PORT=$((STACK_PORT + 1))
@@ -61,17 +67,25 @@ stop() { # stop PID: stops one process started here and forgets it
     PIDS=("${kept[@]+"${kept[@]}"}")
 }
 
-# The gateway needs 2 descriptors per stream (caller and upstream: HTTP/1.1 to the mock),
-# wrk and the mock one each. Without CAP_SYS_RESOURCE the hard limit cannot be raised: then
-# hold as many streams as it allows, and say so.
-NEED_FDS=$((2 * STREAMS + 256))
+# Descriptors per held stream in the gateway: the caller's connection, plus with HTTP/1.1 its
+# own connection to the mock (with HTTP/2 all streams share one). wrk needs one per stream, and
+# the mock one per upstream connection. Without CAP_SYS_RESOURCE the hard limit cannot be
+# raised: then hold as many streams as it allows, and say so.
+if ((UPSTREAM_HTTP2)); then
+    FDS_PER_STREAM=1
+    UPSTREAM_NOTE="HTTP/2 (h2c), all streams on one connection"
+else
+    FDS_PER_STREAM=2
+    UPSTREAM_NOTE="HTTP/1.1, a connection per stream"
+fi
+NEED_FDS=$((FDS_PER_STREAM * STREAMS + 256))
 STREAMS_NOTE=
 if (($(ulimit -Hn) < NEED_FDS)) && ! ulimit -Hn "$NEED_FDS" 2>/dev/null; then
-    FITS=$((($(ulimit -Hn) - 256) / 2))
-    STREAMS_NOTE="only $FITS of the $STREAMS streams asked for: the open-files hard limit is $(ulimit -Hn) and cannot be raised here (no CAP_SYS_RESOURCE); the gateway needs 2 per stream"
+    FITS=$((($(ulimit -Hn) - 256) / FDS_PER_STREAM))
+    STREAMS_NOTE="only $FITS of the $STREAMS streams asked for: the open-files hard limit is $(ulimit -Hn) and cannot be raised here (no CAP_SYS_RESOURCE); the gateway needs $FDS_PER_STREAM per stream"
     echo "e2e: WARNING: $STREAMS_NOTE" >&2
     STREAMS=$FITS
-    NEED_FDS=$((2 * STREAMS + 256))
+    NEED_FDS=$((FDS_PER_STREAM * STREAMS + 256))
 fi
 (($(ulimit -Sn) >= NEED_FDS)) || ulimit -Sn "$NEED_FDS"
 
@@ -104,11 +118,12 @@ start_mock() { # start_mock [VAR=value...]: the mock DeepSeek on MOCK_PORT
 }
 
 GATEWAY_PID=
+GATEWAY_HTTP2=0 # GATEWAY_UPSTREAM_HTTP2_ONLY of the gateways started next
 start_gateway() { # start_gateway stack|bare PORT
     local mode=$1 port=$2 bare=0
     [[ $mode == bare ]] && bare=1
     env DEEPSEEK_API_KEY=sk-e2e-upstream DEEPSEEK_BASE_URL=http://127.0.0.1:$MOCK_PORT \
-        GATEWAY_ADDR=127.0.0.1:$port GATEWAY_BARE=$bare \
+        GATEWAY_ADDR=127.0.0.1:$port GATEWAY_BARE=$bare GATEWAY_UPSTREAM_HTTP2_ONLY=$GATEWAY_HTTP2 \
         GATEWAY_RATE_LIMIT_PER_MINUTE=1000000000 GATEWAY_RATE_LIMIT_BURST=1000000000 \
         GATEWAY_MAX_IN_FLIGHT=$((STREAMS * 2)) RUST_LOG=warn \
         "$BIN/gateway" >"$LOGS/gateway-$mode.log" 2>&1 &
@@ -119,15 +134,18 @@ start_gateway() { # start_gateway stack|bare PORT
 
 rss_kb() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
-# Streams through the gateway on PORT, HTTP/1.1 both ways so one connection per stream:
-# "IN UP", its established connections from callers and to the mock.
+# Streams through the gateway on PORT: "IN UP CONNS", its established connections from callers
+# (HTTP/1.1, one per stream), the answers the mock has in flight (its /_mock/stats: streams,
+# however many connections carry them) and the connections open to the mock.
 stream_counts() {
-    echo "$(ss -Htn state established "( sport = :$1 )" | wc -l)" \
+    local up
+    up=$(curl -s "http://127.0.0.1:$MOCK_PORT/_mock/stats" | sed -n 's/.*"in_flight":\([0-9]*\).*/\1/p')
+    echo "$(ss -Htn state established "( sport = :$1 )" | wc -l)" "${up:-0}" \
         "$(ss -Htn state established "( dport = :$MOCK_PORT )" | wc -l)"
 }
 open_streams() { # the fewer of the two: streams open end to end
-    local inbound upstream
-    read -r inbound upstream <<<"$(stream_counts "$1")"
+    local inbound upstream conns
+    read -r inbound upstream conns <<<"$(stream_counts "$1")"
     echo $((inbound < upstream ? inbound : upstream))
 }
 
@@ -169,10 +187,12 @@ stop "$STACK_PID"
 stop "$BARE_PID"
 stop "$MOCK_PID"
 
-echo "== 2. $STREAMS streams held open (up to ${RAMP}s to open them all)"
+echo "== 2. $STREAMS streams held open (up to ${RAMP}s to open them all), upstream $UPSTREAM_NOTE"
 # The mock sends one chunk a second and every stream outlasts wrk's run: none ends and none
-# is re-sent while the memory is read.
-start_mock MOCK_STREAM_CHUNKS=$((RAMP + 90)) MOCK_CHUNK_DELAY_MS=1000
+# is re-sent while the memory is read. It allows every stream on one HTTP/2 connection.
+start_mock MOCK_STREAM_CHUNKS=$((RAMP + 90)) MOCK_CHUNK_DELAY_MS=1000 \
+    MOCK_MAX_CONCURRENT_STREAMS=$((STREAMS * 2))
+GATEWAY_HTTP2=$UPSTREAM_HTTP2
 declare -A MEMORY
 for mode in stack bare; do
     port=$STACK_PORT
@@ -201,15 +221,15 @@ for mode in stack bare; do
     done
     # Per request the gateway holds (every caller connection has sent one), whether or not
     # its upstream connection is open yet; both counts are reported.
-    read -r held upstream <<<"$(stream_counts "$port")"
+    read -r held upstream conns <<<"$(stream_counts "$port")"
     open=$held
     fds=$(find "/proc/$GATEWAY_PID/fd" -mindepth 1 | wc -l)
     stop "$wrk_pid"
     sleep 2
     closed=$(rss_kb "$GATEWAY_PID")
     per_stream=$(awk -v a="$peak" -v b="$idle" -v n="$open" 'BEGIN { if (n > 0) printf "%.0f", (a - b) * 1024 / n; else print "n/a" }')
-    echo "   $mode: idle ${idle} kB; after ${ramp}s $held streams held ($upstream open upstream): ${peak} kB ($fds fds); $per_stream bytes per stream; ${closed} kB 2 s after they closed"
-    MEMORY[$mode]="$idle $peak $held $upstream $per_stream $closed"
+    echo "   $mode: idle ${idle} kB; after ${ramp}s $held streams held ($upstream open upstream on $conns connection(s)): ${peak} kB ($fds fds); $per_stream bytes per stream; ${closed} kB 2 s after they closed"
+    MEMORY[$mode]="$idle $peak $held $upstream $conns $per_stream $closed"
     stop "$GATEWAY_PID"
 done
 stop "$MOCK_PID"
@@ -238,12 +258,12 @@ for conns in "$CONNECTIONS" "$LATENCY_CONNECTIONS"; do for kind in plain stream;
         "$(errors "$s")/$(errors "$b") |"
 done; done
 echo
-echo "### Open streams: $STREAMS requested, gateway VmRSS (per stream: (open - idle) / streams held)"
+echo "### Open streams: $STREAMS requested, upstream $UPSTREAM_NOTE; gateway VmRSS (per stream: (open - idle) / streams held)"
 echo
 [[ -z $STREAMS_NOTE ]] || { echo "Note: $STREAMS_NOTE."; echo; }
-echo "| gateway | idle RSS kB | RSS with streams open kB | streams held (callers) | open upstream | bytes per stream | RSS 2 s after they closed kB |"
+echo "| gateway | idle RSS kB | RSS with streams open kB | streams held (callers) | open upstream (connections) | bytes per stream | RSS 2 s after they closed kB |"
 echo "|---|---|---|---|---|---|---|"
 for mode in stack bare; do
-    read -r idle peak held upstream per closed <<<"${MEMORY[$mode]}"
-    echo "| $mode | $idle | $peak | $held | $upstream | $per | $closed |"
+    read -r idle peak held upstream conns per closed <<<"${MEMORY[$mode]}"
+    echo "| $mode | $idle | $peak | $held | $upstream ($conns) | $per | $closed |"
 done

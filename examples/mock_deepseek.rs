@@ -12,9 +12,12 @@
 //! | `MOCK_API_KEY` | the only key accepted; unset: any non-empty Bearer key | unset |
 //! | `MOCK_STREAM_CHUNKS` | content tokens of every answer: a stream sends one chunk each (plus the role, finish and usage chunks) | the normal answer |
 //! | `MOCK_CHUNK_DELAY_MS` | milliseconds between two chunks of a stream | `0` |
+//! | `MOCK_MAX_CONCURRENT_STREAMS` | HTTP/2 (h2c) streams one connection may have open at once (1 or more) | `100000` |
 //!
 //! It records no requests (a load test would only fill memory with them) and prints
-//! `mock DeepSeek listening on <base URL>` once it accepts connections. Ctrl-C or SIGTERM
+//! `mock DeepSeek listening on <base URL>` once it accepts connections. `GET /_mock/stats`
+//! says how many connections it accepted and how many answers are in flight (the streams a
+//! load test holds open, however many connections carry them). Ctrl-C or SIGTERM
 //! stops it.
 
 #[path = "common/signal.rs"]
@@ -77,6 +80,15 @@ async fn main() -> Result<(), BoxError> {
     }
     if let Some(reply) = default_reply()? {
         builder = builder.default_reply(reply);
+    }
+    let streams: Option<u32> = env_var(
+        "MOCK_MAX_CONCURRENT_STREAMS",
+        "a number of streams (1 to 4294967295)",
+    )?;
+    match streams {
+        Some(0) => return Err("MOCK_MAX_CONCURRENT_STREAMS=0: no stream could ever open".into()),
+        Some(streams) => builder = builder.max_concurrent_streams(streams),
+        None => {}
     }
     let mock = builder
         .start()

@@ -18,6 +18,10 @@
 //! # }
 //! ```
 //!
+//! [`UpstreamBuilder::http2_only`] makes it speak HTTP/2 from the first byte instead (h2c for
+//! `http://` URLs), so concurrent calls share one connection: see there for when to use it and
+//! what happens at the server's stream limit.
+//!
 //! Errors are this crate's [`Error`], classified: a refused connection is
 //! [`NetworkFailure::Connect`](crate::classify::NetworkFailure::Connect), an expired connect
 //! timeout is [`TimeoutPhase::Connect`](crate::classify::TimeoutPhase::Connect), a TLS failure
@@ -40,6 +44,13 @@ use tower_service::Service;
 
 use crate::deepseek::RequestBody;
 use crate::error::{Error, ErrorKind};
+
+/// Cancelled HTTP/2 streams remembered per connection (h2's default is 50), so frames the server
+/// sent before it saw a cancel are dropped quietly. A forgotten stream's late frames each cost a
+/// reset of the client's own, and past h2's cap of 1,024 of those in a connection's life it
+/// closes the connection with every stream on it: a burst of callers leaving (a load test's
+/// end, a client timeout) would do that. An entry is one stream's state, kept for 30 s.
+const H2_REMEMBERED_RESETS: usize = 10_000;
 
 /// The pooled HTTPS client as a tower service. Cloning is cheap and clones share the pool.
 ///
@@ -90,6 +101,7 @@ impl Upstream {
 /// | `tcp_keepalive` | 30 s |
 /// | `tcp_nodelay` | on |
 /// | `allow_plain_http` | on (for local mocks and proxies; `https_only` turns it off) |
+/// | `http2_only` | off: HTTP/1.1 or HTTP/2 as TLS's ALPN picks; plain HTTP is HTTP/1.1 |
 ///
 /// ```
 /// use std::time::Duration;
@@ -110,6 +122,7 @@ pub struct UpstreamBuilder {
     tcp_keepalive: Option<Duration>,
     tcp_nodelay: bool,
     allow_plain_http: bool,
+    http2_only: bool,
     tls_config: Option<rustls::ClientConfig>,
 }
 
@@ -122,6 +135,7 @@ impl Default for UpstreamBuilder {
             tcp_keepalive: Some(Duration::from_secs(30)),
             tcp_nodelay: true,
             allow_plain_http: true,
+            http2_only: false,
             tls_config: None,
         }
     }
@@ -136,6 +150,7 @@ impl fmt::Debug for UpstreamBuilder {
             .field("tcp_keepalive", &self.tcp_keepalive)
             .field("tcp_nodelay", &self.tcp_nodelay)
             .field("allow_plain_http", &self.allow_plain_http)
+            .field("http2_only", &self.http2_only)
             .field("custom_tls_config", &self.tls_config.is_some())
             .finish()
     }
@@ -178,9 +193,66 @@ impl UpstreamBuilder {
         self
     }
 
+    /// Speaks HTTP/2 from the first byte: with prior knowledge (h2c) on `http://` URLs, and on
+    /// `https://` ones with `h2` as the only protocol TLS's ALPN offers. Off by default.
+    ///
+    /// Use it for an upstream known to speak HTTP/2: an h2c sidecar or proxy, the crate's
+    /// [mock](crate::mock) (which serves h2c), a load test that should hold thousands of streams
+    /// without a socket each. Over `https://` the default already picks HTTP/2 when the server
+    /// offers it (DeepSeek's API does); this only removes the HTTP/1.1 fallback.
+    ///
+    /// All calls to one host then share **one connection**, each call a stream on it. When the
+    /// server's `SETTINGS_MAX_CONCURRENT_STREAMS` is reached, further calls wait in the client,
+    /// in order, until a stream on that connection ends: they neither fail nor open a second
+    /// connection, and that queue has no bound of its own, so a timeout and a concurrency limit
+    /// above this service (the crate's [timeout](crate::timeout) and
+    /// [concurrency](crate::concurrency) layers) decide how long and how many. A lost
+    /// connection fails every call on it at once (retryable network errors); the next call
+    /// opens a new one, as it does after the server's `GOAWAY`. Up to 10,000 cancelled streams
+    /// are remembered per connection (h2's default is 50), so a burst of callers leaving at
+    /// once does not get the connection closed for the frames still in flight to them. The
+    /// streams also share the connection's flow-control window (hyper's default, 5 MB): what a
+    /// caller leaves unread counts against it until its stream ends, so many callers that stop
+    /// reading can stall the others.
+    ///
+    /// The failure mode on an upstream that does not speak HTTP/2: over `http://` an HTTP/1.1
+    /// server cannot read the HTTP/2 preface and closes the connection or answers garbage, so
+    /// every call fails at once with a network error; over `https://` a server that offers
+    /// only `http/1.1` refuses the TLS handshake ([`NetworkFailure::Tls`](crate::classify::NetworkFailure::Tls)).
+    /// Nothing falls back to HTTP/1.1: leave this off when unsure.
+    ///
+    /// ```
+    /// # #[cfg(feature = "mock")]
+    /// # {
+    /// use tower::ServiceExt;
+    /// use tower_deepseek::deepseek::RequestBody;
+    /// use tower_deepseek::mock::MockDeepSeek;
+    /// use tower_deepseek::upstream::Upstream;
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     tokio::runtime::Runtime::new()?.block_on(async {
+    ///         let mock = MockDeepSeek::start().await?; // serves h2c
+    ///         let upstream = Upstream::builder().http2_only(true).build()?;
+    ///         let request = http::Request::get(format!("{}/models", mock.base_url()))
+    ///             .header("authorization", format!("Bearer {}", mock.api_key()))
+    ///             .body(RequestBody::default())?;
+    ///         let response = upstream.oneshot(request).await?;
+    ///         assert_eq!(response.version(), http::Version::HTTP_2);
+    ///         mock.shutdown().await;
+    ///         Ok(())
+    ///     })
+    /// }
+    /// # main().unwrap();
+    /// # }
+    /// ```
+    pub fn http2_only(mut self, enabled: bool) -> Self {
+        self.http2_only = enabled;
+        self
+    }
+
     /// Uses this rustls configuration instead of the default (ring, Mozilla's roots): for a
     /// private CA, a corporate TLS proxy or client certificates. Its ALPN list is replaced with
-    /// `h2` and `http/1.1`.
+    /// `h2` and `http/1.1` (`h2` alone with [`http2_only`](Self::http2_only)).
     ///
     /// ```
     /// use std::sync::Arc;
@@ -239,12 +311,21 @@ impl UpstreamBuilder {
         } else {
             tls.https_only()
         };
-        let connector = tls.enable_all_versions().wrap_connector(http);
+        let tls = if self.http2_only {
+            // ALPN offers `h2` alone, so a server without it refuses the handshake rather than
+            // answering an HTTP/2 preface it cannot read.
+            tls.enable_http2()
+        } else {
+            tls.enable_all_versions()
+        };
+        let connector = tls.wrap_connector(http);
         let client = Client::builder(TokioExecutor::new())
             .pool_max_idle_per_host(self.pool_max_idle_per_host)
             .pool_idle_timeout(self.pool_idle_timeout)
             .pool_timer(TokioTimer::new())
             .timer(TokioTimer::new())
+            .http2_only(self.http2_only)
+            .http2_max_concurrent_reset_streams(H2_REMEMBERED_RESETS)
             .build(connector);
         Ok(Upstream {
             client: Arc::new(client),

@@ -174,6 +174,31 @@ async fn key_mode_proxies_to_the_configured_upstream_with_its_own_key() {
 }
 
 #[tokio::test]
+async fn upstream_http2_only_multiplexes_calls_and_streams_over_h2c() {
+    let (upstream, gateway) = RunningGateway::start_with_upstream_and(gateway::GatewayConfig {
+        upstream_http2_only: true,
+        ..Default::default()
+    })
+    .await;
+    let client = gateway.client();
+    let answer = client.chat(hello()).await.expect("proxied");
+    assert!(answer.content().unwrap().contains("Hello gateway"));
+    let mut stream = client.chat_stream(hello()).await.expect("stream starts");
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        text.push_str(chunk.unwrap().content().unwrap_or_default());
+    }
+    assert!(text.contains("Hello gateway"), "{text}");
+    let recorded = upstream.requests();
+    assert_eq!(recorded.len(), 2);
+    for request in &recorded {
+        assert_eq!(request.version, http::Version::HTTP_2);
+    }
+    assert_eq!(upstream.connections(), 1, "one connection carries both");
+    gateway.stop().await;
+}
+
+#[tokio::test]
 async fn deepseek_errors_come_back_in_openai_shape_with_the_upstream_status() {
     let (upstream, gateway) = RunningGateway::start_with_upstream_and(gateway::GatewayConfig {
         resilience: no_retries(),
@@ -850,6 +875,25 @@ fn the_sample_config_file_holds_the_defaults() {
     assert_eq!(config.model.as_deref(), Some("deepseek-v4-flash"));
     assert_eq!(config.listen, Some("127.0.0.1:8080".parse().unwrap()));
     assert!(!config.bare);
+    assert_eq!(config.upstream_http2_only, defaults.upstream_http2_only);
+    assert!(
+        !config.upstream_http2_only,
+        "HTTP/1.1 (or ALPN's pick) by default"
+    );
+}
+
+#[test]
+fn upstream_http2_only_is_read_from_the_file_and_the_environment() {
+    let path = config_file("http2.toml", "[deepseek]\nhttp2_only = true\n");
+    assert!(config_with(&path, &[]).unwrap().upstream_http2_only);
+    let config = config_with(&path, &[("GATEWAY_UPSTREAM_HTTP2_ONLY", "0")]).unwrap();
+    assert!(!config.upstream_http2_only, "the environment wins");
+    let path = config_file("http2-bad.toml", "[deepseek]\nhttp2_only = \"yes\"\n");
+    let message = config_with(&path, &[]).unwrap_err().to_string();
+    assert!(
+        message.contains("[deepseek] http2_only") && message.contains("true or false"),
+        "{message}"
+    );
 }
 
 #[test]

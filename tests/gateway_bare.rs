@@ -29,11 +29,24 @@ async fn bare_gateway(
     oneshot::Sender<()>,
     tokio::task::JoinHandle<Result<(), tower_deepseek::BoxError>>,
 ) {
+    bare_gateway_with(mock, "0").await
+}
+
+/// [`bare_gateway`] with `GATEWAY_UPSTREAM_HTTP2_ONLY` set to `http2_only`.
+async fn bare_gateway_with(
+    mock: &MockDeepSeek,
+    http2_only: &'static str,
+) -> (
+    String,
+    oneshot::Sender<()>,
+    tokio::task::JoinHandle<Result<(), tower_deepseek::BoxError>>,
+) {
     let base_url = mock.base_url().to_owned();
     let config = gateway::GatewayConfig::from_vars(|name| match name {
         "GATEWAY_BARE" => Some("1".to_owned()),
         "DEEPSEEK_API_KEY" => Some(UPSTREAM_KEY.to_owned()),
         "DEEPSEEK_BASE_URL" => Some(base_url.clone()),
+        "GATEWAY_UPSTREAM_HTTP2_ONLY" => Some(http2_only.to_owned()),
         _ => None,
     })
     .unwrap();
@@ -116,6 +129,32 @@ async fn bare_mode_answers_chat_completions_without_any_layer() {
         .unwrap();
     assert_eq!(metrics.status(), 404);
 
+    stop.send(()).unwrap();
+    task.await.unwrap().unwrap();
+    mock.shutdown().await;
+}
+
+#[tokio::test]
+async fn bare_mode_speaks_h2c_upstream_when_asked() {
+    let mock = MockDeepSeek::builder()
+        .api_key(Some(UPSTREAM_KEY.to_owned()))
+        .start()
+        .await
+        .unwrap();
+    let (url, stop, task) = bare_gateway_with(&mock, "1").await;
+    for body in [
+        r#"{"model":"deepseek-v4-flash","messages":[{"role":"user","content":"Hello bare"}]}"#,
+        r#"{"model":"deepseek-v4-flash","stream":true,"messages":[{"role":"user","content":"Hi"}]}"#,
+    ] {
+        let (status, _, body) = post(format!("{url}/v1/chat/completions"), body).await;
+        assert_eq!(status, 200, "{body:?}");
+    }
+    let recorded = mock.requests();
+    assert_eq!(recorded.len(), 2);
+    for request in &recorded {
+        assert_eq!(request.version, http::Version::HTTP_2);
+    }
+    assert_eq!(mock.connections(), 1);
     stop.send(()).unwrap();
     task.await.unwrap().unwrap();
     mock.shutdown().await;

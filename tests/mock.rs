@@ -651,6 +651,41 @@ async fn control_endpoints_script_and_report_over_http() {
 }
 
 #[tokio::test]
+async fn stats_count_connections_requests_and_replies_in_flight() {
+    let mock = MockDeepSeek::builder()
+        .max_recorded(0)
+        .start()
+        .await
+        .unwrap();
+    assert_eq!(chat(&mock, &hello("hi")).await.status, 200);
+    assert_eq!(chat(&mock, &streaming("hi")).await.status, 200);
+    assert_eq!(mock.in_flight(), 0, "both replies finished");
+    // Each raw call above used a connection of its own; the stats request is the third.
+    let stats = send(mock.addr(), "GET", "/_mock/stats", &[], "")
+        .await
+        .unwrap();
+    assert_eq!(
+        stats.json(),
+        json!({ "connections": 3, "in_flight": 0, "api_requests": 2, "cancelled": 0 })
+    );
+    assert_eq!(mock.connections(), 3);
+}
+
+#[tokio::test]
+async fn zero_concurrent_streams_is_refused_at_start() {
+    let error = MockDeepSeek::builder()
+        .max_concurrent_streams(0)
+        .start()
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), io::ErrorKind::InvalidInput);
+    assert!(
+        error.to_string().contains("max_concurrent_streams"),
+        "{error}"
+    );
+}
+
+#[tokio::test]
 async fn recorded_requests_keep_trace_headers_and_bodies() {
     let mock = MockDeepSeek::start().await.unwrap();
     let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";

@@ -1,6 +1,6 @@
 //! The pooled upstream against a real TLS server: HTTP/2 negotiated by ALPN, a private CA
-//! through `tls_config`, an untrusted certificate classified as a TLS failure, and connections
-//! reused from the pool.
+//! through `tls_config`, an untrusted certificate classified as a TLS failure, connections
+//! reused from the pool, and `http2_only` offering `h2` alone.
 #![cfg(all(feature = "upstream", feature = "mock"))]
 
 use std::convert::Infallible;
@@ -36,6 +36,11 @@ impl Drop for TlsServer {
 /// A CA, a `localhost` certificate signed by it, and an HTTPS server offering h2 and http/1.1
 /// that answers every request with its HTTP version.
 async fn tls_server() -> TlsServer {
+    tls_server_offering(&[b"h2", b"http/1.1"]).await
+}
+
+/// [`tls_server`] offering these ALPN protocols.
+async fn tls_server_offering(alpn: &[&[u8]]) -> TlsServer {
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     let ca_key = KeyPair::generate().unwrap();
@@ -57,7 +62,7 @@ async fn tls_server() -> TlsServer {
             rustls::pki_types::PrivateKeyDer::Pkcs8(leaf_key.serialize_der().into()),
         )
         .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    config.alpn_protocols = alpn.iter().map(|protocol| protocol.to_vec()).collect();
     let acceptor = TlsAcceptor::from(Arc::new(config));
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -93,6 +98,13 @@ async fn tls_server() -> TlsServer {
 }
 
 fn trusting(server: &TlsServer) -> Upstream {
+    trusting_with(server, Upstream::builder())
+}
+
+fn trusting_with(
+    server: &TlsServer,
+    builder: tower_deepseek::upstream::UpstreamBuilder,
+) -> Upstream {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(server.ca_der.clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -101,7 +113,7 @@ fn trusting(server: &TlsServer) -> Upstream {
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Upstream::builder().tls_config(config).build().unwrap()
+    builder.tls_config(config).build().unwrap()
 }
 
 fn get(server: &TlsServer) -> http::Request<Full<Bytes>> {
@@ -149,4 +161,31 @@ async fn clones_share_one_pooled_connection() {
         1,
         "sequential calls reuse the pooled connection"
     );
+}
+
+#[tokio::test]
+async fn http2_only_speaks_h2_and_a_server_without_it_refuses_the_handshake() {
+    let server = tls_server().await;
+    let upstream = trusting_with(&server, Upstream::builder().http2_only(true));
+    let response = upstream.oneshot(get(&server)).await.unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_2);
+
+    // Offered only `h2`, a server that speaks only HTTP/1.1 fails the TLS handshake instead
+    // of reading an HTTP/2 preface it does not understand.
+    let http1_only = tls_server_offering(&[b"http/1.1"]).await;
+    let error = trusting_with(&http1_only, Upstream::builder().http2_only(true))
+        .oneshot(get(&http1_only))
+        .await
+        .expect_err("no common ALPN protocol");
+    assert_eq!(
+        error.kind(),
+        ErrorKind::Network(NetworkFailure::Tls),
+        "{error:?}"
+    );
+    // The default upstream still talks to it, over HTTP/1.1.
+    let response = trusting(&http1_only)
+        .oneshot(get(&http1_only))
+        .await
+        .unwrap();
+    assert_eq!(response.version(), http::Version::HTTP_11);
 }

@@ -16,6 +16,7 @@ use tower_deepseek::hedge::HedgeLayer;
 use tower_deepseek::metrics::Metrics;
 use tower_deepseek::retry::{Hold, RetryLayer, TpsBudget};
 use tower_deepseek::timeout::StreamTimeoutLayer;
+use tower_deepseek::upstream::Upstream;
 use tower_deepseek::{Error, ErrorKind};
 
 /// Largest request body the gateway accepts.
@@ -42,6 +43,9 @@ pub struct GatewayConfig {
     pub require_api_key: bool,
     /// The upstream base URL.
     pub base_url: Option<String>,
+    /// Speak HTTP/2 to the upstreams from the first byte (h2c on `http://`): every stream to a
+    /// host shares one connection. Off: HTTP/1.1, or HTTP/2 where TLS's ALPN picks it.
+    pub upstream_http2_only: bool,
     /// The default model.
     pub model: Option<String>,
     /// The model that answers while the breaker is open; `None`: refused calls get a 503.
@@ -77,6 +81,7 @@ impl Default for GatewayConfig {
             api_key: None,
             require_api_key: false,
             base_url: None,
+            upstream_http2_only: false,
             model: None,
             fallback_model: None,
             breaker: BreakerSettings::default(),
@@ -92,6 +97,14 @@ impl Default for GatewayConfig {
 }
 
 impl GatewayConfig {
+    /// The pooled upstream every outbound call goes through (DeepSeek's and the failover
+    /// list's), HTTP/2-only when [`upstream_http2_only`](Self::upstream_http2_only).
+    pub fn upstream(&self) -> Result<Upstream, Error> {
+        Upstream::builder()
+            .http2_only(self.upstream_http2_only)
+            .build()
+    }
+
     /// The inbound concurrency limit (reporting nothing: its gauge is `/readyz`).
     pub fn concurrency(&self) -> Result<ConcurrencyLimitLayer, Error> {
         ConcurrencyLimitLayer::builder()
@@ -600,6 +613,13 @@ impl GatewayConfig {
             )?
             .unwrap_or(false),
             base_url: var("DEEPSEEK_BASE_URL"),
+            upstream_http2_only: parsed(
+                &sources,
+                "GATEWAY_UPSTREAM_HTTP2_ONLY",
+                "true or false",
+                boolean,
+            )?
+            .unwrap_or(false),
             model: var("DEEPSEEK_MODEL"),
             fallback_model,
             breaker,

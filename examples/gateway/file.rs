@@ -28,6 +28,7 @@ pub const SETTINGS: &[(&str, &str, &str)] = &[
     ("DEEPSEEK_MODEL", "deepseek", "model"),
     ("GATEWAY_FALLBACK_MODEL", "deepseek", "fallback_model"),
     ("GATEWAY_REQUIRE_API_KEY", "deepseek", "require_api_key"),
+    ("GATEWAY_UPSTREAM_HTTP2_ONLY", "deepseek", "http2_only"),
     ("GATEWAY_BREAKER_FAILURE_RATE", "breaker", "failure_rate"),
     ("GATEWAY_BREAKER_MINIMUM_CALLS", "breaker", "minimum_calls"),
     ("GATEWAY_BREAKER_WINDOW", "breaker", "window"),

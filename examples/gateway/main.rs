@@ -27,6 +27,7 @@
 //! | `DEEPSEEK_API_KEY` | the DeepSeek key; unset: serve from the embedded mock DeepSeek | unset |
 //! | `GATEWAY_REQUIRE_API_KEY` | `true`: refuse to start without `DEEPSEEK_API_KEY` instead of serving from the mock (set it in production) | `false` |
 //! | `DEEPSEEK_BASE_URL` | the upstream base URL | `https://api.deepseek.com` |
+//! | `GATEWAY_UPSTREAM_HTTP2_ONLY` | `true`: speak HTTP/2 to the upstreams from the first byte (h2c on `http://`), so all streams to a host share one connection; only for upstreams known to speak it (others fail every call). Off: HTTP/1.1, or HTTP/2 where TLS's ALPN picks it (DeepSeek's API does) | `false` |
 //! | `DEEPSEEK_MODEL` | model used when a request names none | `deepseek-v4-flash` |
 //! | `GATEWAY_FALLBACK_MODEL` | model that answers while a model's circuit breaker is open; unset: no fallback | unset |
 //! | `GATEWAY_BREAKER_FAILURE_RATE` | failure rate (percent, `(0, 100]`) that opens a breaker | `50` |
@@ -138,7 +139,6 @@ use tokio::net::TcpListener;
 use tower_deepseek::deepseek::{DEFAULT_BASE_URL, DeepSeekClient};
 use tower_deepseek::metrics::Metrics;
 use tower_deepseek::mock::MockDeepSeek;
-use tower_deepseek::upstream::Upstream;
 use tower_deepseek::{BoxError, Error};
 
 pub mod admin;
@@ -209,7 +209,7 @@ pub async fn serve(
     }
     // GATEWAY_BARE (the end-to-end benchmark's baseline): the same routes with no layers.
     if config.bare {
-        let app = bare_router(builder.build(Upstream::new()?)?);
+        let app = bare_router(builder.build(config.upstream()?)?);
         tracing::info!(addr = %listener.local_addr()?, "gateway listening (bare: no layers)");
         axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
@@ -224,7 +224,7 @@ pub async fn serve(
     let client = builder.build(transport(
         &config,
         &primary_base_url,
-        Upstream::new()?,
+        config.upstream()?,
         &metrics,
     )?)?;
     let limit = config.rate_limit.layer(&metrics)?;

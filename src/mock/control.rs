@@ -33,6 +33,15 @@ pub(super) fn control(shared: &Shared, parts: &Parts, body: &Bytes) -> MockRespo
             let cleared = shared.clear_script();
             json_response(StatusCode::OK, &json!({ "cleared": cleared }))
         }
+        (&Method::GET, "/_mock/stats") => json_response(
+            StatusCode::OK,
+            &json!({
+                "connections": shared.connections(),
+                "in_flight": shared.in_flight(),
+                "api_requests": shared.api_requests(),
+                "cancelled": shared.cancelled(),
+            }),
+        ),
         (&Method::GET, "/_mock/requests") => json_response(StatusCode::OK, &shared.requests_json()),
         (&Method::DELETE, "/_mock/requests") => {
             let cleared = shared.clear_requests();
@@ -41,7 +50,7 @@ pub(super) fn control(shared: &Shared, parts: &Parts, body: &Bytes) -> MockRespo
         (method, _) => failure_response(&ApiFailure::new(
             StatusCode::NOT_FOUND,
             format!(
-                "Not Found: {method} {path} (control endpoints: POST, GET, DELETE /_mock/script; GET, DELETE /_mock/requests)"
+                "Not Found: {method} {path} (control endpoints: POST, GET, DELETE /_mock/script; GET, DELETE /_mock/requests; GET /_mock/stats)"
             ),
             "invalid_request_error",
         )),

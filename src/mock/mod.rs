@@ -17,6 +17,7 @@
 //! | `DELETE /_mock/script` | empties the script; answers `{"cleared": <count>}` |
 //! | `GET /_mock/requests` | the recorded requests as a JSON array of `{"method","path","query","version","headers":{name: value},"body","cancelled"}` (body as JSON when it parses, text otherwise; repeated headers joined with `, `; the API key masked to its last four characters) |
 //! | `DELETE /_mock/requests` | forgets the recorded requests; answers `{"cleared": <count>}` |
+//! | `GET /_mock/stats` | `{"connections","in_flight","api_requests","cancelled"}`: see [`MockDeepSeek::connections`], [`MockDeepSeek::in_flight`], [`MockDeepSeek::cancelled`]; `api_requests` counts API requests received (recorded or not) |
 //!
 //! The API endpoints check `Authorization: Bearer <key>` (see
 //! [`MockDeepSeekBuilder::api_key`]); the `/_mock/` control endpoints need no key and are not
@@ -111,6 +112,9 @@ const SUGGESTED_KEY: &str = "sk-mock-deepseek";
 const DEFAULT_MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
 /// Default number of recorded requests kept.
 const DEFAULT_MAX_RECORDED: usize = 10_000;
+/// Default HTTP/2 streams per connection: far above real servers' 100 to 250, so an h2 client
+/// load-testing through one connection is not capped by the mock.
+const DEFAULT_MAX_CONCURRENT_STREAMS: u32 = 100_000;
 /// Default bound on a graceful shutdown.
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
 /// The models served by default.
@@ -202,6 +206,19 @@ impl MockDeepSeek {
         self.shared.cancelled()
     }
 
+    /// How many connections the server has accepted since the start: e.g. one for any number
+    /// of calls from a pooled client, or from an HTTP/2 client multiplexing its streams.
+    pub fn connections(&self) -> u64 {
+        self.shared.connections()
+    }
+
+    /// How many API requests are being answered now: their head is pending or their body is
+    /// still being sent (a stream counts until its last chunk is handed over or the client
+    /// abandons it). Under load, the streams a client holds open here.
+    pub fn in_flight(&self) -> u64 {
+        self.shared.in_flight()
+    }
+
     /// Forgets the recorded requests.
     pub fn clear_requests(&self) {
         self.shared.clear_requests();
@@ -267,6 +284,7 @@ impl std::fmt::Debug for MockDeepSeek {
 /// | [`max_recorded`](Self::max_recorded) | 10,000 requests |
 /// | [`shutdown_timeout`](Self::shutdown_timeout) | 5 s |
 /// | [`default_reply`](Self::default_reply) | the normal answer |
+/// | [`max_concurrent_streams`](Self::max_concurrent_streams) | 100,000 HTTP/2 streams per connection |
 ///
 /// ```
 /// use tower_deepseek::mock::MockDeepSeek;
@@ -293,6 +311,7 @@ pub struct MockDeepSeekBuilder {
     max_recorded: usize,
     shutdown_timeout: Duration,
     default_reply: Option<Reply>,
+    max_concurrent_streams: u32,
 }
 
 impl Default for MockDeepSeekBuilder {
@@ -308,6 +327,7 @@ impl Default for MockDeepSeekBuilder {
             max_recorded: DEFAULT_MAX_RECORDED,
             shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
             default_reply: None,
+            max_concurrent_streams: DEFAULT_MAX_CONCURRENT_STREAMS,
         }
     }
 }
@@ -359,6 +379,30 @@ impl MockDeepSeekBuilder {
         self
     }
 
+    /// How many HTTP/2 streams one connection may have open at once: the
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` the server advertises (HTTP/1.1 has no such limit:
+    /// one request at a time per connection). The default, 100,000, is far above the 100 to
+    /// 250 that real servers advertise (hyper's own default is 200), so a load test holding
+    /// thousands of streams on one h2c connection is not capped by the mock. Set it low to see
+    /// what a client does at the limit; [`start`](Self::start) refuses 0.
+    ///
+    /// ```
+    /// use tower_deepseek::mock::MockDeepSeek;
+    ///
+    /// fn main() -> Result<(), Box<dyn std::error::Error>> {
+    ///     tokio::runtime::Runtime::new()?.block_on(async {
+    ///         // What most production servers allow.
+    ///         let mock = MockDeepSeek::builder().max_concurrent_streams(100).start().await?;
+    ///         mock.shutdown().await;
+    ///         Ok(())
+    ///     })
+    /// }
+    /// ```
+    pub fn max_concurrent_streams(mut self, streams: u32) -> Self {
+        self.max_concurrent_streams = streams;
+        self
+    }
+
     /// The reply every chat completion gets while the script is empty, in place of the
     /// normal answer: e.g. a long, slow stream for a load test.
     ///
@@ -400,9 +444,16 @@ impl MockDeepSeekBuilder {
     }
 
     /// Binds the address and starts serving on the current Tokio runtime. Fails when called
-    /// outside a Tokio runtime or when binding fails.
+    /// outside a Tokio runtime, when binding fails, or when
+    /// [`max_concurrent_streams`](Self::max_concurrent_streams) is 0.
     pub async fn start(self) -> io::Result<MockDeepSeek> {
         let runtime = tokio::runtime::Handle::try_current().map_err(io::Error::other)?;
+        if self.max_concurrent_streams == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "mock DeepSeek: max_concurrent_streams must be at least 1",
+            ));
+        }
         let listener = TcpListener::bind(self.addr).await?;
         let addr = listener.local_addr()?;
         let api_key = match &self.key_check {
@@ -415,6 +466,7 @@ impl MockDeepSeekBuilder {
                 models: self.models,
                 max_body_bytes: self.max_body_bytes,
                 default_reply: self.default_reply,
+                max_concurrent_streams: self.max_concurrent_streams,
             },
             self.max_recorded,
         ));

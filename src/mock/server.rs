@@ -66,6 +66,8 @@ pub(super) struct Config {
     pub(super) max_body_bytes: usize,
     /// The reply for a chat completion when the script is empty (`None`: the normal answer).
     pub(super) default_reply: Option<Reply>,
+    /// The HTTP/2 streams one connection may have open at once (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub(super) max_concurrent_streams: u32,
 }
 
 /// State shared by the handle and every connection.
@@ -76,6 +78,10 @@ pub(super) struct Shared {
     recording: bool,
     sequence: AtomicU64,
     cancelled: AtomicU64,
+    /// Connections accepted since the start.
+    connections: AtomicU64,
+    /// API requests whose reply has not finished (head pending or body still being sent).
+    in_flight: AtomicU64,
 }
 
 /// Locks a mutex, ignoring poisoning: the guarded queues stay consistent after any panic
@@ -95,6 +101,8 @@ impl Shared {
             recording: max_recorded > 0,
             sequence: AtomicU64::new(0),
             cancelled: AtomicU64::new(0),
+            connections: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
         }
     }
 
@@ -152,6 +160,21 @@ impl Shared {
     fn mark_cancelled(&self, sequence: u64) {
         self.cancelled.fetch_add(1, Ordering::Relaxed);
         lock(&self.log).mark_cancelled(sequence);
+    }
+
+    /// Connections accepted since the start.
+    pub(super) fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Relaxed)
+    }
+
+    /// API requests whose reply has not finished.
+    pub(super) fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// API requests received since the start (the last number handed out).
+    pub(super) fn api_requests(&self) -> u64 {
+        self.sequence.load(Ordering::Relaxed)
     }
 
     /// A new number for each API request: it names the trace ID and the completion ID.
@@ -214,6 +237,7 @@ pub(super) async fn run(
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
                     debug!(%peer, "mock DeepSeek accepted a connection");
+                    shared.connections.fetch_add(1, Ordering::Relaxed);
                     connections.spawn(serve_connection(stream, Arc::clone(&shared), stop.clone()));
                 }
                 Err(error) => {
@@ -254,9 +278,12 @@ async fn serve_connection(stream: TcpStream, shared: Arc<Shared>, mut stop: watc
         reset: Arc::clone(&reset),
     });
     let service_reset = Arc::clone(&reset);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http2()
+        .max_concurrent_streams(shared.config.max_concurrent_streams);
     let service =
         service_fn(move |request| handle(Arc::clone(&shared), Arc::clone(&service_reset), request));
-    let builder = auto::Builder::new(TokioExecutor::new());
     let connection = builder.serve_connection(io, service);
     tokio::pin!(connection);
     let mut draining = false;
@@ -352,10 +379,11 @@ impl StdError for ConnectionReset {}
 
 pub(super) type MockResponse = Response<MockBody>;
 
-/// Marks its request abandoned when dropped before [`disarm`](Self::disarm): hyper drops the
-/// handler's future when the client closes the connection while the head is pending, and the
-/// response body when it closes while the body is being sent. A reset the script asked for is
-/// the mock's own doing, not an abandonment.
+/// Counts its request in flight until dropped, and marks it abandoned when dropped before
+/// [`disarm`](Self::disarm): hyper drops the handler's future when the client closes the
+/// connection (or resets the stream) while the head is pending, and the response body when it
+/// does so while the body is being sent. A reset the script asked for is the mock's own doing,
+/// not an abandonment.
 struct AbandonGuard {
     shared: Arc<Shared>,
     reset: Arc<ResetSwitch>,
@@ -364,6 +392,16 @@ struct AbandonGuard {
 }
 
 impl AbandonGuard {
+    fn new(shared: &Arc<Shared>, reset: &Arc<ResetSwitch>, sequence: u64) -> AbandonGuard {
+        shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        AbandonGuard {
+            shared: Arc::clone(shared),
+            reset: Arc::clone(reset),
+            sequence,
+            armed: true,
+        }
+    }
+
     fn disarm(&mut self) {
         self.armed = false;
     }
@@ -371,6 +409,7 @@ impl AbandonGuard {
 
 impl Drop for AbandonGuard {
     fn drop(&mut self) {
+        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         if self.armed && !self.reset.is_triggered() {
             debug!(
                 sequence = self.sequence,
@@ -453,12 +492,7 @@ async fn handle(
         cancelled: false,
         sequence,
     });
-    let mut guard = AbandonGuard {
-        shared: Arc::clone(&shared),
-        reset: Arc::clone(&reset),
-        sequence,
-        armed: true,
-    };
+    let mut guard = AbandonGuard::new(&shared, &reset, sequence);
     let result = match body {
         Ok(body) => api(&shared, &reset, &parts, &body, sequence).await,
         Err(failure) => Ok(failure_response(&failure)),
@@ -684,6 +718,7 @@ mod tests {
                     models: Vec::new(),
                     max_body_bytes: 1024,
                     default_reply: None,
+                    max_concurrent_streams: 1,
                 },
                 10,
             )
