@@ -305,7 +305,7 @@ pub(crate) fn decode_hex<const N: usize>(hex: &[u8], case: Case) -> Option<[u8; 
         return None;
     }
     let mut out = [0u8; N];
-    if N % 4 == 0 {
+    if N.is_multiple_of(4) {
         // Trace-ids and parent-ids: eight digits at a time.
         for (bytes, digits) in out.chunks_exact_mut(4).zip(hex.chunks_exact(8)) {
             let chunk = u64::from_le_bytes(digits.try_into().ok()?);
