@@ -36,7 +36,8 @@ const MAX_LEN_LIMIT: usize = 8192;
 /// 3. stores the [`TraceId`] in the request extensions, makes it current for the handling of
 ///    the request ([`TraceId::current`], a tokio task-local: the synchronous `call` and every
 ///    poll of the response future), and runs both inside a `tracing` span named `request`
-///    with the field `trace_id`;
+///    with the field `trace_id` (not built while neither a `tracing` subscriber nor a `log`
+///    logger is installed: nothing could record it);
 /// 4. echoes the ID on the response's `x-trace-id`, unless the handler set that header.
 ///
 /// It works for any `http` service: an axum `Router` (`.layer(TraceIdLayer::new())`), a hyper
