@@ -173,11 +173,26 @@ impl TraceId {
     }
 
     fn from_checked(value: HeaderValue) -> TraceId {
-        let trace = hex_trace_id(value.as_bytes()).unwrap_or_else(|| derive(value.as_bytes()));
+        TraceId::from_checked_in(value, None)
+    }
+
+    /// A checked received ID, in the trace given (from a `traceparent`) or in its own; built
+    /// in one place so the server layer moves no `TraceId` around while deciding.
+    pub(crate) fn from_checked_in(
+        value: HeaderValue,
+        context: Option<(W3cTraceId, u8)>,
+    ) -> TraceId {
+        let (trace, flags) = match context {
+            Some(context) => context,
+            None => (
+                hex_trace_id(value.as_bytes()).unwrap_or_else(|| derive(value.as_bytes())),
+                SAMPLED,
+            ),
+        };
         TraceId {
             text: Text::Header(value),
             trace,
-            flags: SAMPLED,
+            flags,
             tracestate: None,
         }
     }
@@ -242,6 +257,14 @@ impl TraceId {
         }
     }
 
+    /// The ID as a header value, giving up the ID: a received one hands its value over as is.
+    pub(crate) fn into_header_value(self) -> HeaderValue {
+        match self.text {
+            Text::Header(value) => value,
+            _ => self.to_header_value(),
+        }
+    }
+
     /// The W3C trace-id sent in `traceparent` (see the rule above).
     pub fn w3c_trace_id(&self) -> W3cTraceId {
         self.trace
@@ -268,8 +291,12 @@ impl TraceId {
 
     /// The same ID with this `tracestate` to pass on (`None` drops it).
     pub fn with_tracestate(mut self, tracestate: Option<HeaderValue>) -> TraceId {
-        self.tracestate = tracestate.map(Box::new);
+        self.set_tracestate(tracestate);
         self
+    }
+
+    pub(crate) fn set_tracestate(&mut self, tracestate: Option<HeaderValue>) {
+        self.tracestate = tracestate.map(Box::new);
     }
 
     /// A `traceparent` value with this trace-id and flags and the given parent-id.
@@ -371,13 +398,16 @@ impl PartialEq<&str> for TraceIdStr<'_> {
 /// Non-empty, at most `max_len` bytes, visible ASCII only.
 pub(crate) fn check(bytes: &[u8], max_len: usize) -> Result<(), InvalidTraceId> {
     if bytes.is_empty() {
-        Err(InvalidTraceId::Empty)
-    } else if bytes.len() > max_len {
-        Err(InvalidTraceId::TooLong)
-    } else if !bytes.iter().all(|b| b.is_ascii_graphic()) {
-        Err(InvalidTraceId::NotVisibleAscii)
-    } else {
+        return Err(InvalidTraceId::Empty);
+    }
+    if bytes.len() > max_len {
+        return Err(InvalidTraceId::TooLong);
+    }
+    // A fold rather than `all`: no early exit, so it compiles to wide compares.
+    if bytes.iter().fold(true, |ok, b| ok & b.is_ascii_graphic()) {
         Ok(())
+    } else {
+        Err(InvalidTraceId::NotVisibleAscii)
     }
 }
 
@@ -385,18 +415,7 @@ pub(crate) fn check(bytes: &[u8], max_len: usize) -> Result<(), InvalidTraceId> 
 fn hex_trace_id(text: &[u8]) -> Option<W3cTraceId> {
     let bytes = match text.len() {
         32 => w3c::decode_hex::<16>(text, Case::Any)?,
-        36 => {
-            if [8, 13, 18, 23].iter().any(|&i| text[i] != b'-') {
-                return None;
-            }
-            let mut bytes = [0u8; 16];
-            bytes[..4].copy_from_slice(&w3c::decode_hex::<4>(&text[..8], Case::Any)?);
-            bytes[4..6].copy_from_slice(&w3c::decode_hex::<2>(&text[9..13], Case::Any)?);
-            bytes[6..8].copy_from_slice(&w3c::decode_hex::<2>(&text[14..18], Case::Any)?);
-            bytes[8..10].copy_from_slice(&w3c::decode_hex::<2>(&text[19..23], Case::Any)?);
-            bytes[10..].copy_from_slice(&w3c::decode_hex::<6>(&text[24..], Case::Any)?);
-            bytes
-        }
+        36 => w3c::decode_uuid(text)?,
         _ => return None,
     };
     W3cTraceId::from_bytes(bytes)

@@ -14,7 +14,7 @@ use tower_service::Service;
 use tracing::{Level, Span};
 
 use super::generate::{Generator, MakeTraceId};
-use super::id::{DEFAULT_MAX_LEN, InvalidTraceId, TraceId};
+use super::id::{self, DEFAULT_MAX_LEN, InvalidTraceId, TraceId};
 use super::w3c::{self, TRACEPARENT, TRACESTATE, TraceparentError};
 use super::{CURRENT, REQUEST_ID, TRACE_ID};
 
@@ -36,7 +36,8 @@ const MAX_LEN_LIMIT: usize = 8192;
 /// 3. stores the [`TraceId`] in the request extensions, makes it current for the handling of
 ///    the request ([`TraceId::current`], a tokio task-local: the synchronous `call` and every
 ///    poll of the response future), and runs both inside a `tracing` span named `request`
-///    with the field `trace_id`;
+///    with the field `trace_id` (not built while neither a `tracing` subscriber nor a `log`
+///    logger is installed: nothing could record it);
 /// 4. echoes the ID on the response's `x-trace-id`, unless the handler set that header.
 ///
 /// It works for any `http` service: an axum `Router` (`.layer(TraceIdLayer::new())`), a hyper
@@ -218,6 +219,11 @@ impl TraceIdLayerBuilder {
                 headers.push(name);
             }
         }
+        let echo = match (self.echo, self.header == TRACE_ID) {
+            (false, _) => Echo::Off,
+            (true, true) => Echo::TraceId,
+            (true, false) => Echo::Custom(self.header.clone()),
+        };
         headers.insert(0, self.header);
         TraceIdLayer {
             config: Arc::new(InboundConfig {
@@ -225,7 +231,7 @@ impl TraceIdLayerBuilder {
                 max_len: self.max_len,
                 generator: self.generator,
                 w3c: self.w3c,
-                echo: self.echo,
+                echo,
                 level: self.level,
             }),
         }
@@ -240,7 +246,8 @@ pub(crate) struct InboundConfig {
     max_len: usize,
     generator: Generator,
     w3c: bool,
-    echo: bool,
+    /// Resolved once: comparing header names per call is not free.
+    echo: Echo,
     level: Level,
 }
 
@@ -282,7 +289,7 @@ impl InboundConfig {
         if self.w3c {
             match w3c::read_traceparent(headers) {
                 None => {}
-                Some(Ok(parent)) => context = Some(parent),
+                Some(Ok(parent)) => context = Some((parent.trace_id, parent.flags)),
                 Some(Err(error)) => {
                     rejected.traceparent = Some(error);
                     headers.remove(TRACEPARENT);
@@ -290,27 +297,25 @@ impl InboundConfig {
             }
         }
 
+        // The first present ID header decides; the `TraceId` is built once, below, so the
+        // common case (a valid ID, no `traceparent`) moves nothing around.
         let mut found = None;
         for (index, name) in self.headers.iter().enumerate() {
             if let Some(value) = headers.get(name) {
-                match TraceId::from_header_capped(value, self.max_len) {
-                    Ok(id) => found = Some(id),
+                match id::check(value.as_bytes(), self.max_len) {
+                    Ok(()) => found = Some(value.clone()),
                     Err(reason) => rejected.id = Some((index, reason, value.len())),
                 }
                 break;
             }
         }
 
-        let id = match (found, context) {
-            (Some(id), None) => id,
-            (Some(id), Some(parent)) => id.with_trace_context(parent.trace_id, parent.flags),
-            (None, Some(parent)) if rejected.id.is_none() => {
-                TraceId::from_w3c(parent.trace_id).with_trace_context(parent.trace_id, parent.flags)
+        let mut id = match (found, context) {
+            (Some(value), context) => TraceId::from_checked_in(value, context),
+            (None, Some((trace, flags))) if rejected.id.is_none() => {
+                TraceId::from_w3c(trace).with_trace_context(trace, flags)
             }
-            (None, Some(parent)) => self
-                .generator
-                .make()
-                .with_trace_context(parent.trace_id, parent.flags),
+            (None, Some((trace, flags))) => self.generator.make().with_trace_context(trace, flags),
             (None, None) => self.generator.make(),
         };
         if let Some((index, _, _)) = rejected.id {
@@ -318,26 +323,25 @@ impl InboundConfig {
         }
 
         // W3C: tracestate is only read beside a valid traceparent.
-        let id = if context.is_some() {
+        if context.is_some() {
             match w3c::read_tracestate(headers) {
-                Ok(state) => id.with_tracestate(state),
+                Ok(state) => id.set_tracestate(state),
                 Err(()) => {
                     rejected.tracestate = true;
                     headers.remove(TRACESTATE);
-                    id
                 }
             }
-        } else {
-            if rejected.traceparent.is_some() {
-                headers.remove(TRACESTATE);
-            }
-            id
-        };
+        } else if rejected.traceparent.is_some() {
+            headers.remove(TRACESTATE);
+        }
         (id, rejected)
     }
 
     /// The `request` span, at the configured level.
     pub(crate) fn span(&self, id: &TraceId) -> Span {
+        if !super::spans_visible() {
+            return Span::none();
+        }
         match self.level {
             Level::ERROR => tracing::error_span!("request", trace_id = %id),
             Level::WARN => tracing::warn_span!("request", trace_id = %id),
@@ -371,10 +375,10 @@ impl InboundConfig {
     }
 
     pub(crate) fn echo_header(&self) -> Echo {
-        match (self.echo, self.headers[0] == TRACE_ID) {
-            (false, _) => Echo::Off,
-            (true, true) => Echo::TraceId,
-            (true, false) => Echo::Custom(self.headers[0].clone()),
+        match &self.echo {
+            Echo::Off => Echo::Off,
+            Echo::TraceId => Echo::TraceId,
+            Echo::Custom(name) => Echo::Custom(name.clone()),
         }
     }
 }
@@ -497,7 +501,7 @@ where
             (&mut result, this.echo.take(), this.inner.take_value())
             && let Entry::Vacant(slot) = response.headers_mut().entry(name)
         {
-            slot.insert(id.to_header_value());
+            slot.insert(id.into_header_value());
         }
         Poll::Ready(result)
     }

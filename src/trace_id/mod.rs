@@ -154,6 +154,14 @@ tokio::task_local! {
     static CURRENT: TraceId;
 }
 
+/// Whether a span made now could be seen by anyone: a `tracing` dispatcher exists (global or
+/// scoped), or a `log` logger listens (tracing's `log` feature logs spans while no dispatcher
+/// exists). Without either, a span costs a trip through that `log` path at its creation, every
+/// enter and exit, and its close, for nothing; the layers use `Span::none()` then.
+pub(crate) fn spans_visible() -> bool {
+    tracing::dispatcher::has_been_set() || log::max_level() != log::LevelFilter::Off
+}
+
 /// `tokio::spawn` that carries the current [`TraceId`] and `tracing` span into the new task.
 ///
 /// Without a current ID it is `tokio::spawn` with the span. The spawned task keeps the span

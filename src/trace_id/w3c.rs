@@ -270,16 +270,53 @@ const fn digit_table(upper: bool) -> [u8; 256] {
     table
 }
 
+/// Decodes a hyphenated UUID, any case, in four 8-digit steps (a trace ID passed through is
+/// usually one).
+pub(crate) fn decode_uuid(text: &[u8]) -> Option<[u8; 16]> {
+    let text: &[u8; 36] = text.try_into().ok()?;
+    if text[8] != b'-' || text[13] != b'-' || text[18] != b'-' || text[23] != b'-' {
+        return None;
+    }
+    let word = |at: usize| {
+        u64::from(u32::from_le_bytes([
+            text[at],
+            text[at + 1],
+            text[at + 2],
+            text[at + 3],
+        ]))
+    };
+    let chunks = [
+        word(0) | word(4) << 32,
+        word(9) | word(14) << 32,
+        word(19) | word(24) << 32,
+        word(28) | word(32) << 32,
+    ];
+    let mut out = [0u8; 16];
+    for (bytes, chunk) in out.chunks_exact_mut(4).zip(chunks) {
+        bytes.copy_from_slice(&decode8(chunk, Case::Any)?.to_le_bytes());
+    }
+    Some(out)
+}
+
 /// Decodes exactly `2 * N` hex digits.
+#[inline]
 pub(crate) fn decode_hex<const N: usize>(hex: &[u8], case: Case) -> Option<[u8; N]> {
     if hex.len() != 2 * N {
         return None;
+    }
+    let mut out = [0u8; N];
+    if N.is_multiple_of(4) {
+        // Trace-ids and parent-ids: eight digits at a time.
+        for (bytes, digits) in out.chunks_exact_mut(4).zip(hex.chunks_exact(8)) {
+            let chunk = u64::from_le_bytes(digits.try_into().ok()?);
+            bytes.copy_from_slice(&decode8(chunk, case)?.to_le_bytes());
+        }
+        return Some(out);
     }
     let table = match case {
         Case::Lower => &LOWER_DIGITS,
         Case::Any => &ANY_DIGITS,
     };
-    let mut out = [0u8; N];
     // OR-ing every digit lets one test at the end catch any invalid one.
     let mut seen = 0u8;
     for (byte, pair) in out.iter_mut().zip(hex.chunks_exact(2)) {
@@ -288,6 +325,38 @@ pub(crate) fn decode_hex<const N: usize>(hex: &[u8], case: Case) -> Option<[u8; 
         *byte = (high << 4) | (low & 0xf);
     }
     (seen & 0xf0 == 0).then_some(out)
+}
+
+/// Eight hex digits, their ASCII bytes read as a little-endian `u64`, to four bytes (in the
+/// digits' order, little-endian in the `u32`); `None` when any is not a digit of `case`.
+/// Whole-word arithmetic instead of sixteen table lookups.
+fn decode8(chunk: u64, case: Case) -> Option<u32> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    const LOW_BYTES: u64 = 0x00ff_00ff_00ff_00ff;
+    // No digit has the high bit set; without it, the sums below never carry into the next byte.
+    if chunk & HIGH != 0 {
+        return None;
+    }
+    // The high bit of each byte b of the result: lo <= b <= hi.
+    let within = |x: u64, lo: u8, hi: u8| {
+        (x + ONES * u64::from(0x80 - lo)) & !(x + ONES * u64::from(0x7f - hi)) & HIGH
+    };
+    let digits = within(chunk, b'0', b'9');
+    let letters = match case {
+        Case::Lower => within(chunk, b'a', b'f'),
+        // Setting 0x20 folds `A`-`F` onto `a`-`f`, and nothing else onto them.
+        Case::Any => within(chunk | (ONES * 0x20), b'a', b'f'),
+    };
+    if digits | letters != HIGH {
+        return None;
+    }
+    // A digit's value is its low nibble, plus 9 for a letter (bit 6 set).
+    let nibbles = (chunk & (ONES * 0x0f)) + ((chunk >> 6) & ONES) * 9;
+    // Pairs of nibbles into bytes, then the four bytes side by side.
+    let pairs = ((nibbles & LOW_BYTES) << 4) | ((nibbles >> 8) & LOW_BYTES);
+    let quads = (pairs | (pairs >> 8)) & 0x0000_ffff_0000_ffff;
+    Some(((quads | (quads >> 16)) & 0xffff_ffff) as u32)
 }
 
 /// Lowercase hex of `bytes`; `M` must be `2 * bytes.len()`.
@@ -437,5 +506,50 @@ mod tests {
         assert_eq!(decode_hex::<3>(&hex, Case::Lower), Some(bytes));
         assert_eq!(decode_hex::<3>(b"01ABFF", Case::Lower), None);
         assert_eq!(decode_hex::<3>(b"01ABFF", Case::Any), Some(bytes));
+    }
+
+    #[test]
+    fn word_decoding_matches_the_tables() {
+        // Every byte value at every position of an otherwise valid run of eight digits.
+        for case in [Case::Lower, Case::Any] {
+            let table = match case {
+                Case::Lower => &LOWER_DIGITS,
+                Case::Any => &ANY_DIGITS,
+            };
+            for position in 0..8 {
+                for byte in 0..=255u8 {
+                    let mut digits = *b"0f9a5C3e";
+                    if case == Case::Lower {
+                        digits[5] = b'c';
+                    }
+                    digits[position] = byte;
+                    let expected = digits
+                        .iter()
+                        .all(|&d| table[usize::from(d)] != INVALID)
+                        .then(|| {
+                            let mut out = [0u8; 4];
+                            for (o, pair) in out.iter_mut().zip(digits.chunks_exact(2)) {
+                                *o = table[usize::from(pair[0])] << 4 | table[usize::from(pair[1])];
+                            }
+                            out
+                        });
+                    let got = decode8(u64::from_le_bytes(digits), case).map(u32::to_le_bytes);
+                    assert_eq!(got, expected, "{digits:?} {position} {byte}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn uuids_decode_in_one_pass() {
+        let uuid = b"4BF92F35-77b3-4da6-a3ce-929d0e0e4736";
+        let bytes = decode_uuid(uuid).unwrap();
+        assert_eq!(
+            encode_hex::<32>(&bytes),
+            *b"4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(decode_uuid(b"4bf92f3577b3-4da6-a3ce-929d0e0e4736"), None);
+        assert_eq!(decode_uuid(b"4bf92f35-77b3-4da6-a3ce-929d0e0e473g"), None);
+        assert_eq!(decode_uuid(b"4bf92f35-77b3-4da6-a3ce-929d0e0e473"), None);
     }
 }
