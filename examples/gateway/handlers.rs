@@ -48,13 +48,16 @@ where
     };
     let ((mut response, answered_by), served_by) =
         ServedBy::capture(ANSWERED_BY.scope(Cell::new(None), async move {
+            // The client's call futures are boxed once here: inline they would make this
+            // handler's future (which axum boxes, copying all of it) as large as the whole
+            // outbound stack's, and every move of it would copy them along.
             let response = if request.stream == Some(true) {
-                match client.chat_stream(request).await {
+                match Box::pin(client.chat_stream(request)).await {
                     Ok(stream) => sse_response(stream),
                     Err(error) => error.into_response(),
                 }
             } else {
-                match client.chat(request).await {
+                match Box::pin(client.chat(request)).await {
                     Ok(answer) => axum::Json(answer).into_response(),
                     Err(error) => error.into_response(),
                 }

@@ -9,12 +9,11 @@ use super::config::{MAX_REQUEST_BYTES, RateLimitSettings, config_error};
 use super::handlers::{chat_completions, models};
 use super::jobs::{Jobs, jobs_router, operation};
 use super::outbound::Client;
+use super::refusal::RefusalLayer;
 use axum::Router;
 use axum::body::Body;
-use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
-use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use tower::ServiceBuilder;
 use tower_deepseek::Error;
@@ -49,7 +48,7 @@ pub fn router(
         // Under the same limits as the chat routes: a job is a chat completion too.
         .merge(jobs_router(jobs));
     // A refused call is the crate's error (rate limited, overloaded); its response the 429/503.
-    let refused = || HandleErrorLayer::new(|error: Error| ready(error.into_response()));
+    let refused = || RefusalLayer;
     let slots = concurrency.clone();
     let metrics = MetricsLayer::server(metrics, "api").operation_by(operation);
     // One `Router::layer` call for the whole inbound stack: axum boxes every route again (and

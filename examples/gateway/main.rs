@@ -149,6 +149,7 @@ mod handlers;
 mod inbound;
 mod jobs;
 mod outbound;
+mod refusal;
 #[path = "../common/signal.rs"]
 mod signal;
 

@@ -213,10 +213,10 @@ where
                 timer = Some(tokio::time::sleep_until(started + wait));
                 // This clone is driven to ready before it is called, and only if the hedge
                 // goes out; the first attempt uses the service `poll_ready` made ready.
-                spare = Some(Spare {
+                spare = Some(Box::new(Spare {
                     service: self.inner.clone(),
                     request: copy,
-                });
+                }));
             }
         }
         let future = self.inner.call(request);
@@ -394,7 +394,9 @@ pin_project! {
         hedge: Attempt<S::Future, RB>,
         #[pin]
         timer: Option<Sleep>,
-        spare: Option<Spare<S, ReqB>>,
+        // Boxed: only a call that may be hedged has one, and inline it would make every
+        // call's future larger by a service and a request.
+        spare: Option<Box<Spare<S, ReqB>>>,
         config: Arc<HedgeConfig>,
         tracked: bool,
         started: Instant,
@@ -463,11 +465,11 @@ where
                 None => this.hedge.set(Attempt::Idle),
                 Some(spare) => match spare.service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
-                        if let Some(Spare {
-                            mut service,
-                            request,
-                        }) = this.spare.take()
-                        {
+                        if let Some(spare) = this.spare.take() {
+                            let Spare {
+                                mut service,
+                                request,
+                            } = *spare;
                             let future = service.call(request);
                             *this.hedge_started = Instant::now();
                             config.emit(HedgeEvent::Sent {

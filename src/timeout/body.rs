@@ -87,8 +87,15 @@ pin_project! {
 }
 
 impl<B: Body> TimeoutBody<B> {
-    /// Wraps `body` (scanned as `format`) of a call made at `started`.
-    pub(crate) fn new(body: B, format: BodyFormat, timeouts: &Timeouts, started: Instant) -> Self {
+    /// Wraps `body` (scanned as `format`) of a call made at `started`. `timer` is the head
+    /// wait's timer, if any: moved to the body's first deadline instead of registering another.
+    pub(crate) fn new(
+        body: B,
+        format: BodyFormat,
+        timeouts: &Timeouts,
+        started: Instant,
+        timer: Option<Pin<Box<Sleep>>>,
+    ) -> Self {
         let watch = timeouts.first_token.is_some() || timeouts.idle.is_some();
         let first = earliest([
             timeouts
@@ -100,7 +107,13 @@ impl<B: Body> TimeoutBody<B> {
         ]);
         TimeoutBody {
             inner: ObservedBody::new(body, format, FirstTokenSeen { watch, seen: false }),
-            timer: first.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
+            timer: first.map(|(at, _)| match timer {
+                Some(mut timer) => {
+                    timer.as_mut().reset(at);
+                    timer
+                }
+                None => Box::pin(tokio::time::sleep_until(at)),
+            }),
             phase: first.map_or(TimeoutPhase::Total, |(_, phase)| phase),
             timeouts: *timeouts,
             started,

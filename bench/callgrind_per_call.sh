@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Instructions the gateway executes per non-streaming request, under callgrind: a count that
+# other processes on a shared machine cannot disturb (bench/cpu_per_call.sh measures time).
+#
+# Starts a mock DeepSeek and the gateway (stack, or bare with `bare`) under
+# `valgrind --tool=callgrind` with instrumentation off, warms it up with wrk, counts over a
+# second wrk run, and prints the instructions (Ir) per request. The profile stays in the
+# printed directory: `callgrind_annotate --tree=caller DIR/cg.out.1` shows who calls what.
+#
+# Usage: bench/callgrind_per_call.sh BIN_DIR [stack|bare]   (BIN_DIR holds release builds of
+# the `gateway` and `mock_deepseek` examples). Environment: CG_CONNECTIONS [20], CG_DURATION
+# [10] seconds counted, CG_PORT [18400] (the mock on CG_PORT+100). Needs valgrind, wrk, curl.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BIN=$1
+MODE=${2:-stack}
+CONNECTIONS=${CG_CONNECTIONS:-20}
+DURATION=${CG_DURATION:-10}
+PORT=${CG_PORT:-18400}
+MOCK_PORT=$((PORT + 100))
+LUA=$ROOT/bench/e2e.lua
+OUT=$(mktemp -d /tmp/tower-deepseek-callgrind.XXXXXX)
+
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+wait_http() { # wait_http URL: until it answers (60 s: valgrind starts slowly)
+    local i
+    for i in $(seq 1 300); do
+        curl -s -o /dev/null "$1" && return 0
+        sleep 0.2
+    done
+    echo "callgrind_per_call: $1 did not come up (logs in $OUT)" >&2
+    exit 1
+}
+
+env MOCK_ADDR=127.0.0.1:$MOCK_PORT "$BIN/mock_deepseek" >"$OUT/mock.log" 2>&1 &
+PIDS+=($!)
+wait_http "http://127.0.0.1:$MOCK_PORT/models"
+bare=0
+[[ $MODE == bare ]] && bare=1
+env DEEPSEEK_API_KEY=sk-e2e-upstream DEEPSEEK_BASE_URL=http://127.0.0.1:$MOCK_PORT \
+    GATEWAY_ADDR=127.0.0.1:$PORT GATEWAY_BARE=$bare \
+    GATEWAY_RATE_LIMIT_PER_MINUTE=1000000000 GATEWAY_RATE_LIMIT_BURST=1000000000 \
+    GATEWAY_MAX_IN_FLIGHT=20000 RUST_LOG=warn \
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/cg.out" \
+    "$BIN/gateway" >"$OUT/gateway.log" 2>&1 &
+GATEWAY=$!
+PIDS+=("$GATEWAY")
+wait_http "http://127.0.0.1:$PORT/healthz"
+url=http://127.0.0.1:$PORT/v1/chat/completions
+wrk -t1 -c"$CONNECTIONS" -d4s -s "$LUA" "$url" -- plain >/dev/null
+callgrind_control -i on "$GATEWAY" >/dev/null
+requests=$(wrk -t1 -c"$CONNECTIONS" -d"${DURATION}s" -s "$LUA" "$url" -- plain |
+    sed -n 's/^E2E_RESULT requests=\([0-9]*\).*/\1/p')
+sleep 1 # the calls still in flight when wrk stopped
+callgrind_control -i off "$GATEWAY" >/dev/null
+callgrind_control -d "$GATEWAY" >/dev/null
+ir=$(awk '/^totals:/ {print $2}' "$OUT"/cg.out.*)
+echo "CALLGRIND_PER_CALL mode=$MODE connections=$CONNECTIONS requests=$requests ir=$ir ir_per_request=$((ir / requests)) profile=$OUT"
