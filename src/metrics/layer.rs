@@ -14,7 +14,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::instruments::{CallKey, GenAiRecord, Metrics, Side, outcome_index};
-use super::scan::{FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, parse_usage};
+use super::scan::{
+    FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, find_model, find_usage, parse_usage,
+};
 use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody};
 use crate::classify::{Classify, DeepSeekClassifier, Observation, Outcome, StreamFailure};
 use crate::deepseek::RequestModel;
@@ -477,10 +479,10 @@ impl MetricsObserver {
         match &mut self.json {
             JsonScan::Done => {}
             JsonScan::Start => {
-                let model = find_field(frame, MODEL_KEY, ValueKind::String);
-                let usage = find_field(frame, USAGE_KEY, ValueKind::Object);
-                if let Some(usage) = usage {
-                    self.seen.tokens = parse_usage(usage);
+                let model = find_model(frame);
+                let usage = find_usage(frame);
+                if let Some(tokens) = usage {
+                    self.seen.tokens = tokens;
                 }
                 if let Some(model) = model {
                     self.set_model(model);

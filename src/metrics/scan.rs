@@ -115,6 +115,19 @@ fn string_end(bytes: &[u8]) -> Option<usize> {
     }
 }
 
+/// The value of the first `"model"` key of a complete JSON text (near its start in a DeepSeek
+/// answer): a search for its `m`, cheaper than a general substring search at that distance.
+pub(crate) fn find_model(json: &[u8]) -> Option<&[u8]> {
+    let at = memchr::memchr_iter(b'm', json)
+        .find(|&m| m > 0 && json[m - 1..].starts_with(MODEL_KEY))?
+        + MODEL_KEY.len()
+        - 1;
+    match value_end(&json[at..], ValueKind::String) {
+        ValueEnd::Complete(range) => Some(&json[at..][range]),
+        _ => None,
+    }
+}
+
 /// The value of `key` (written with its quotes, e.g. `"model"`) in one complete JSON text.
 pub(crate) fn find_field<'a>(json: &'a [u8], key: &[u8], kind: ValueKind) -> Option<&'a [u8]> {
     let at = find_key(json, key)? + key.len();
@@ -122,6 +135,126 @@ pub(crate) fn find_field<'a>(json: &'a [u8], key: &[u8], kind: ValueKind) -> Opt
         ValueEnd::Complete(range) => Some(&json[at..][range]),
         _ => None,
     }
+}
+
+/// The token counts of a complete JSON body's `usage` object (see [`parse_usage`]), found
+/// from the end of the body and read in one pass; `None` if the body has no complete one.
+pub(crate) fn find_usage(json: &[u8]) -> Option<[Option<u64>; 4]> {
+    // `usage` ends a DeepSeek answer: searching back from the end skips the content, however
+    // long. Its keys have no `u`, so the first `u` back is usually the key's.
+    let key = memchr::memrchr_iter(b'u', json)
+        .find(|&u| u > 0 && json[u - 1..].starts_with(USAGE_KEY))
+        .map(|u| u - 1);
+    if let Some(key) = key {
+        let rest = &json[key + USAGE_KEY.len()..];
+        let mut i = skip_ws(rest, 0);
+        if rest.get(i) == Some(&b':') {
+            i = skip_ws(rest, i + 1);
+            if rest.get(i) == Some(&b'{') {
+                return read_usage(&rest[i..]);
+            }
+        }
+    }
+    // `"usage"` as something else than a key with an object (not DeepSeek's shape): the
+    // forward scan decides, as for any other body.
+    find_field(json, USAGE_KEY, ValueKind::Object).map(parse_usage)
+}
+
+fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
+    while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// [`parse_usage`] and [`value_end`] in one pass over an object starting at its `{`: walks
+/// the tokens (a string and its escapes at a time) instead of searching for each quote
+/// twice. `None` if the object does not end in `object`.
+fn read_usage(object: &[u8]) -> Option<[Option<u64>; 4]> {
+    let mut tokens = [None; 4];
+    let mut cached_details = None;
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(&byte) = object.get(i) {
+        match byte {
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    if tokens[2].is_none() {
+                        tokens[2] = cached_details;
+                    }
+                    return Some(tokens);
+                }
+            }
+            b'"' => {
+                let start = i + 1;
+                let len = match quote_or_backslash(&object[start..]) {
+                    Some(len) if object[start + len] == b'"' => len,
+                    _ => string_end(&object[start..])?,
+                };
+                let key = &object[start..start + len];
+                i = skip_ws(object, start + len + 1);
+                if object.get(i) != Some(&b':') {
+                    continue;
+                }
+                i = skip_ws(object, i + 1);
+                let mut value = None;
+                while let Some(digit) = object.get(i).filter(|b| b.is_ascii_digit()) {
+                    let number: u64 = value.unwrap_or(0);
+                    value = Some(
+                        number
+                            .saturating_mul(10)
+                            .saturating_add(u64::from(digit - b'0')),
+                    );
+                    i += 1;
+                }
+                if let Some(value) = value {
+                    match key {
+                        b"prompt_tokens" => tokens[0] = Some(value),
+                        b"completion_tokens" => tokens[1] = Some(value),
+                        b"prompt_cache_hit_tokens" => tokens[2] = Some(value),
+                        b"cached_tokens" => cached_details = Some(value),
+                        b"reasoning_tokens" => tokens[3] = Some(value),
+                        _ => {}
+                    }
+                }
+                continue;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    None
+}
+
+/// The first `"` or `\\` in `bytes`, eight bytes at a time: keys are too short for a search
+/// call to pay off, and a byte loop costs several instructions a byte.
+fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let quote = word ^ (ONES * u64::from(b'"'));
+        let backslash = word ^ (ONES * u64::from(b'\\'));
+        // A zero byte of `quote` or `backslash` is a match; the lowest flagged byte is always
+        // a true one (a borrow only flags bytes above a zero byte).
+        let found =
+            (quote.wrapping_sub(ONES) & !quote | backslash.wrapping_sub(ONES) & !backslash) & HIGH;
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\')
+        .map(|offset| at + offset)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -376,3 +376,17 @@ async fn opentelemetry_meter_receives_the_same_counts() {
     assert_eq!(input_tokens, 33);
     assert_eq!(gave_up, 1);
 }
+
+#[test]
+fn find_usage_and_find_model_match_the_forward_scan() {
+    use super::scan::{find_model, find_usage};
+    let bench = br#"{"id":"b1","object":"chat.completion","created":1,"model":"deepseek-v4-flash","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the bench."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":12}}"#;
+    assert_eq!(find_usage(bench), Some([Some(12), Some(5), Some(0), None]));
+    assert_eq!(find_model(bench), Some(&b"deepseek-v4-flash"[..]));
+    let json = COMPLETION.as_bytes();
+    assert_eq!(
+        find_usage(json),
+        Some([Some(11), Some(22), Some(5), Some(7)])
+    );
+    assert_eq!(find_model(json), Some(&b"deepseek-v4-pro"[..]));
+}
