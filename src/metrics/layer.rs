@@ -9,16 +9,16 @@ use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::instruments::{CallKey, GenAiRecord, Metrics, Side, outcome_index};
+use super::instruments::{CallKey, GenAiRecord, Metrics, Side, nanos, outcome_index};
 use super::scan::{
     FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, find_model, find_usage, parse_usage,
 };
 use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody};
 use crate::classify::{Classify, DeepSeekClassifier, Observation, Outcome, StreamFailure};
+use crate::clock::Stamp;
 use crate::deepseek::RequestModel;
 
 /// Names the operation of a request from its method and URI. It must return one of a small,
@@ -136,6 +136,7 @@ impl MetricsLayer {
     }
 
     fn new(metrics: &Metrics, side: Side, operation: Operation) -> MetricsLayer {
+        crate::clock::warm_up();
         MetricsLayer {
             shared: Arc::new(Shared {
                 metrics: metrics.clone(),
@@ -255,7 +256,8 @@ where
         let call = Call {
             shared: Arc::clone(shared),
             key,
-            start: Instant::now(),
+            start: Stamp::now(),
+            recorded: false,
         };
         ResponseFuture {
             future: self.inner.call(request),
@@ -269,12 +271,14 @@ where
 struct Call {
     shared: Arc<Shared>,
     key: CallKey,
-    start: Instant,
+    start: Stamp,
+    /// Whether `finish` recorded the call (else it was cancelled).
+    recorded: bool,
 }
 
 impl Drop for Call {
     fn drop(&mut self) {
-        self.shared.metrics.call_ended(self.key);
+        self.shared.metrics.call_ended(self.key, self.recorded);
     }
 }
 
@@ -284,17 +288,19 @@ impl Call {
     }
 
     /// Records the finished call (the in-flight count ends when `self` drops).
-    fn finish(self, outcome: Outcome, seen: Option<&Seen>) {
-        let seconds = self.start.elapsed().as_secs_f64();
+    fn finish(mut self, outcome: Outcome, seen: Option<&Seen>) {
+        let elapsed = self.start.elapsed();
         let metrics = &self.shared.metrics;
-        metrics.request(self.key, &outcome, seconds);
+        metrics.request(self.key, &outcome, elapsed);
+        self.recorded = true;
         if self.genai() {
             let response_model = seen
                 .and_then(|seen| seen.response_model)
                 .unwrap_or(self.key.model);
             let record = GenAiRecord {
                 error: (!outcome.is_success()).then(|| outcome_index(&outcome)),
-                seconds,
+                seconds: elapsed.as_secs_f64(),
+                nanos: nanos(elapsed),
                 tokens: seen.map_or([None; 4], |seen| {
                     // A breakdown that is zero (no cache hit, no reasoning) is not recorded,
                     // so its `_count` is the number of calls that had one.
@@ -406,7 +412,7 @@ pub struct MetricsObserver {
     remaining: Option<u64>,
     sse: bool,
     seen: Seen,
-    last_chunk: Option<Instant>,
+    last_chunk: Option<Stamp>,
     json: JsonScan,
 }
 
@@ -461,7 +467,7 @@ impl MetricsObserver {
     }
 
     fn sse_chunk(&mut self, data: &[u8]) {
-        let now = Instant::now();
+        let now = Stamp::now();
         if self.seen.response_model.is_none()
             && let Some(model) = find_field(data, MODEL_KEY, ValueKind::String)
         {
@@ -469,7 +475,7 @@ impl MetricsObserver {
         }
         if let (Some(last), Some(call)) = (self.last_chunk, &self.call) {
             let model = self.seen.response_model.unwrap_or(call.key.model);
-            let gap = now.saturating_duration_since(last).as_secs_f64();
+            let gap = now.duration_since(last).as_secs_f64();
             call.shared.metrics.chunk_gap(call.key, model, gap);
         }
         self.last_chunk = Some(now);
