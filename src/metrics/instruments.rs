@@ -529,6 +529,11 @@ impl Metrics {
         models.name(models.index(model))
     }
 
+    /// The label of a model index (`other` for the overflow index).
+    pub(crate) fn model_name(&self, index: usize) -> &str {
+        self.inner.tables.models.name(index)
+    }
+
     pub(crate) fn operation_index(&self, operation: &str) -> usize {
         self.inner.tables.operations.index(operation)
     }

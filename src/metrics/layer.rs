@@ -461,8 +461,15 @@ impl MetricsObserver {
     }
 
     fn set_model(&mut self, call_model: &[u8]) {
-        if let (Some(call), Ok(model)) = (&self.call, std::str::from_utf8(call_model)) {
-            self.seen.response_model = Some(call.shared.metrics.model_index(Some(model)));
+        let Some(call) = &self.call else {
+            return;
+        };
+        let metrics = &call.shared.metrics;
+        // Usually the model asked for: its index is known, no table lookup.
+        if call.key.model != 0 && metrics.model_name(call.key.model).as_bytes() == call_model {
+            self.seen.response_model = Some(call.key.model);
+        } else if let Ok(model) = std::str::from_utf8(call_model) {
+            self.seen.response_model = Some(metrics.model_index(Some(model)));
         }
     }
 

@@ -71,33 +71,37 @@ pub(crate) fn value_end(bytes: &[u8], kind: ValueKind) -> ValueEnd {
             Some(len) => ValueEnd::Complete(i + 1..i + 1 + len),
             None => ValueEnd::Incomplete,
         },
-        (ValueKind::Object, Some(b'{')) => {
-            // Jump between the bytes that matter (braces and quotes) rather than visiting
-            // each byte.
-            let start = i;
-            let mut depth = 0usize;
-            let mut at = start;
-            while let Some(offset) = memchr::memchr3(b'{', b'}', b'"', &bytes[at..]) {
-                at += offset;
-                match bytes[at] {
-                    b'{' => depth += 1,
-                    b'}' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return ValueEnd::Complete(start..at + 1);
-                        }
-                    }
-                    _ => match string_end(&bytes[at + 1..]) {
-                        Some(len) => at += len + 1,
-                        None => return ValueEnd::Incomplete,
-                    },
-                }
-                at += 1;
-            }
-            ValueEnd::Incomplete
-        }
+        (ValueKind::Object, Some(b'{')) => match value_end_object(&bytes[i..]) {
+            ValueEnd::Complete(range) => ValueEnd::Complete(range.start + i..range.end + i),
+            other => other,
+        },
         _ => ValueEnd::Invalid,
     }
+}
+
+/// Where the object starting at `bytes[0]` (a `{`) ends.
+fn value_end_object(bytes: &[u8]) -> ValueEnd {
+    // Jump between the bytes that matter (braces and quotes) rather than visiting each byte.
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(offset) = memchr::memchr3(b'{', b'}', b'"', &bytes[at..]) {
+        at += offset;
+        match bytes[at] {
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return ValueEnd::Complete(0..at + 1);
+                }
+            }
+            _ => match string_end(&bytes[at + 1..]) {
+                Some(len) => at += len + 1,
+                None => return ValueEnd::Incomplete,
+            },
+        }
+        at += 1;
+    }
+    ValueEnd::Incomplete
 }
 
 /// The length of a JSON string's contents up to its closing quote (escapes skipped).
@@ -167,84 +171,145 @@ fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// [`parse_usage`] and [`value_end`] in one pass over an object starting at its `{`: walks
-/// the tokens (a string and its escapes at a time) instead of searching for each quote
-/// twice. `None` if the object does not end in `object`.
+/// [`parse_usage`] and [`value_end`] in one pass over an object starting at its `{`,
+/// following the grammar: DeepSeek's usage keys are recognised by their first eight bytes and
+/// skipped whole, other keys are searched to their closing quote, numbers are read in place.
+/// Anything else (a string value, an escape, an array) goes to the general scan. `None` if the
+/// object does not end in `object`.
 fn read_usage(object: &[u8]) -> Option<[Option<u64>; 4]> {
-    let mut tokens = [None; 4];
-    let mut cached_details = None;
+    match read_usage_fast(object) {
+        Fast::Read(tokens) => Some(tokens),
+        Fast::Incomplete => None,
+        Fast::General => match value_end_object(object) {
+            ValueEnd::Complete(range) => Some(parse_usage(&object[range])),
+            _ => None,
+        },
+    }
+}
+
+enum Fast {
+    Read([Option<u64>; 4]),
+    Incomplete,
+    General,
+}
+
+/// Where a key's number goes: input, output, cached input, reasoning, OpenAI's cached
+/// tokens; `NOWHERE` for the keys not read.
+const CACHED_DETAILS: usize = 4;
+const NOWHERE: usize = 5;
+
+const fn word(bytes: &[u8; 8]) -> u64 {
+    u64::from_le_bytes(*bytes)
+}
+
+/// A known key at the start of `rest` (just after its opening quote): its length with the
+/// closing quote, and where its number goes.
+#[inline]
+fn known_key(rest: &[u8]) -> Option<(usize, usize)> {
+    const PROMPT_T: u64 = word(b"prompt_t");
+    const PROMPT_C: u64 = word(b"prompt_c");
+    const COMPLETI: u64 = word(b"completi");
+    const TOTAL_TO: u64 = word(b"total_to");
+    const CACHED_T: u64 = word(b"cached_t");
+    const REASONIN: u64 = word(b"reasonin");
+    let head: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+    let key = |key: &[u8], slot: usize| rest.starts_with(key).then_some((key.len(), slot));
+    match u64::from_le_bytes(head) {
+        PROMPT_T => key(b"prompt_tokens\"", 0).or_else(|| key(b"prompt_tokens_details\"", NOWHERE)),
+        COMPLETI => {
+            key(b"completion_tokens\"", 1).or_else(|| key(b"completion_tokens_details\"", NOWHERE))
+        }
+        PROMPT_C => key(b"prompt_cache_hit_tokens\"", 2)
+            .or_else(|| key(b"prompt_cache_miss_tokens\"", NOWHERE)),
+        TOTAL_TO => key(b"total_tokens\"", NOWHERE),
+        CACHED_T => key(b"cached_tokens\"", CACHED_DETAILS),
+        REASONIN => key(b"reasoning_tokens\"", 3),
+        _ => None,
+    }
+}
+
+fn read_usage_fast(object: &[u8]) -> Fast {
+    let mut slots = [None; 6];
     let mut depth = 0usize;
     let mut i = 0;
-    while let Some(&byte) = object.get(i) {
+    // At an object's `{`, or at the `,` after a value: a key or the end of an object follows.
+    loop {
+        let Some(&byte) = object.get(i) else {
+            return Fast::Incomplete;
+        };
         match byte {
-            b'{' | b'[' => depth += 1,
-            b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    if tokens[2].is_none() {
-                        tokens[2] = cached_details;
-                    }
-                    return Some(tokens);
-                }
-            }
-            b'"' => {
-                let start = i + 1;
-                let len = match quote_or_backslash(&object[start..]) {
-                    Some(len) if object[start + len] == b'"' => len,
-                    _ => string_end(&object[start..])?,
+            b'{' => depth += 1,
+            b',' => {}
+            b'}' => {
+                let Some(less) = depth.checked_sub(1) else {
+                    return Fast::General;
                 };
-                let key = &object[start..start + len];
-                i = skip_ws(object, start + len + 1);
-                if object.get(i) != Some(&b':') {
-                    continue;
+                depth = less;
+                if depth == 0 {
+                    let [input, output, cached, reasoning, details, _] = slots;
+                    return Fast::Read([input, output, cached.or(details), reasoning]);
                 }
                 i = skip_ws(object, i + 1);
-                let mut value = None;
-                while let Some(digit) = object.get(i).filter(|b| b.is_ascii_digit()) {
-                    let number: u64 = value.unwrap_or(0);
-                    value = Some(
-                        number
-                            .saturating_mul(10)
-                            .saturating_add(u64::from(digit - b'0')),
-                    );
-                    i += 1;
-                }
-                if let Some(value) = value {
-                    match key {
-                        b"prompt_tokens" => tokens[0] = Some(value),
-                        b"completion_tokens" => tokens[1] = Some(value),
-                        b"prompt_cache_hit_tokens" => tokens[2] = Some(value),
-                        b"cached_tokens" => cached_details = Some(value),
-                        b"reasoning_tokens" => tokens[3] = Some(value),
-                        _ => {}
-                    }
-                }
                 continue;
             }
-            _ => {}
+            _ => return Fast::General,
         }
-        i += 1;
+        i = skip_ws(object, i + 1);
+        match object.get(i) {
+            None => return Fast::Incomplete,
+            Some(b'"') => {}
+            Some(b'}') => continue,
+            Some(_) => return Fast::General,
+        }
+        // A key.
+        let start = i + 1;
+        let (len, slot) = match known_key(&object[start..]) {
+            Some(known) => known,
+            None => match quote_or_backslash(&object[start..]) {
+                Some(len) if object[start + len] == b'"' => (len + 1, NOWHERE),
+                Some(_) => return Fast::General,
+                None => return Fast::Incomplete,
+            },
+        };
+        i = skip_ws(object, start + len);
+        match object.get(i) {
+            None => return Fast::Incomplete,
+            Some(b':') => {}
+            Some(_) => return Fast::General,
+        }
+        i = skip_ws(object, i + 1);
+        match object.get(i) {
+            None => return Fast::Incomplete,
+            // A nested object: its keys next.
+            Some(b'{') => continue,
+            Some(b) if b.is_ascii_digit() => {}
+            Some(_) => return Fast::General,
+        }
+        let mut value = 0u64;
+        while let Some(digit) = object.get(i).filter(|b| b.is_ascii_digit()) {
+            value = value
+                .saturating_mul(10)
+                .saturating_add(u64::from(digit - b'0'));
+            i += 1;
+        }
+        if let Some(slot) = slots.get_mut(slot) {
+            *slot = Some(value);
+        }
+        i = skip_ws(object, i);
     }
-    None
 }
 
 /// The first `"` or `\\` in `bytes`, eight bytes at a time: keys are too short for a search
 /// call to pay off, and a byte loop costs several instructions a byte.
 fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
     let mut chunks = bytes.chunks_exact(8);
     let mut at = 0;
     for chunk in &mut chunks {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
         let word = u64::from_le_bytes(word);
-        let quote = word ^ (ONES * u64::from(b'"'));
-        let backslash = word ^ (ONES * u64::from(b'\\'));
-        // A zero byte of `quote` or `backslash` is a match; the lowest flagged byte is always
-        // a true one (a borrow only flags bytes above a zero byte).
-        let found =
-            (quote.wrapping_sub(ONES) & !quote | backslash.wrapping_sub(ONES) & !backslash) & HIGH;
+        let found = zero_byte(word ^ (ONES * u64::from(b'"')))
+            | zero_byte(word ^ (ONES * u64::from(b'\\')));
         if found != 0 {
             return Some(at + (found.trailing_zeros() / 8) as usize);
         }
@@ -255,6 +320,16 @@ fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
         .iter()
         .position(|&b| b == b'"' || b == b'\\')
         .map(|offset| at + offset)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each zero byte of `word` (and maybe of bytes above one: the lowest flagged
+/// byte is always a true zero, as a borrow only runs upwards).
+#[inline]
+fn zero_byte(word: u64) -> u64 {
+    word.wrapping_sub(ONES) & !word & HIGH
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
