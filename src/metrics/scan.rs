@@ -120,16 +120,52 @@ fn string_end(bytes: &[u8]) -> Option<usize> {
 }
 
 /// The value of the first `"model"` key of a complete JSON text (near its start in a DeepSeek
-/// answer): a search for its `m`, cheaper than a general substring search at that distance.
+/// answer): its `m` found a word at a time, cheaper than a search call at that distance.
 pub(crate) fn find_model(json: &[u8]) -> Option<&[u8]> {
-    let at = memchr::memchr_iter(b'm', json)
-        .find(|&m| m > 0 && json[m - 1..].starts_with(MODEL_KEY))?
-        + MODEL_KEY.len()
-        - 1;
-    match value_end(&json[at..], ValueKind::String) {
-        ValueEnd::Complete(range) => Some(&json[at..][range]),
-        _ => None,
+    let mut from = 1;
+    loop {
+        let m = from + find_byte(json.get(from..)?, b'm')?;
+        if json[m - 1..].starts_with(MODEL_KEY) {
+            let rest = &json[m - 1 + MODEL_KEY.len()..];
+            let mut i = skip_ws(rest, 0);
+            if rest.get(i) != Some(&b':') {
+                // `"model"` as a value: the key may come later.
+                from = m + 1;
+                continue;
+            }
+            i = skip_ws(rest, i + 1);
+            if rest.get(i) != Some(&b'"') {
+                return None;
+            }
+            let value = &rest[i + 1..];
+            return match quote_or_backslash(value) {
+                Some(len) if value[len] == b'"' => Some(&value[..len]),
+                // An escaped model name is not a label anyway.
+                _ => None,
+            };
+        }
+        from = m + 1;
     }
+}
+
+/// The first `byte` in `bytes`, eight bytes at a time.
+fn find_byte(bytes: &[u8], byte: u8) -> Option<usize> {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let found = zero_byte(u64::from_le_bytes(word) ^ (ONES * u64::from(byte)));
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == byte)
+        .map(|offset| at + offset)
 }
 
 /// The value of `key` (written with its quotes, e.g. `"model"`) in one complete JSON text.
@@ -213,7 +249,12 @@ fn known_key(rest: &[u8]) -> Option<(usize, usize)> {
     const CACHED_T: u64 = word(b"cached_t");
     const REASONIN: u64 = word(b"reasonin");
     let head: [u8; 8] = rest.get(..8)?.try_into().ok()?;
-    let key = |key: &[u8], slot: usize| rest.starts_with(key).then_some((key.len(), slot));
+    // Inlined with the key as a constant, the comparison is a few word compares.
+    #[inline(always)]
+    fn is(rest: &[u8], key: &'static [u8]) -> bool {
+        rest.get(..key.len()) == Some(key)
+    }
+    let key = |key: &'static [u8], slot: usize| is(rest, key).then_some((key.len(), slot));
     match u64::from_le_bytes(head) {
         PROMPT_T => key(b"prompt_tokens\"", 0).or_else(|| key(b"prompt_tokens_details\"", NOWHERE)),
         COMPLETI => {
@@ -228,13 +269,27 @@ fn known_key(rest: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
+/// The first byte at or after `i` that is not whitespace, with its index (compact JSON has
+/// none: one comparison).
+#[inline(always)]
+fn token(object: &[u8], i: usize) -> Option<(usize, u8)> {
+    match object.get(i) {
+        Some(&byte) if !byte.is_ascii_whitespace() => Some((i, byte)),
+        Some(_) => {
+            let i = skip_ws(object, i);
+            object.get(i).map(|&byte| (i, byte))
+        }
+        None => None,
+    }
+}
+
 fn read_usage_fast(object: &[u8]) -> Fast {
     let mut slots = [None; 6];
     let mut depth = 0usize;
     let mut i = 0;
     // At an object's `{`, or at the `,` after a value: a key or the end of an object follows.
     loop {
-        let Some(&byte) = object.get(i) else {
+        let Some((at, byte)) = token(object, i) else {
             return Fast::Incomplete;
         };
         match byte {
@@ -249,20 +304,22 @@ fn read_usage_fast(object: &[u8]) -> Fast {
                     let [input, output, cached, reasoning, details, _] = slots;
                     return Fast::Read([input, output, cached.or(details), reasoning]);
                 }
-                i = skip_ws(object, i + 1);
+                i = at + 1;
                 continue;
             }
             _ => return Fast::General,
         }
-        i = skip_ws(object, i + 1);
-        match object.get(i) {
+        match token(object, at + 1) {
             None => return Fast::Incomplete,
-            Some(b'"') => {}
-            Some(b'}') => continue,
+            Some((at, b'"')) => i = at + 1,
+            Some((at, b'}')) => {
+                i = at;
+                continue;
+            }
             Some(_) => return Fast::General,
         }
         // A key.
-        let start = i + 1;
+        let start = i;
         let (len, slot) = match known_key(&object[start..]) {
             Some(known) => known,
             None => match quote_or_backslash(&object[start..]) {
@@ -271,18 +328,19 @@ fn read_usage_fast(object: &[u8]) -> Fast {
                 None => return Fast::Incomplete,
             },
         };
-        i = skip_ws(object, start + len);
-        match object.get(i) {
+        match token(object, start + len) {
             None => return Fast::Incomplete,
-            Some(b':') => {}
+            Some((at, b':')) => i = at + 1,
             Some(_) => return Fast::General,
         }
-        i = skip_ws(object, i + 1);
-        match object.get(i) {
+        match token(object, i) {
             None => return Fast::Incomplete,
             // A nested object: its keys next.
-            Some(b'{') => continue,
-            Some(b) if b.is_ascii_digit() => {}
+            Some((at, b'{')) => {
+                i = at;
+                continue;
+            }
+            Some((at, b)) if b.is_ascii_digit() => i = at,
             Some(_) => return Fast::General,
         }
         let mut value = 0u64;
@@ -295,7 +353,6 @@ fn read_usage_fast(object: &[u8]) -> Fast {
         if let Some(slot) = slots.get_mut(slot) {
             *slot = Some(value);
         }
-        i = skip_ws(object, i);
     }
 }
 
