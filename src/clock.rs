@@ -15,24 +15,27 @@
 //! Deadlines that are slept on (`tokio::time::sleep_until`) stay on tokio's clock in both
 //! modes; a [`Stamp`] only ever measures the time between two of its own readings.
 
+use std::num::NonZeroU64;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// A reading of the measuring clock: opaque, compared only with another reading.
+/// A reading of the measuring clock: opaque, compared only with another reading. Never zero,
+/// so an `Option<Stamp>` is as small as a `Stamp` (it is carried in every call's state).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct Stamp(u64);
+pub(crate) struct Stamp(NonZeroU64);
 
 impl Stamp {
     /// Reads the clock now.
     #[inline]
     pub(crate) fn now() -> Stamp {
-        Stamp(source::read())
+        // Shifted by one so that zero is free: differences are unchanged.
+        Stamp(NonZeroU64::MIN.saturating_add(source::read()))
     }
 
     /// Time from `earlier` to `self`; zero if `earlier` is later.
     #[inline]
     pub(crate) fn duration_since(self, earlier: Stamp) -> Duration {
-        source::between(earlier.0, self.0)
+        source::between(earlier.0.get(), self.0.get())
     }
 
     /// Time since this reading.
@@ -49,6 +52,7 @@ pub(crate) fn warm_up() {
 }
 
 /// The time-stamp counter through `quanta`.
+#[cfg_attr(all(feature = "test-util", not(test)), allow(dead_code))]
 mod fast {
     use super::*;
 

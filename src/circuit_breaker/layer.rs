@@ -21,6 +21,7 @@ use super::fallback::{Fallback, FallbackResponse, NoFallback};
 use super::state::{CircuitBreaker, Permit, Verdict};
 use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody};
 use crate::classify::{Classify, Observation, Outcome};
+use crate::clock::Stamp;
 use crate::error::{BoxError, Error, ErrorKind};
 
 /// The response body of a [`CircuitBreakerService`]: the inner body, observed so that a stream
@@ -258,6 +259,7 @@ where
 }
 
 /// Admits or refuses one call: the body of `call`, shared with the keyed service.
+#[inline]
 pub(crate) fn dispatch<S, F, ReqB, RespB>(
     breaker: &CircuitBreaker,
     inner: &mut S,
@@ -390,6 +392,7 @@ where
 }
 
 /// Judges the response head; a success whose body is still to come is judged by its body.
+#[inline]
 fn observe<B>(permit: Permit, response: Response<B>) -> Response<CircuitBreakerBody<B>>
 where
     B: http_body::Body,
@@ -401,13 +404,23 @@ where
         headers: &parts.headers,
     });
     let verdict = permit.verdict_of(outcome);
-    let format = BodyFormat::from_headers(&parts.headers);
-    let observer = if verdict == Verdict::Success && config.observe_body && !body.is_end_stream() {
+    let pending = verdict == Verdict::Success && config.observe_body && !body.is_end_stream();
+    // The format only matters to an observer still waiting for the body's end.
+    let format = if pending {
+        BodyFormat::from_headers(&parts.headers)
+    } else {
+        BodyFormat::Json
+    };
+    let observer = if pending {
         let first_token = config.slow_call_measure == SlowCallMeasure::FirstToken;
-        let duration = if first_token { None } else { permit.elapsed() };
+        let measured_at = if first_token || !permit.is_timed() {
+            None
+        } else {
+            Some(Stamp::now())
+        };
         BreakerObserver {
             permit: Some(permit),
-            duration,
+            measured_at,
             first_token,
         }
     } else {
@@ -422,7 +435,9 @@ where
 /// ended. Compose it with other observers through [`crate::body`]'s tuple impls.
 pub struct BreakerObserver {
     permit: Option<Permit>,
-    duration: Option<Duration>,
+    // When the measured moment (the head, or the first token) passed: the call's duration is
+    // taken from it at the end, so the observer carries a stamp, not a `Duration`.
+    measured_at: Option<Stamp>,
     first_token: bool,
 }
 
@@ -430,7 +445,7 @@ impl fmt::Debug for BreakerObserver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BreakerObserver")
             .field("pending", &self.permit.is_some())
-            .field("duration", &self.duration)
+            .field("measured", &self.measured_at.is_some())
             .finish()
     }
 }
@@ -439,14 +454,17 @@ impl BreakerObserver {
     fn done() -> BreakerObserver {
         BreakerObserver {
             permit: None,
-            duration: None,
+            measured_at: None,
             first_token: false,
         }
     }
 
     fn finish(&mut self, outcome: Outcome) {
         if let Some(permit) = self.permit.take() {
-            let duration = self.duration.or_else(|| permit.elapsed());
+            let duration = match self.measured_at {
+                Some(at) => permit.duration_until(at),
+                None => permit.elapsed(),
+            };
             let verdict = permit.verdict_of(outcome);
             permit.complete_verdict(verdict, duration);
         }
@@ -459,8 +477,10 @@ impl BodyObserver for BreakerObserver {
             return;
         };
         match event {
-            BodyEvent::FirstToken if self.first_token && self.duration.is_none() => {
-                self.duration = permit.elapsed();
+            BodyEvent::FirstToken
+                if self.first_token && self.measured_at.is_none() && permit.is_timed() =>
+            {
+                self.measured_at = Some(Stamp::now());
             }
             BodyEvent::End(end) => {
                 let outcome = end.outcome(&*permit.core().config.classifier);

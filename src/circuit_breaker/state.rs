@@ -723,6 +723,14 @@ impl Core {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
             }
         }
+        // A window without a failed or slow call cannot trip on its rates (the common case of
+        // a healthy upstream): skip the arithmetic.
+        if counts.failed == 0 && counts.slow == 0 {
+            if consecutive_trip {
+                self.trip_closed(expected, counts, false, false);
+            }
+            return;
+        }
         let (failures, slow_calls) = self.exceeds(counts, self.config.closed_minimum());
         if failures || slow_calls || consecutive_trip {
             self.trip_closed(expected, counts, failures, slow_calls);
@@ -886,6 +894,16 @@ impl Permit {
     /// Time since the permit was taken, when the breaker times calls.
     pub fn elapsed(&self) -> Option<Duration> {
         self.start.map(|start| start.elapsed())
+    }
+
+    /// Whether the call is timed (the breaker measures slow calls).
+    pub(crate) fn is_timed(&self) -> bool {
+        self.start.is_some()
+    }
+
+    /// Time from the permit to `at`, when the breaker times calls.
+    pub(crate) fn duration_until(&self, at: Stamp) -> Option<Duration> {
+        self.start.map(|start| at.duration_since(start))
     }
 
     pub(crate) fn core(&self) -> &Core {
