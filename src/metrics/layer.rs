@@ -4,7 +4,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
@@ -60,6 +60,28 @@ struct Shared {
     side: Side,
     operation: Operation,
     classifier: Arc<dyn Classify>,
+    /// The operation names an [`OperationFn`] returned, by address, with their label index:
+    /// a name is `&'static`, so its address and length identify it for good, and a label's
+    /// index never changes once given.
+    operations: [OnceLock<(usize, usize, usize)>; 4],
+}
+
+impl Shared {
+    fn operation_index(&self, name: &'static str) -> usize {
+        let id = (name.as_ptr() as usize, name.len());
+        for slot in &self.operations {
+            match slot.get() {
+                Some(&(address, len, index)) if (address, len) == id => return index,
+                Some(_) => continue,
+                None => {
+                    let index = self.metrics.operation_index(name);
+                    let _ = slot.set((id.0, id.1, index));
+                    return index;
+                }
+            }
+        }
+        self.metrics.operation_index(name)
+    }
 }
 
 /// Records request (RED) metrics, and on the client side the GenAI metrics, for every call
@@ -143,6 +165,7 @@ impl MetricsLayer {
                 side,
                 operation,
                 classifier: Arc::new(DeepSeekClassifier),
+                operations: Default::default(),
             }),
         }
     }
@@ -154,6 +177,7 @@ impl MetricsLayer {
             side: shared.side,
             operation: shared.operation,
             classifier: Arc::clone(&shared.classifier),
+            operations: Default::default(),
         };
         change(&mut next);
         MetricsLayer {
@@ -237,9 +261,7 @@ where
         let shared = &self.shared;
         let op = match shared.operation {
             Operation::Fixed(index) => index,
-            Operation::By(name) => shared
-                .metrics
-                .operation_index(name(request.method(), request.uri())),
+            Operation::By(name) => shared.operation_index(name(request.method(), request.uri())),
         };
         let model = shared.metrics.model_index(
             request
