@@ -64,6 +64,10 @@ struct Shared {
     /// a name is `&'static`, so its address and length identify it for good, and a label's
     /// index never changes once given.
     operations: [OnceLock<(usize, usize, usize)>; 4],
+    /// Request models seen, with their label index: the client shares one allocation of its
+    /// configured model name across requests, so its address identifies it (the clone held
+    /// here keeps that address from being reused for another name).
+    models: [OnceLock<(RequestModel, usize)>; 4],
 }
 
 impl Shared {
@@ -81,6 +85,25 @@ impl Shared {
             }
         }
         self.metrics.operation_index(name)
+    }
+
+    fn model_index(&self, model: Option<&RequestModel>) -> usize {
+        let Some(model) = model else {
+            return self.metrics.model_index(None);
+        };
+        let name = model.as_str();
+        for slot in &self.models {
+            match slot.get() {
+                Some((known, index)) if std::ptr::eq(known.as_str(), name) => return *index,
+                Some(_) => continue,
+                None => {
+                    let index = self.metrics.model_index(Some(name));
+                    let _ = slot.set((model.clone(), index));
+                    return index;
+                }
+            }
+        }
+        self.metrics.model_index(Some(name))
     }
 }
 
@@ -166,6 +189,7 @@ impl MetricsLayer {
                 operation,
                 classifier: Arc::new(DeepSeekClassifier),
                 operations: Default::default(),
+                models: Default::default(),
             }),
         }
     }
@@ -178,6 +202,7 @@ impl MetricsLayer {
             operation: shared.operation,
             classifier: Arc::clone(&shared.classifier),
             operations: Default::default(),
+            models: Default::default(),
         };
         change(&mut next);
         MetricsLayer {
@@ -263,12 +288,7 @@ where
             Operation::Fixed(index) => index,
             Operation::By(name) => shared.operation_index(name(request.method(), request.uri())),
         };
-        let model = shared.metrics.model_index(
-            request
-                .extensions()
-                .get::<RequestModel>()
-                .map(RequestModel::as_str),
-        );
+        let model = shared.model_index(request.extensions().get::<RequestModel>());
         let key = CallKey {
             side: shared.side,
             op,
