@@ -3,12 +3,15 @@
 //!
 //! A call records into cells resolved by label index (no label lookup, no lock): a histogram
 //! is one bucket counter and an integer sum (nanoseconds or tokens), its count being the sum
-//! of its buckets; `<prefix>_requests_total` is the request-duration histogram's count; the
-//! in-flight gauge is calls started minus calls recorded minus calls cancelled. A
+//! of its buckets; `<prefix>_requests_total` is the request-duration histogram's count; a
+//! client call's request duration is not recorded twice: its series is the sum, over response
+//! models, of the GenAI duration series with the same operation, request model and outcome
+//! class (every client call records one, with the same duration); the in-flight gauge is
+//! calls started minus calls recorded minus calls cancelled. A
 //! [`Collector`] registered in the injected registry renders the same metric families (names,
 //! help, labels, buckets) as `prometheus`'s own vectors would.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -16,7 +19,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto;
 
 use super::instruments::{
-    DURATION_BUCKETS, OUTCOMES, PROVIDER, SIDES, TOKEN_BUCKETS, TOKEN_TYPES, Tables,
+    DURATION_BUCKETS, OUTCOMES, PROVIDER, SIDES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables,
 };
 use super::labels::Grid;
 
@@ -53,36 +56,56 @@ impl<const N: usize> Hist<N> {
         self.sum.fetch_add(value, Ordering::Relaxed);
     }
 
+    /// Adds this histogram's buckets and sum into `total`.
+    fn add_to(&self, total: &mut Snapshot<N>) {
+        for (sum, bucket) in total.buckets.iter_mut().zip(&self.buckets) {
+            *sum = sum.wrapping_add(bucket.load(Ordering::Acquire));
+        }
+        total.sum = total.sum.wrapping_add(self.sum.load(Ordering::Relaxed));
+    }
+}
+
+/// Buckets and sum read from one or more [`Hist`]s.
+struct Snapshot<const N: usize> {
+    buckets: [u64; N],
+    sum: u64,
+}
+
+impl<const N: usize> Default for Snapshot<N> {
+    fn default() -> Self {
+        Snapshot {
+            buckets: [0; N],
+            sum: 0,
+        }
+    }
+}
+
+impl<const N: usize> Snapshot<N> {
+    fn read(histogram: &Hist<N>) -> Snapshot<N> {
+        let mut snapshot = Snapshot::default();
+        histogram.add_to(&mut snapshot);
+        snapshot
+    }
+
     fn count(&self) -> u64 {
         self.buckets
             .iter()
-            .map(|bucket| bucket.load(Ordering::Acquire))
-            .fold(0u64, u64::wrapping_add)
+            .fold(0u64, |sum, n| sum.wrapping_add(*n))
     }
 
-    /// The exposition of the histogram: cumulative buckets at `bounds`, the sum divided by
-    /// `scale`.
     fn proto(&self, bounds: &[f64], scale: f64) -> proto::Histogram {
         let mut cumulative = 0u64;
         let mut buckets = Vec::with_capacity(bounds.len());
-        for (bucket, bound) in self.buckets.iter().zip(bounds) {
-            cumulative = cumulative.wrapping_add(bucket.load(Ordering::Acquire));
+        for (count, bound) in self.buckets.iter().zip(bounds) {
+            cumulative = cumulative.wrapping_add(*count);
             let mut out = proto::Bucket::default();
             out.set_cumulative_count(cumulative);
             out.set_upper_bound(*bound);
             buckets.push(out);
         }
-        let count = self
-            .buckets
-            .get(bounds.len()..)
-            .unwrap_or_default()
-            .iter()
-            .fold(cumulative, |sum, bucket| {
-                sum.wrapping_add(bucket.load(Ordering::Acquire))
-            });
         let mut histogram = proto::Histogram::default();
-        histogram.set_sample_count(count);
-        histogram.set_sample_sum(self.sum.load(Ordering::Relaxed) as f64 / scale);
+        histogram.set_sample_count(self.count());
+        histogram.set_sample_sum(self.sum as f64 / scale);
         histogram.set_bucket(buckets);
         histogram
     }
@@ -254,60 +277,46 @@ impl Collector for CallCollector {
             ]
         };
 
-        // In flight first: its calls cancelled, then recorded, then started, so a call counted
-        // as ended is always counted as started and the gauge never goes below zero.
-        let mut flights = self.family(2, proto::MetricType::GAUGE);
-        let mut in_flight = Vec::new();
-        for (flight, cell) in cells.flights.iter() {
-            let cancelled = cell.cancelled.load(Ordering::Acquire);
-            let recorded = (0..OUTCOMES.len())
-                .filter_map(|class| cells.red.peek(flight * OUTCOMES.len() + class))
-                .map(|histogram| histogram.count())
-                .fold(0u64, u64::wrapping_add);
-            let started = cell.started.load(Ordering::Acquire);
-            let value = started.saturating_sub(recorded).saturating_sub(cancelled);
-            let mut out = metric(&red_labels[..3], &flight_names(flight));
-            let mut gauge = proto::Gauge::default();
-            gauge.set_value(value as f64);
-            out.set_gauge(gauge);
-            in_flight.push(out);
-        }
-        flights.set_metric(in_flight);
+        // For the in-flight gauge, calls cancelled are read first, then calls recorded, then
+        // calls started: a call counted as ended is then always counted as started, and the
+        // gauge never goes below zero.
+        let cancelled: Vec<(usize, u64)> = cells
+            .flights
+            .iter()
+            .map(|(flight, cell)| (flight, cell.cancelled.load(Ordering::Acquire)))
+            .collect();
 
-        let mut requests = self.family(0, proto::MetricType::COUNTER);
-        let mut durations = self.family(1, proto::MetricType::HISTOGRAM);
-        let (mut counts, mut histograms) = (Vec::new(), Vec::new());
-        for (index, histogram) in cells.red.iter() {
-            let [side, op, model] = flight_names(index / OUTCOMES.len());
-            let outcome = OUTCOMES.get(index % OUTCOMES.len()).copied();
-            let values = [side, op, model, outcome.unwrap_or("other")];
-            let snapshot = histogram.proto(&DURATION_BUCKETS, 1e9);
-            let mut count = metric(&red_labels, &values);
-            let mut counter = proto::Counter::default();
-            counter.set_value(snapshot.get_sample_count() as f64);
-            count.set_counter(counter);
-            counts.push(count);
-            let mut duration = metric(&red_labels, &values);
-            duration.set_histogram(snapshot);
-            histograms.push(duration);
-        }
-        requests.set_metric(counts);
-        durations.set_metric(histograms);
-
+        // The request series by RED index: the server's as recorded, the client's summed from
+        // the GenAI duration series (see the module docs).
+        let mut red: BTreeMap<usize, Snapshot<DURATION_CELLS>> = cells
+            .red
+            .iter()
+            .map(|(index, histogram)| (index, Snapshot::read(histogram)))
+            .collect();
         let mut genai_duration = self.family(3, proto::MetricType::HISTOGRAM);
         let mut genai_tokens = self.family(4, proto::MetricType::HISTOGRAM);
         let (mut duration_series, mut token_series) = (Vec::new(), Vec::new());
         for (index, series) in cells.genai.iter() {
+            let (op, request, response) = (
+                index / (models * models),
+                index / models % models,
+                index % models,
+            );
             let base = [
-                tables.operations.name(index / (models * models)),
+                tables.operations.name(op),
                 PROVIDER,
-                tables.models.name(index / models % models),
-                tables.models.name(index % models),
+                tables.models.name(request),
+                tables.models.name(response),
             ];
             for (class, histogram) in series.duration.iter().enumerate() {
-                if histogram.count() == 0 {
+                let snapshot = Snapshot::read(histogram);
+                if snapshot.count() == 0 {
                     continue;
                 }
+                histogram.add_to(
+                    red.entry(tables.red_index(Side::Client, op, request, class))
+                        .or_default(),
+                );
                 // Empty on success, as the semantic conventions leave `error.type` unset.
                 let error = if class == 0 { "" } else { OUTCOMES[class] };
                 let mut out = metric(
@@ -320,11 +329,12 @@ impl Collector for CallCollector {
                     ],
                     &[base[0], base[1], base[2], base[3], error],
                 );
-                out.set_histogram(histogram.proto(&DURATION_BUCKETS, 1e9));
+                out.set_histogram(snapshot.proto(&DURATION_BUCKETS, 1e9));
                 duration_series.push(out);
             }
             for (kind, histogram) in series.tokens.iter().enumerate() {
-                if histogram.count() == 0 {
+                let snapshot = Snapshot::read(histogram);
+                if snapshot.count() == 0 {
                     continue;
                 }
                 let mut out = metric(
@@ -337,12 +347,51 @@ impl Collector for CallCollector {
                     ],
                     &[base[0], base[1], base[2], base[3], TOKEN_TYPES[kind]],
                 );
-                out.set_histogram(histogram.proto(&TOKEN_BUCKETS, 1.0));
+                out.set_histogram(snapshot.proto(&TOKEN_BUCKETS, 1.0));
                 token_series.push(out);
             }
         }
         genai_duration.set_metric(duration_series);
         genai_tokens.set_metric(token_series);
+
+        let mut requests = self.family(0, proto::MetricType::COUNTER);
+        let mut durations = self.family(1, proto::MetricType::HISTOGRAM);
+        let (mut counts, mut histograms) = (Vec::new(), Vec::new());
+        for (index, snapshot) in &red {
+            let [side, op, model] = flight_names(index / OUTCOMES.len());
+            let outcome = OUTCOMES.get(index % OUTCOMES.len()).copied();
+            let values = [side, op, model, outcome.unwrap_or("other")];
+            let mut count = metric(&red_labels, &values);
+            let mut counter = proto::Counter::default();
+            counter.set_value(snapshot.count() as f64);
+            count.set_counter(counter);
+            counts.push(count);
+            let mut duration = metric(&red_labels, &values);
+            duration.set_histogram(snapshot.proto(&DURATION_BUCKETS, 1e9));
+            histograms.push(duration);
+        }
+        requests.set_metric(counts);
+        durations.set_metric(histograms);
+
+        let mut flights = self.family(2, proto::MetricType::GAUGE);
+        let mut in_flight = Vec::new();
+        for (flight, cancelled) in cancelled {
+            let recorded = red
+                .range(flight * OUTCOMES.len()..(flight + 1) * OUTCOMES.len())
+                .map(|(_, snapshot)| snapshot.count())
+                .fold(0u64, u64::wrapping_add);
+            let started = cells
+                .flights
+                .peek(flight)
+                .map_or(0, |cell| cell.started.load(Ordering::Acquire));
+            let value = started.saturating_sub(recorded).saturating_sub(cancelled);
+            let mut out = metric(&red_labels[..3], &flight_names(flight));
+            let mut gauge = proto::Gauge::default();
+            gauge.set_value(value as f64);
+            out.set_gauge(gauge);
+            in_flight.push(out);
+        }
+        flights.set_metric(in_flight);
 
         vec![requests, durations, flights, genai_duration, genai_tokens]
     }

@@ -577,7 +577,7 @@ impl Metrics {
             .red_index(key.side, key.op, key.model, class);
         #[cfg(feature = "prometheus")]
         if let Some(sink) = &self.inner.prometheus {
-            sink.request(index, nanos(elapsed));
+            sink.request(key.side, index, nanos(elapsed));
         }
         #[cfg(feature = "opentelemetry")]
         if let Some(sink) = &self.inner.otel {

@@ -307,8 +307,12 @@ impl PromSink {
     }
 
     #[inline]
-    pub(crate) fn request(&self, index: usize, nanos: u64) {
-        self.cells.request(index, nanos);
+    pub(crate) fn request(&self, side: Side, index: usize, nanos: u64) {
+        // A client call's request series is the sum of its GenAI duration series (same
+        // duration, operation, request model and outcome class), recorded by `genai`.
+        if side != Side::Client {
+            self.cells.request(index, nanos);
+        }
     }
 
     pub(crate) fn auth_failure(&self, side: Side, failure: AuthFailure) {
