@@ -12,6 +12,9 @@
 //! - `tower_deepseek_client`: `MetricsLayer::client`: the RED metrics, the GenAI duration and
 //!   token histograms, the body observed to its end (model and usage read as it passes).
 //! - `tower_deepseek_server`: `MetricsLayer::server`: RED metrics only, body observed.
+//! - `observed_body_floor`: no metrics, only the response body wrapped in the shared
+//!   [`ObservedBody`] with an observer that records nothing: the part of every row above that
+//!   observing the body to its end costs (the floor under the layer's own work).
 //!
 //! Run: `cargo bench --features prometheus --bench metrics`
 
@@ -23,6 +26,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_deepseek::body::{BodyEvent, BodyFormat, ObservedBody};
 use tower_deepseek::deepseek::RequestModel;
 use tower_deepseek::metrics::{DURATION_BUCKETS, Metrics, MetricsLayer};
 
@@ -162,6 +166,15 @@ fn bench(c: &mut Criterion) {
     });
     group.bench_function("tower_deepseek_server", |b| {
         let mut service = server.clone();
+        b.iter(|| runtime.block_on(drive(&mut service, &model)));
+    });
+    group.bench_function("observed_body_floor", |b| {
+        let mut service = tower::ServiceBuilder::new()
+            .map_response(|response: Response<Full<Bytes>>| {
+                let format = BodyFormat::from_headers(response.headers());
+                response.map(|body| ObservedBody::new(body, format, |_event: BodyEvent<'_>| {}))
+            })
+            .service_fn(ready_service);
         b.iter(|| runtime.block_on(drive(&mut service, &model)));
     });
     group.finish();

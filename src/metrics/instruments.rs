@@ -223,7 +223,8 @@ pub(crate) struct CallKey {
 
 pub(crate) struct Inner {
     pub(crate) prefix: Box<str>,
-    pub(crate) tables: Tables,
+    /// Shared with the Prometheus collector, which names the series it renders.
+    pub(crate) tables: Arc<Tables>,
     #[cfg(feature = "prometheus")]
     pub(crate) prometheus: Option<super::prometheus::PromSink>,
     #[cfg(feature = "opentelemetry")]
@@ -447,13 +448,13 @@ impl MetricsBuilder {
             )));
         }
         let fixed = std::iter::once(UNKNOWN).chain(self.models.iter().map(String::as_str));
-        let tables = Tables {
+        let tables = Arc::new(Tables {
             operations: LabelTable::new([], self.max_operations, true),
             models: LabelTable::new(fixed, self.max_models, self.learn_models),
             limiters: LabelTable::new([], self.max_limiters, true),
             breakers: LabelTable::new([], self.max_breakers, true),
             upstreams: LabelTable::new([], MAX_UPSTREAM_LABELS, true),
-        };
+        });
         #[cfg(feature = "prometheus")]
         let prometheus = match self.registry {
             Some(registry) => Some(super::prometheus::PromSink::new(
@@ -478,6 +479,11 @@ impl MetricsBuilder {
             }),
         })
     }
+}
+
+/// A duration in whole nanoseconds (saturating: 584 years).
+pub(crate) fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 fn config(message: String) -> Error {
@@ -523,6 +529,11 @@ impl Metrics {
         models.name(models.index(model))
     }
 
+    /// The label of a model index (`other` for the overflow index).
+    pub(crate) fn model_name(&self, index: usize) -> &str {
+        self.inner.tables.models.name(index)
+    }
+
     pub(crate) fn operation_index(&self, operation: &str) -> usize {
         self.inner.tables.operations.index(operation)
     }
@@ -534,37 +545,44 @@ impl Metrics {
 
     pub(crate) fn call_started(&self, key: CallKey) {
         let index = self.inner.tables.flight_index(key.side, key.op, key.model);
-        each_sink!(self.inner, |sink| sink.in_flight(
-            &self.inner.tables,
-            key,
-            index,
-            1
-        ));
+        #[cfg(feature = "prometheus")]
+        if let Some(sink) = &self.inner.prometheus {
+            sink.call_started(index);
+        }
+        #[cfg(feature = "opentelemetry")]
+        if let Some(sink) = &self.inner.otel {
+            sink.in_flight(&self.inner.tables, key, index, 1);
+        }
     }
 
-    pub(crate) fn call_ended(&self, key: CallKey) {
+    /// The end of a call's in-flight time; `recorded` if [`request`](Self::request) counted
+    /// it.
+    pub(crate) fn call_ended(&self, key: CallKey, recorded: bool) {
         let index = self.inner.tables.flight_index(key.side, key.op, key.model);
-        each_sink!(self.inner, |sink| sink.in_flight(
-            &self.inner.tables,
-            key,
-            index,
-            -1
-        ));
+        #[cfg(feature = "prometheus")]
+        if let Some(sink) = &self.inner.prometheus {
+            sink.call_ended(index, recorded);
+        }
+        #[cfg(feature = "opentelemetry")]
+        if let Some(sink) = &self.inner.otel {
+            sink.in_flight(&self.inner.tables, key, index, -1);
+        }
     }
 
-    pub(crate) fn request(&self, key: CallKey, outcome: &Outcome, seconds: f64) {
+    pub(crate) fn request(&self, key: CallKey, outcome: &Outcome, elapsed: Duration) {
         let class = outcome_index(outcome);
         let index = self
             .inner
             .tables
             .red_index(key.side, key.op, key.model, class);
-        each_sink!(self.inner, |sink| sink.request(
-            &self.inner.tables,
-            key,
-            class,
-            index,
-            seconds
-        ));
+        #[cfg(feature = "prometheus")]
+        if let Some(sink) = &self.inner.prometheus {
+            sink.request(key.side, index, nanos(elapsed));
+        }
+        #[cfg(feature = "opentelemetry")]
+        if let Some(sink) = &self.inner.otel {
+            sink.request(&self.inner.tables, key, class, index, elapsed.as_secs_f64());
+        }
         if let Outcome::Auth(failure) = outcome {
             each_sink!(self.inner, |sink| sink.auth_failure(key.side, *failure));
         }
@@ -664,7 +682,11 @@ impl Metrics {
 pub(crate) struct GenAiRecord {
     /// `None` on success, else the outcome class index (`error_type`).
     pub(crate) error: Option<usize>,
+    /// The duration in seconds, for OpenTelemetry.
+    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
     pub(crate) seconds: f64,
+    /// The same duration in whole nanoseconds.
+    pub(crate) nanos: u64,
     /// Input, output, cached input, reasoning.
     pub(crate) tokens: [Option<u64>; 4],
     /// Seconds to the first chunk (streams only).

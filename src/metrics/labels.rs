@@ -153,4 +153,17 @@ impl<T> Grid<T> {
     pub(crate) fn get(&self, index: usize, init: impl FnOnce() -> T) -> Option<&T> {
         self.slots.get(index).map(|slot| slot.get_or_init(init))
     }
+
+    /// The value at `index` if it was resolved.
+    pub(crate) fn peek(&self, index: usize) -> Option<&T> {
+        self.slots.get(index).and_then(OnceLock::get)
+    }
+
+    /// The resolved values with their indices.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(index, slot)| slot.get().map(|value| (index, value)))
+    }
 }

@@ -4,19 +4,21 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
 
 use http::{Request, Response};
 use pin_project_lite::pin_project;
-use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::instruments::{CallKey, GenAiRecord, Metrics, Side, outcome_index};
-use super::scan::{FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, parse_usage};
+use super::instruments::{CallKey, GenAiRecord, Metrics, Side, nanos, outcome_index};
+use super::scan::{
+    FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, find_model, find_usage, parse_usage,
+};
 use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody};
 use crate::classify::{Classify, DeepSeekClassifier, Observation, Outcome, StreamFailure};
+use crate::clock::Stamp;
 use crate::deepseek::RequestModel;
 
 /// Names the operation of a request from its method and URI. It must return one of a small,
@@ -58,6 +60,51 @@ struct Shared {
     side: Side,
     operation: Operation,
     classifier: Arc<dyn Classify>,
+    /// The operation names an [`OperationFn`] returned, by address, with their label index:
+    /// a name is `&'static`, so its address and length identify it for good, and a label's
+    /// index never changes once given.
+    operations: [OnceLock<(usize, usize, usize)>; 4],
+    /// Request models seen, with their label index: the client shares one allocation of its
+    /// configured model name across requests, so its address identifies it (the clone held
+    /// here keeps that address from being reused for another name).
+    models: [OnceLock<(RequestModel, usize)>; 4],
+}
+
+impl Shared {
+    fn operation_index(&self, name: &'static str) -> usize {
+        let id = (name.as_ptr() as usize, name.len());
+        for slot in &self.operations {
+            match slot.get() {
+                Some(&(address, len, index)) if (address, len) == id => return index,
+                Some(_) => continue,
+                None => {
+                    let index = self.metrics.operation_index(name);
+                    let _ = slot.set((id.0, id.1, index));
+                    return index;
+                }
+            }
+        }
+        self.metrics.operation_index(name)
+    }
+
+    fn model_index(&self, model: Option<&RequestModel>) -> usize {
+        let Some(model) = model else {
+            return self.metrics.model_index(None);
+        };
+        let name = model.as_str();
+        for slot in &self.models {
+            match slot.get() {
+                Some((known, index)) if std::ptr::eq(known.as_str(), name) => return *index,
+                Some(_) => continue,
+                None => {
+                    let index = self.metrics.model_index(Some(name));
+                    let _ = slot.set((model.clone(), index));
+                    return index;
+                }
+            }
+        }
+        self.metrics.model_index(Some(name))
+    }
 }
 
 /// Records request (RED) metrics, and on the client side the GenAI metrics, for every call
@@ -134,12 +181,15 @@ impl MetricsLayer {
     }
 
     fn new(metrics: &Metrics, side: Side, operation: Operation) -> MetricsLayer {
+        crate::clock::warm_up();
         MetricsLayer {
             shared: Arc::new(Shared {
                 metrics: metrics.clone(),
                 side,
                 operation,
                 classifier: Arc::new(DeepSeekClassifier),
+                operations: Default::default(),
+                models: Default::default(),
             }),
         }
     }
@@ -151,6 +201,8 @@ impl MetricsLayer {
             side: shared.side,
             operation: shared.operation,
             classifier: Arc::clone(&shared.classifier),
+            operations: Default::default(),
+            models: Default::default(),
         };
         change(&mut next);
         MetricsLayer {
@@ -234,16 +286,9 @@ where
         let shared = &self.shared;
         let op = match shared.operation {
             Operation::Fixed(index) => index,
-            Operation::By(name) => shared
-                .metrics
-                .operation_index(name(request.method(), request.uri())),
+            Operation::By(name) => shared.operation_index(name(request.method(), request.uri())),
         };
-        let model = shared.metrics.model_index(
-            request
-                .extensions()
-                .get::<RequestModel>()
-                .map(RequestModel::as_str),
-        );
+        let model = shared.model_index(request.extensions().get::<RequestModel>());
         let key = CallKey {
             side: shared.side,
             op,
@@ -253,7 +298,8 @@ where
         let call = Call {
             shared: Arc::clone(shared),
             key,
-            start: Instant::now(),
+            start: Stamp::now(),
+            recorded: false,
         };
         ResponseFuture {
             future: self.inner.call(request),
@@ -267,12 +313,14 @@ where
 struct Call {
     shared: Arc<Shared>,
     key: CallKey,
-    start: Instant,
+    start: Stamp,
+    /// Whether `finish` recorded the call (else it was cancelled).
+    recorded: bool,
 }
 
 impl Drop for Call {
     fn drop(&mut self) {
-        self.shared.metrics.call_ended(self.key);
+        self.shared.metrics.call_ended(self.key, self.recorded);
     }
 }
 
@@ -282,17 +330,19 @@ impl Call {
     }
 
     /// Records the finished call (the in-flight count ends when `self` drops).
-    fn finish(self, outcome: Outcome, seen: Option<&Seen>) {
-        let seconds = self.start.elapsed().as_secs_f64();
+    fn finish(mut self, outcome: Outcome, seen: Option<&Seen>) {
+        let elapsed = self.start.elapsed();
         let metrics = &self.shared.metrics;
-        metrics.request(self.key, &outcome, seconds);
+        metrics.request(self.key, &outcome, elapsed);
+        self.recorded = true;
         if self.genai() {
             let response_model = seen
                 .and_then(|seen| seen.response_model)
                 .unwrap_or(self.key.model);
             let record = GenAiRecord {
                 error: (!outcome.is_success()).then(|| outcome_index(&outcome)),
-                seconds,
+                seconds: elapsed.as_secs_f64(),
+                nanos: nanos(elapsed),
                 tokens: seen.map_or([None; 4], |seen| {
                     // A breakdown that is zero (no cache hit, no reasoning) is not recorded,
                     // so its `_count` is the number of calls that had one.
@@ -404,7 +454,7 @@ pub struct MetricsObserver {
     remaining: Option<u64>,
     sse: bool,
     seen: Seen,
-    last_chunk: Option<Instant>,
+    last_chunk: Option<Stamp>,
     json: JsonScan,
 }
 
@@ -453,13 +503,20 @@ impl MetricsObserver {
     }
 
     fn set_model(&mut self, call_model: &[u8]) {
-        if let (Some(call), Ok(model)) = (&self.call, std::str::from_utf8(call_model)) {
-            self.seen.response_model = Some(call.shared.metrics.model_index(Some(model)));
+        let Some(call) = &self.call else {
+            return;
+        };
+        let metrics = &call.shared.metrics;
+        // Usually the model asked for: its index is known, no table lookup.
+        if call.key.model != 0 && metrics.model_name(call.key.model).as_bytes() == call_model {
+            self.seen.response_model = Some(call.key.model);
+        } else if let Ok(model) = std::str::from_utf8(call_model) {
+            self.seen.response_model = Some(metrics.model_index(Some(model)));
         }
     }
 
     fn sse_chunk(&mut self, data: &[u8]) {
-        let now = Instant::now();
+        let now = Stamp::now();
         if self.seen.response_model.is_none()
             && let Some(model) = find_field(data, MODEL_KEY, ValueKind::String)
         {
@@ -467,7 +524,7 @@ impl MetricsObserver {
         }
         if let (Some(last), Some(call)) = (self.last_chunk, &self.call) {
             let model = self.seen.response_model.unwrap_or(call.key.model);
-            let gap = now.saturating_duration_since(last).as_secs_f64();
+            let gap = now.duration_since(last).as_secs_f64();
             call.shared.metrics.chunk_gap(call.key, model, gap);
         }
         self.last_chunk = Some(now);
@@ -477,10 +534,10 @@ impl MetricsObserver {
         match &mut self.json {
             JsonScan::Done => {}
             JsonScan::Start => {
-                let model = find_field(frame, MODEL_KEY, ValueKind::String);
-                let usage = find_field(frame, USAGE_KEY, ValueKind::Object);
-                if let Some(usage) = usage {
-                    self.seen.tokens = parse_usage(usage);
+                let model = find_model(frame);
+                let usage = find_usage(frame);
+                if let Some(tokens) = usage {
+                    self.seen.tokens = tokens;
                 }
                 if let Some(model) = model {
                     self.set_model(model);

@@ -83,6 +83,8 @@
 //! ```
 
 #[cfg(feature = "prometheus")]
+mod cells;
+#[cfg(feature = "prometheus")]
 mod handler;
 mod instruments;
 mod labels;

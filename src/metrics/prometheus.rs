@@ -1,17 +1,17 @@
 //! The Prometheus exporter: instruments registered in an injected registry, each labelled
 //! series resolved once (on first use) and cached by label index.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
 
+use super::cells::{CallCells, CallCollector, desc};
 use super::instruments::{
-    CHUNK_BUCKETS, CallKey, DURATION_BUCKETS, FAILOVER_REASONS, GenAiRecord, HEDGE_OUTCOMES,
-    Metrics, OUTCOMES, PROVIDER, SIDES, STATES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables,
-    WAIT_BUCKETS, auth_reason,
+    CHUNK_BUCKETS, DURATION_BUCKETS, FAILOVER_REASONS, GenAiRecord, HEDGE_OUTCOMES, Metrics,
+    OUTCOMES, PROVIDER, SIDES, STATES, Side, Tables, WAIT_BUCKETS, auth_reason,
 };
 use super::labels::Grid;
 use crate::classify::AuthFailure;
@@ -27,24 +27,20 @@ const GENAI_LABELS: [&str; 4] = [
     "gen_ai_response_model",
 ];
 
-/// The GenAI series of one (operation, request model, response model), each resolved on
-/// first use.
+/// The streaming GenAI series of one (operation, request model, response model), each
+/// resolved on first use (the per-call ones are in [`CallCells`]).
 #[derive(Default)]
 struct GenAiSeries {
-    duration: [OnceLock<Histogram>; OUTCOMES.len()],
-    tokens: [OnceLock<Histogram>; TOKEN_TYPES.len()],
     first_chunk: OnceLock<Histogram>,
     chunk_gap: OnceLock<Histogram>,
 }
 
 pub(crate) struct PromSink {
     registry: Registry,
-    requests: IntCounterVec,
-    duration: HistogramVec,
-    in_flight: IntGaugeVec,
+    /// The request counter and duration, the in-flight gauge, the GenAI duration and token
+    /// usage: recorded on every call, so plain atomics rendered by a collector.
+    cells: Arc<CallCells>,
     auth_failures: IntCounterVec,
-    genai_duration: HistogramVec,
-    genai_tokens: HistogramVec,
     genai_first_chunk: HistogramVec,
     genai_chunk_gap: HistogramVec,
     breaker_state: IntGaugeVec,
@@ -58,8 +54,6 @@ pub(crate) struct PromSink {
     failovers: IntCounterVec,
     hedges: IntCounterVec,
 
-    red: Grid<(IntCounter, Histogram)>,
-    flights: Grid<IntGauge>,
     auth: [[OnceLock<IntCounter>; 2]; SIDES.len()],
     genai: Grid<Box<GenAiSeries>>,
     states: Grid<IntGauge>,
@@ -137,55 +131,67 @@ impl PromSink {
     pub(crate) fn new(
         prefix: &str,
         registry: Registry,
-        tables: &Tables,
+        tables: &Arc<Tables>,
     ) -> Result<PromSink, Error> {
         let r = &registry;
-        let with = |labels: &[&'static str], extra: &'static str| {
-            let mut all = labels.to_vec();
+        let cells = Arc::new(CallCells::new(Arc::clone(tables)));
+        let genai_with = |extra: &'static str| {
+            let mut all = GENAI_LABELS.to_vec();
             all.push(extra);
             all
         };
-        let breakers = tables.breakers.dimension();
-        let limiters = tables.limiters.dimension();
-        Ok(PromSink {
-            requests: counter(
-                r,
+        let descs = [
+            desc(
                 format!("{prefix}_requests_total"),
                 "Requests by side, operation, model and outcome class.",
                 &RED_LABELS,
-            )?,
-            duration: histogram(
-                r,
+            ),
+            desc(
                 format!("{prefix}_request_duration_seconds"),
                 "Request duration, from the call to the end of the response body.",
                 &RED_LABELS,
-                &DURATION_BUCKETS,
-            )?,
-            in_flight: gauge(
-                r,
+            ),
+            desc(
                 format!("{prefix}_requests_in_flight"),
                 "Requests started whose response body has not ended.",
                 &RED_LABELS[..3],
-            )?,
+            ),
+            desc(
+                "gen_ai_client_operation_duration_seconds".to_owned(),
+                "GenAI operation duration.",
+                &genai_with("error_type"),
+            ),
+            desc(
+                "gen_ai_client_token_usage".to_owned(),
+                "Number of input and output tokens used.",
+                &genai_with("gen_ai_token_type"),
+            ),
+        ];
+        let [requests, duration, in_flight, genai_duration, genai_tokens] = descs;
+        let descs = [
+            requests.map_err(build_error)?,
+            duration.map_err(build_error)?,
+            in_flight.map_err(build_error)?,
+            genai_duration.map_err(build_error)?,
+            genai_tokens.map_err(build_error)?,
+        ];
+        registry
+            .register(Box::new(CallCollector::new(Arc::clone(&cells), descs)))
+            .map_err(|error| {
+                Error::new(
+                    ErrorKind::Config,
+                    format!("the Prometheus registry refused a metrics instrument: {error}"),
+                )
+            })?;
+        let breakers = tables.breakers.dimension();
+        let limiters = tables.limiters.dimension();
+        Ok(PromSink {
+            cells,
             auth_failures: counter(
                 r,
                 format!("{prefix}_auth_failures_total"),
                 "Responses refusing the credentials: 401 (invalid_key) or 402 (insufficient_balance).",
                 &["side", "reason"],
-            )?,
-            genai_duration: histogram(
-                r,
-                "gen_ai_client_operation_duration_seconds".to_owned(),
-                "GenAI operation duration.",
-                &with(&GENAI_LABELS, "error_type"),
-                &DURATION_BUCKETS,
-            )?,
-            genai_tokens: histogram(
-                r,
-                "gen_ai_client_token_usage".to_owned(),
-                "Number of input and output tokens used.",
-                &with(&GENAI_LABELS, "gen_ai_token_type"),
-                &TOKEN_BUCKETS,
             )?,
             genai_first_chunk: histogram(
                 r,
@@ -266,8 +272,6 @@ impl PromSink {
                 "Hedged requests: sent, won (the hedge answered first), budget_exhausted.",
                 &["outcome"],
             )?,
-            red: Grid::new(tables.red_size()),
-            flights: Grid::new(tables.flight_size()),
             auth: Default::default(),
             genai: Grid::new(tables.genai_size()),
             states: Grid::new(breakers * STATES.len()),
@@ -289,40 +293,25 @@ impl PromSink {
     // Every `with_label_values` below passes exactly as many values as its vector was built
     // with (the arrays are fixed above), so it cannot panic on a label-count mismatch.
 
-    pub(crate) fn in_flight(&self, tables: &Tables, key: CallKey, index: usize, delta: i64) {
-        if let Some(gauge) = self.flights.get(index, || {
-            self.in_flight.with_label_values(&[
-                key.side.as_str(),
-                tables.operations.name(key.op),
-                tables.models.name(key.model),
-            ])
-        }) {
-            gauge.add(delta);
+    #[inline]
+    pub(crate) fn call_started(&self, flight: usize) {
+        self.cells.call_started(flight);
+    }
+
+    #[inline]
+    pub(crate) fn call_ended(&self, flight: usize, recorded: bool) {
+        // A recorded call left the gauge when its request was counted.
+        if !recorded {
+            self.cells.call_cancelled(flight);
         }
     }
 
-    pub(crate) fn request(
-        &self,
-        tables: &Tables,
-        key: CallKey,
-        class: usize,
-        index: usize,
-        seconds: f64,
-    ) {
-        if let Some((count, duration)) = self.red.get(index, || {
-            let labels = [
-                key.side.as_str(),
-                tables.operations.name(key.op),
-                tables.models.name(key.model),
-                OUTCOMES[class],
-            ];
-            (
-                self.requests.with_label_values(&labels),
-                self.duration.with_label_values(&labels),
-            )
-        }) {
-            count.inc();
-            duration.observe(seconds);
+    #[inline]
+    pub(crate) fn request(&self, side: Side, index: usize, nanos: u64) {
+        // A client call's request series is the sum of its GenAI duration series (same
+        // duration, operation, request model and outcome class), recorded by `genai`.
+        if side != Side::Client {
+            self.cells.request(index, nanos);
         }
     }
 
@@ -348,37 +337,17 @@ impl PromSink {
         index: usize,
         record: &GenAiRecord,
     ) {
-        let Some(series) = self.series(index) else {
-            return;
-        };
-        let names = genai_names(tables, labels);
         let class = record.error.unwrap_or(0);
-        let error_type = record.error.map_or("", |class| OUTCOMES[class]);
-        series.duration[class]
-            .get_or_init(|| {
-                self.genai_duration
-                    .with_label_values(&[names[0], names[1], names[2], names[3], error_type])
-            })
-            .observe(record.seconds);
-        for (kind, tokens) in record.tokens.iter().enumerate() {
-            if let Some(tokens) = *tokens {
-                series.tokens[kind]
-                    .get_or_init(|| {
-                        self.genai_tokens.with_label_values(&[
-                            names[0],
-                            names[1],
-                            names[2],
-                            names[3],
-                            TOKEN_TYPES[kind],
-                        ])
-                    })
-                    .observe(tokens as f64);
-            }
-        }
-        if let Some(first) = record.first_chunk {
+        self.cells.genai(index, class, record.nanos, &record.tokens);
+        if let Some(first) = record.first_chunk
+            && let Some(series) = self.series(index)
+        {
             series
                 .first_chunk
-                .get_or_init(|| self.genai_first_chunk.with_label_values(&names))
+                .get_or_init(|| {
+                    self.genai_first_chunk
+                        .with_label_values(&genai_names(tables, labels))
+                })
                 .observe(first);
         }
     }

@@ -71,33 +71,37 @@ pub(crate) fn value_end(bytes: &[u8], kind: ValueKind) -> ValueEnd {
             Some(len) => ValueEnd::Complete(i + 1..i + 1 + len),
             None => ValueEnd::Incomplete,
         },
-        (ValueKind::Object, Some(b'{')) => {
-            // Jump between the bytes that matter (braces and quotes) rather than visiting
-            // each byte.
-            let start = i;
-            let mut depth = 0usize;
-            let mut at = start;
-            while let Some(offset) = memchr::memchr3(b'{', b'}', b'"', &bytes[at..]) {
-                at += offset;
-                match bytes[at] {
-                    b'{' => depth += 1,
-                    b'}' => {
-                        depth -= 1;
-                        if depth == 0 {
-                            return ValueEnd::Complete(start..at + 1);
-                        }
-                    }
-                    _ => match string_end(&bytes[at + 1..]) {
-                        Some(len) => at += len + 1,
-                        None => return ValueEnd::Incomplete,
-                    },
-                }
-                at += 1;
-            }
-            ValueEnd::Incomplete
-        }
+        (ValueKind::Object, Some(b'{')) => match value_end_object(&bytes[i..]) {
+            ValueEnd::Complete(range) => ValueEnd::Complete(range.start + i..range.end + i),
+            other => other,
+        },
         _ => ValueEnd::Invalid,
     }
+}
+
+/// Where the object starting at `bytes[0]` (a `{`) ends.
+fn value_end_object(bytes: &[u8]) -> ValueEnd {
+    // Jump between the bytes that matter (braces and quotes) rather than visiting each byte.
+    let mut depth = 0usize;
+    let mut at = 0;
+    while let Some(offset) = memchr::memchr3(b'{', b'}', b'"', &bytes[at..]) {
+        at += offset;
+        match bytes[at] {
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return ValueEnd::Complete(0..at + 1);
+                }
+            }
+            _ => match string_end(&bytes[at + 1..]) {
+                Some(len) => at += len + 1,
+                None => return ValueEnd::Incomplete,
+            },
+        }
+        at += 1;
+    }
+    ValueEnd::Incomplete
 }
 
 /// The length of a JSON string's contents up to its closing quote (escapes skipped).
@@ -115,6 +119,55 @@ fn string_end(bytes: &[u8]) -> Option<usize> {
     }
 }
 
+/// The value of the first `"model"` key of a complete JSON text (near its start in a DeepSeek
+/// answer): its `m` found a word at a time, cheaper than a search call at that distance.
+pub(crate) fn find_model(json: &[u8]) -> Option<&[u8]> {
+    let mut from = 1;
+    loop {
+        let m = from + find_byte(json.get(from..)?, b'm')?;
+        if json[m - 1..].starts_with(MODEL_KEY) {
+            let rest = &json[m - 1 + MODEL_KEY.len()..];
+            let mut i = skip_ws(rest, 0);
+            if rest.get(i) != Some(&b':') {
+                // `"model"` as a value: the key may come later.
+                from = m + 1;
+                continue;
+            }
+            i = skip_ws(rest, i + 1);
+            if rest.get(i) != Some(&b'"') {
+                return None;
+            }
+            let value = &rest[i + 1..];
+            return match quote_or_backslash(value) {
+                Some(len) if value[len] == b'"' => Some(&value[..len]),
+                // An escaped model name is not a label anyway.
+                _ => None,
+            };
+        }
+        from = m + 1;
+    }
+}
+
+/// The first `byte` in `bytes`, eight bytes at a time.
+fn find_byte(bytes: &[u8], byte: u8) -> Option<usize> {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let found = zero_byte(u64::from_le_bytes(word) ^ (ONES * u64::from(byte)));
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == byte)
+        .map(|offset| at + offset)
+}
+
 /// The value of `key` (written with its quotes, e.g. `"model"`) in one complete JSON text.
 pub(crate) fn find_field<'a>(json: &'a [u8], key: &[u8], kind: ValueKind) -> Option<&'a [u8]> {
     let at = find_key(json, key)? + key.len();
@@ -122,6 +175,218 @@ pub(crate) fn find_field<'a>(json: &'a [u8], key: &[u8], kind: ValueKind) -> Opt
         ValueEnd::Complete(range) => Some(&json[at..][range]),
         _ => None,
     }
+}
+
+/// The token counts of a complete JSON body's `usage` object (see [`parse_usage`]), found
+/// from the end of the body and read in one pass; `None` if the body has no complete one.
+pub(crate) fn find_usage(json: &[u8]) -> Option<[Option<u64>; 4]> {
+    // `usage` ends a DeepSeek answer: searching back from the end skips the content, however
+    // long. Its keys have no `u`, so the first `u` back is usually the key's.
+    let key = memchr::memrchr_iter(b'u', json)
+        .find(|&u| u > 0 && json[u - 1..].starts_with(USAGE_KEY))
+        .map(|u| u - 1);
+    if let Some(key) = key {
+        let rest = &json[key + USAGE_KEY.len()..];
+        let mut i = skip_ws(rest, 0);
+        if rest.get(i) == Some(&b':') {
+            i = skip_ws(rest, i + 1);
+            if rest.get(i) == Some(&b'{') {
+                return read_usage(&rest[i..]);
+            }
+        }
+    }
+    // `"usage"` as something else than a key with an object (not DeepSeek's shape): the
+    // forward scan decides, as for any other body.
+    find_field(json, USAGE_KEY, ValueKind::Object).map(parse_usage)
+}
+
+fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
+    while i < bytes.len() && bytes[i].is_ascii_whitespace() {
+        i += 1;
+    }
+    i
+}
+
+/// [`parse_usage`] and [`value_end`] in one pass over an object starting at its `{`,
+/// following the grammar: DeepSeek's usage keys are recognised by their first eight bytes and
+/// skipped whole, other keys are searched to their closing quote, numbers are read in place.
+/// Anything else (a string value, an escape, an array) goes to the general scan. `None` if the
+/// object does not end in `object`.
+fn read_usage(object: &[u8]) -> Option<[Option<u64>; 4]> {
+    match read_usage_fast(object) {
+        Fast::Read(tokens) => Some(tokens),
+        Fast::Incomplete => None,
+        Fast::General => match value_end_object(object) {
+            ValueEnd::Complete(range) => Some(parse_usage(&object[range])),
+            _ => None,
+        },
+    }
+}
+
+enum Fast {
+    Read([Option<u64>; 4]),
+    Incomplete,
+    General,
+}
+
+/// Where a key's number goes: input, output, cached input, reasoning, OpenAI's cached
+/// tokens; `NOWHERE` for the keys not read.
+const CACHED_DETAILS: usize = 4;
+const NOWHERE: usize = 5;
+
+const fn word(bytes: &[u8; 8]) -> u64 {
+    u64::from_le_bytes(*bytes)
+}
+
+/// A known key at the start of `rest` (just after its opening quote): its length with the
+/// closing quote, and where its number goes.
+#[inline]
+fn known_key(rest: &[u8]) -> Option<(usize, usize)> {
+    const PROMPT_T: u64 = word(b"prompt_t");
+    const PROMPT_C: u64 = word(b"prompt_c");
+    const COMPLETI: u64 = word(b"completi");
+    const TOTAL_TO: u64 = word(b"total_to");
+    const CACHED_T: u64 = word(b"cached_t");
+    const REASONIN: u64 = word(b"reasonin");
+    let head: [u8; 8] = rest.get(..8)?.try_into().ok()?;
+    // Inlined with the key as a constant, the comparison is a few word compares.
+    #[inline(always)]
+    fn is(rest: &[u8], key: &'static [u8]) -> bool {
+        rest.get(..key.len()) == Some(key)
+    }
+    let key = |key: &'static [u8], slot: usize| is(rest, key).then_some((key.len(), slot));
+    match u64::from_le_bytes(head) {
+        PROMPT_T => key(b"prompt_tokens\"", 0).or_else(|| key(b"prompt_tokens_details\"", NOWHERE)),
+        COMPLETI => {
+            key(b"completion_tokens\"", 1).or_else(|| key(b"completion_tokens_details\"", NOWHERE))
+        }
+        PROMPT_C => key(b"prompt_cache_hit_tokens\"", 2)
+            .or_else(|| key(b"prompt_cache_miss_tokens\"", NOWHERE)),
+        TOTAL_TO => key(b"total_tokens\"", NOWHERE),
+        CACHED_T => key(b"cached_tokens\"", CACHED_DETAILS),
+        REASONIN => key(b"reasoning_tokens\"", 3),
+        _ => None,
+    }
+}
+
+/// The first byte at or after `i` that is not whitespace, with its index (compact JSON has
+/// none: one comparison).
+#[inline(always)]
+fn token(object: &[u8], i: usize) -> Option<(usize, u8)> {
+    match object.get(i) {
+        Some(&byte) if !byte.is_ascii_whitespace() => Some((i, byte)),
+        Some(_) => {
+            let i = skip_ws(object, i);
+            object.get(i).map(|&byte| (i, byte))
+        }
+        None => None,
+    }
+}
+
+fn read_usage_fast(object: &[u8]) -> Fast {
+    let mut slots = [None; 6];
+    let mut depth = 0usize;
+    let mut i = 0;
+    // At an object's `{`, or at the `,` after a value: a key or the end of an object follows.
+    loop {
+        let Some((at, byte)) = token(object, i) else {
+            return Fast::Incomplete;
+        };
+        match byte {
+            b'{' => depth += 1,
+            b',' => {}
+            b'}' => {
+                let Some(less) = depth.checked_sub(1) else {
+                    return Fast::General;
+                };
+                depth = less;
+                if depth == 0 {
+                    let [input, output, cached, reasoning, details, _] = slots;
+                    return Fast::Read([input, output, cached.or(details), reasoning]);
+                }
+                i = at + 1;
+                continue;
+            }
+            _ => return Fast::General,
+        }
+        match token(object, at + 1) {
+            None => return Fast::Incomplete,
+            Some((at, b'"')) => i = at + 1,
+            Some((at, b'}')) => {
+                i = at;
+                continue;
+            }
+            Some(_) => return Fast::General,
+        }
+        // A key.
+        let start = i;
+        let (len, slot) = match known_key(&object[start..]) {
+            Some(known) => known,
+            None => match quote_or_backslash(&object[start..]) {
+                Some(len) if object[start + len] == b'"' => (len + 1, NOWHERE),
+                Some(_) => return Fast::General,
+                None => return Fast::Incomplete,
+            },
+        };
+        match token(object, start + len) {
+            None => return Fast::Incomplete,
+            Some((at, b':')) => i = at + 1,
+            Some(_) => return Fast::General,
+        }
+        match token(object, i) {
+            None => return Fast::Incomplete,
+            // A nested object: its keys next.
+            Some((at, b'{')) => {
+                i = at;
+                continue;
+            }
+            Some((at, b)) if b.is_ascii_digit() => i = at,
+            Some(_) => return Fast::General,
+        }
+        let mut value = 0u64;
+        while let Some(digit) = object.get(i).filter(|b| b.is_ascii_digit()) {
+            value = value
+                .saturating_mul(10)
+                .saturating_add(u64::from(digit - b'0'));
+            i += 1;
+        }
+        if let Some(slot) = slots.get_mut(slot) {
+            *slot = Some(value);
+        }
+    }
+}
+
+/// The first `"` or `\\` in `bytes`, eight bytes at a time: keys are too short for a search
+/// call to pay off, and a byte loop costs several instructions a byte.
+fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        let found = zero_byte(word ^ (ONES * u64::from(b'"')))
+            | zero_byte(word ^ (ONES * u64::from(b'\\')));
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\')
+        .map(|offset| at + offset)
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// The high bit of each zero byte of `word` (and maybe of bytes above one: the lowest flagged
+/// byte is always a true zero, as a borrow only runs upwards).
+#[inline]
+fn zero_byte(word: u64) -> u64 {
+    word.wrapping_sub(ONES) & !word & HIGH
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -376,3 +376,48 @@ async fn opentelemetry_meter_receives_the_same_counts() {
     assert_eq!(input_tokens, 33);
     assert_eq!(gave_up, 1);
 }
+
+#[test]
+fn find_usage_and_find_model_match_the_forward_scan() {
+    use super::scan::{find_model, find_usage};
+    let bench = br#"{"id":"b1","object":"chat.completion","created":1,"model":"deepseek-v4-flash","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the bench."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":12}}"#;
+    assert_eq!(find_usage(bench), Some([Some(12), Some(5), Some(0), None]));
+    assert_eq!(find_model(bench), Some(&b"deepseek-v4-flash"[..]));
+    let json = COMPLETION.as_bytes();
+    assert_eq!(
+        find_usage(json),
+        Some([Some(11), Some(22), Some(5), Some(7)])
+    );
+    assert_eq!(find_model(json), Some(&b"deepseek-v4-pro"[..]));
+}
+
+/// The one-pass usage read agrees with the general scan on DeepSeek's shapes, OpenAI's, odd
+/// spacing, unknown keys, string values and escapes (the last two take the general path).
+#[test]
+fn find_usage_agrees_with_the_general_scan() {
+    let bodies: [&[u8]; 7] = [
+        br#"{"usage":{"prompt_tokens":11,"completion_tokens":22,"total_tokens":33,"prompt_tokens_details":{"cached_tokens":4},"prompt_cache_hit_tokens":5,"prompt_cache_miss_tokens":6,"completion_tokens_details":{"reasoning_tokens":7}},"system_fingerprint":"fp"}"#,
+        br#"{"usage":{"prompt_tokens":3,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":2}}}"#,
+        br#"{"usage" : { "prompt_tokens" : 9 , "completion_tokens":8 ,"odd_key":1,"nested":{"a":{"b":2}} } }"#,
+        br#"{"usage":{"label":"x{}\"y","prompt_tokens":1,"completion_tokens":2}}"#,
+        br#"{"usage":{"list":[1,2],"prompt_tokens":1}}"#,
+        br#"{"usage":{}}"#,
+        br#"{"usage":{"prompt_tokens":1"#,
+    ];
+    for body in bodies {
+        let general = find_field(body, USAGE_KEY, ValueKind::Object).map(parse_usage);
+        assert_eq!(
+            super::scan::find_usage(body),
+            general,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
+    }
+    // Searching from the end, a `"usage"` string value earlier in the body (where the forward
+    // scan stops) does not hide the key; a huge count saturates.
+    let body = br#"{"object":"usage","usage":{"completion_tokens":99999999999999999999999}}"#;
+    assert_eq!(
+        super::scan::find_usage(body),
+        Some([None, Some(u64::MAX), None, None])
+    );
+}
