@@ -22,38 +22,21 @@ MOCK_PORT=$((PORT + 100))
 LUA=$ROOT/bench/e2e.lua
 OUT=$(mktemp -d /tmp/tower-deepseek-callgrind.XXXXXX)
 
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-wait_http() { # wait_http URL: until it answers (60 s: valgrind starts slowly)
-    local i
-    for i in $(seq 1 300); do
-        curl -s -o /dev/null "$1" && return 0
-        sleep 0.2
-    done
-    echo "callgrind_per_call: $1 did not come up (logs in $OUT)" >&2
-    exit 1
-}
+SCRIPT=callgrind_per_call
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+require valgrind callgrind_control wrk curl
 
 env MOCK_ADDR=127.0.0.1:$MOCK_PORT "$BIN/mock_deepseek" >"$OUT/mock.log" 2>&1 &
 PIDS+=($!)
-wait_http "http://127.0.0.1:$MOCK_PORT/models"
-bare=0
-[[ $MODE == bare ]] && bare=1
-env DEEPSEEK_API_KEY=sk-e2e-upstream DEEPSEEK_BASE_URL=http://127.0.0.1:$MOCK_PORT \
-    GATEWAY_ADDR=127.0.0.1:$PORT GATEWAY_BARE=$bare \
-    GATEWAY_RATE_LIMIT_PER_MINUTE=1000000000 GATEWAY_RATE_LIMIT_BURST=1000000000 \
-    GATEWAY_MAX_IN_FLIGHT=20000 RUST_LOG=warn \
-    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/cg.out" \
+wait_http "http://127.0.0.1:$MOCK_PORT/models" "$OUT/mock.log"
+gateway_env "$MODE" "$MOCK_PORT" "$PORT" 20000
+env "${GATEWAY_ENV[@]}" valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/cg.out" \
     "$BIN/gateway" >"$OUT/gateway.log" 2>&1 &
 GATEWAY=$!
 PIDS+=("$GATEWAY")
-wait_http "http://127.0.0.1:$PORT/healthz"
+# 300 tries 0.2 s apart: valgrind starts slowly.
+wait_http "http://127.0.0.1:$PORT/healthz" "$OUT/gateway.log" 300 0.2
 url=http://127.0.0.1:$PORT/v1/chat/completions
 wrk -t1 -c"$CONNECTIONS" -d4s -s "$LUA" "$url" -- plain >/dev/null
 callgrind_control -i on "$GATEWAY" >/dev/null

@@ -30,48 +30,23 @@ THREADS=${CPU_THREADS:-2}
 MOCK_PORT=${CPU_MOCK_PORT:-18200}
 STACK_PORT=${CPU_PORT:-18180}
 BARE_PORT=$((STACK_PORT + 1))
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 LUA=$ROOT/bench/e2e.lua
 LOGS=$(mktemp -d /tmp/tower-deepseek-cpu.XXXXXX)
 KINDS=("$@")
 ((${#KINDS[@]})) || KINDS=(plain)
 
-for tool in wrk curl; do
-    command -v "$tool" >/dev/null || { echo "cpu_per_call: $tool is missing (apt-get install -y $tool)" >&2; exit 1; }
-done
+SCRIPT=cpu_per_call
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+require wrk curl
 (($(ulimit -Sn) >= 4 * CONNECTIONS + 256)) || ulimit -Sn $((4 * CONNECTIONS + 256))
-
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-    for pid in "${PIDS[@]}"; do wait "$pid" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 if [[ -n ${CPU_BIN:-} ]]; then
     BIN=$CPU_BIN
 else
-    echo "== building the release examples (target dir $TARGET)"
-    (cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release --example gateway --example mock_deepseek \
-        --features mock,axum,upstream,prometheus,redis,pprof)
-    # Copies: another build in a shared target dir must not swap the binaries mid-run.
     BIN=$LOGS/bin
-    mkdir -p "$BIN"
-    cp "$TARGET/release/examples/gateway" "$TARGET/release/examples/mock_deepseek" "$BIN/"
+    build_examples "$BIN"
 fi
-
-wait_http() { # wait_http URL LOG: until URL answers (10 s)
-    local i
-    for i in $(seq 1 100); do
-        curl -s -o /dev/null "$1" && return 0
-        sleep 0.1
-    done
-    echo "cpu_per_call: $1 did not come up; its log:" >&2
-    cat "$2" >&2
-    exit 1
-}
 
 env MOCK_ADDR=127.0.0.1:$MOCK_PORT "$BIN/mock_deepseek" >"$LOGS/mock.log" 2>&1 &
 PIDS+=($!)
@@ -81,14 +56,8 @@ declare -A PID PORT
 PORT[stack]=$STACK_PORT
 PORT[bare]=$BARE_PORT
 for mode in stack bare; do
-    bare=0
-    [[ $mode == bare ]] && bare=1
-    # The same settings as bench/e2e.sh: the rate limit decides every call, never refuses.
-    env DEEPSEEK_API_KEY=sk-e2e-upstream DEEPSEEK_BASE_URL=http://127.0.0.1:$MOCK_PORT \
-        GATEWAY_ADDR=127.0.0.1:${PORT[$mode]} GATEWAY_BARE=$bare \
-        GATEWAY_RATE_LIMIT_PER_MINUTE=1000000000 GATEWAY_RATE_LIMIT_BURST=1000000000 \
-        GATEWAY_MAX_IN_FLIGHT=20000 RUST_LOG=warn \
-        "$BIN/gateway" >"$LOGS/gateway-$mode.log" 2>&1 &
+    gateway_env "$mode" "$MOCK_PORT" "${PORT[$mode]}" 20000
+    env "${GATEWAY_ENV[@]}" "$BIN/gateway" >"$LOGS/gateway-$mode.log" 2>&1 &
     PID[$mode]=$!
     PIDS+=($!)
     echo "${PID[$mode]}" >"$LOGS/$mode.pid"

@@ -36,28 +36,15 @@ UPSTREAM_HTTP2=${E2E_UPSTREAM_HTTP2:-1}
 MOCK_PORT=${E2E_MOCK_PORT:-18100}
 STACK_PORT=${E2E_PORT:-18080}
 BARE_PORT=$((STACK_PORT + 1))
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 LUA=$ROOT/bench/e2e.lua
 LOGS=$(mktemp -d /tmp/tower-deepseek-e2e.XXXXXX)
 
-for tool in wrk curl ss; do
-    command -v "$tool" >/dev/null || { echo "e2e: $tool is missing (apt-get install -y $tool)" >&2; exit 1; }
-done
+SCRIPT=e2e
+# shellcheck source=bench/common.sh
+source "$ROOT/bench/common.sh"
+require wrk curl ss
 
 # Every process this script starts, stopped on any exit.
-PIDS=()
-cleanup() {
-    local pid
-    for pid in "${PIDS[@]}"; do
-        kill "$pid" 2>/dev/null || true
-    done
-    for pid in "${PIDS[@]}"; do
-        wait "$pid" 2>/dev/null || true
-    done
-    PIDS=()
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
 
 stop() { # stop PID: stops one process started here and forgets it
     local pid=$1 kept=() p
@@ -89,24 +76,8 @@ if (($(ulimit -Hn) < NEED_FDS)) && ! ulimit -Hn "$NEED_FDS" 2>/dev/null; then
 fi
 (($(ulimit -Sn) >= NEED_FDS)) || ulimit -Sn "$NEED_FDS"
 
-echo "== building the release examples (target dir $TARGET)"
-(cd "$ROOT" && CARGO_TARGET_DIR=$TARGET cargo build --release --example gateway --example mock_deepseek \
-    --features mock,axum,upstream,prometheus,redis,pprof)
-# Copies: another build in a shared target dir must not swap the binaries mid-run.
 BIN=$LOGS/bin
-mkdir -p "$BIN"
-cp "$TARGET/release/examples/gateway" "$TARGET/release/examples/mock_deepseek" "$BIN/"
-
-wait_http() { # wait_http URL LOG: until URL answers (10 s)
-    local i
-    for i in $(seq 1 100); do
-        curl -s -o /dev/null "$1" && return 0
-        sleep 0.1
-    done
-    echo "e2e: $1 did not come up; its log:" >&2
-    cat "$2" >&2
-    exit 1
-}
+build_examples "$BIN"
 
 MOCK_PID=
 start_mock() { # start_mock [VAR=value...]: the mock DeepSeek on MOCK_PORT
@@ -120,13 +91,9 @@ start_mock() { # start_mock [VAR=value...]: the mock DeepSeek on MOCK_PORT
 GATEWAY_PID=
 GATEWAY_HTTP2=0 # GATEWAY_UPSTREAM_HTTP2_ONLY of the gateways started next
 start_gateway() { # start_gateway stack|bare PORT
-    local mode=$1 port=$2 bare=0
-    [[ $mode == bare ]] && bare=1
-    env DEEPSEEK_API_KEY=sk-e2e-upstream DEEPSEEK_BASE_URL=http://127.0.0.1:$MOCK_PORT \
-        GATEWAY_ADDR=127.0.0.1:$port GATEWAY_BARE=$bare GATEWAY_UPSTREAM_HTTP2_ONLY=$GATEWAY_HTTP2 \
-        GATEWAY_RATE_LIMIT_PER_MINUTE=1000000000 GATEWAY_RATE_LIMIT_BURST=1000000000 \
-        GATEWAY_MAX_IN_FLIGHT=$((STREAMS * 2)) RUST_LOG=warn \
-        "$BIN/gateway" >"$LOGS/gateway-$mode.log" 2>&1 &
+    local mode=$1 port=$2
+    gateway_env "$mode" "$MOCK_PORT" "$port" $((STREAMS * 2))
+    env "${GATEWAY_ENV[@]}" GATEWAY_UPSTREAM_HTTP2_ONLY="$GATEWAY_HTTP2" "$BIN/gateway" >"$LOGS/gateway-$mode.log" 2>&1 &
     GATEWAY_PID=$!
     PIDS+=("$GATEWAY_PID")
     wait_http "http://127.0.0.1:$port/healthz" "$LOGS/gateway-$mode.log"
