@@ -556,7 +556,8 @@ impl Metrics {
     }
 
     /// The end of a call's in-flight time; `recorded` if [`request`](Self::request) counted
-    /// it.
+    /// it (only the Prometheus cells need to know).
+    #[cfg_attr(not(feature = "prometheus"), allow(unused_variables))]
     pub(crate) fn call_ended(&self, key: CallKey, recorded: bool) {
         let index = self.inner.tables.flight_index(key.side, key.op, key.model);
         #[cfg(feature = "prometheus")]
@@ -685,7 +686,8 @@ pub(crate) struct GenAiRecord {
     /// The duration in seconds, for OpenTelemetry.
     #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
     pub(crate) seconds: f64,
-    /// The same duration in whole nanoseconds.
+    /// The same duration in whole nanoseconds, for the Prometheus cells.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
     pub(crate) nanos: u64,
     /// Input, output, cached input, reasoning.
     pub(crate) tokens: [Option<u64>; 4],

@@ -155,11 +155,13 @@ impl<T> Grid<T> {
     }
 
     /// The value at `index` if it was resolved.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
     pub(crate) fn peek(&self, index: usize) -> Option<&T> {
         self.slots.get(index).and_then(OnceLock::get)
     }
 
     /// The resolved values with their indices.
+    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
     pub(crate) fn iter(&self) -> impl Iterator<Item = (usize, &T)> {
         self.slots
             .iter()
