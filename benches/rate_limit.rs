@@ -11,13 +11,17 @@
 //!   second: nothing is ever refused. Each call is `ready().await` then `call().await` on a
 //!   current-thread runtime, the response dropped.
 //! - `rate_limit_parts`: `tokio::time::Instant::now()` alone (every GCRA decision reads the
-//!   clock once) and our direct limiter's decision alone.
+//!   clock once), our direct limiter's exact decision alone, and its decision with the thread
+//!   batch the builder picks for this burst (most calls take a banked cell: no clock read).
 //! - `rate_limit_throughput`: time per call when 1 or 2 OS threads, each with its own
 //!   current-thread runtime and its own service clone, share one limiter. Criterion's time per
 //!   iteration is total wall time over total calls, so `1 / time` is the throughput. The
 //!   `keyed_caller_per_thread` rows give each thread its own API key (its own GCRA cell).
+//!   `direct` is what `RateLimitLayer::builder().build()` makes, thread batch included;
+//!   `direct_exact` sets `thread_batch(1)`.
 //!
-//! Run: `cargo bench --all-features --bench rate_limit`
+//! Run: `cargo bench --features prometheus --bench rate_limit` (not `--all-features`: the
+//! crate's `test-util` feature puts tokio's clock under the measurements).
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -173,6 +177,15 @@ fn bench(c: &mut Criterion) {
                 .expect("layer"),
         )
         .service_fn(ready_service);
+    let direct_exact = ServiceBuilder::new()
+        .layer(
+            RateLimitLayer::builder()
+                .rate(RATE, Duration::from_secs(1))
+                .thread_batch(1)
+                .build()
+                .expect("layer"),
+        )
+        .service_fn(ready_service);
     let keyed_hash = ServiceBuilder::new()
         .layer(
             RateLimitLayer::builder()
@@ -214,6 +227,10 @@ fn bench(c: &mut Criterion) {
         let mut service = direct.clone();
         b.iter(|| runtime.block_on(drive(&mut service, 1)));
     });
+    group.bench_function("tower_deepseek_direct_exact", |b| {
+        let mut service = direct_exact.clone();
+        b.iter(|| runtime.block_on(drive(&mut service, 1)));
+    });
     group.bench_function("tower_deepseek_keyed_header_hash", |b| {
         let mut service = keyed_hash.clone();
         b.iter(|| runtime.block_on(drive(&mut service, 1)));
@@ -233,6 +250,13 @@ fn bench(c: &mut Criterion) {
     group.bench_function("direct_decide", |b| {
         b.iter(|| black_box(limiter.decide(&(), NonZeroU32::MIN)))
     });
+    // What `RateLimitLayer::builder().build()` uses for a large burst: a thread batch.
+    let batched = DirectLimiter::new("bench", RATE, Duration::from_secs(1), None)
+        .expect("valid")
+        .with_thread_batch(DirectLimiter::auto_thread_batch(RATE));
+    group.bench_function("direct_decide_thread_batch", |b| {
+        b.iter(|| black_box(batched.decide(&(), NonZeroU32::MIN)))
+    });
     group.finish();
 
     let mut group = c.benchmark_group("rate_limit_throughput");
@@ -243,6 +267,10 @@ fn bench(c: &mut Criterion) {
         group.bench_function(format!("tower_deepseek_direct_{threads}_threads"), |b| {
             b.iter_custom(|iters| throughput(&direct, threads, iters.max(threads)))
         });
+        group.bench_function(
+            format!("tower_deepseek_direct_exact_{threads}_threads"),
+            |b| b.iter_custom(|iters| throughput(&direct_exact, threads, iters.max(threads))),
+        );
         group.bench_function(format!("tower_deepseek_keyed_{threads}_threads"), |b| {
             b.iter_custom(|iters| throughput(&keyed_hash, threads, iters.max(threads)))
         });

@@ -4,7 +4,7 @@ use std::fmt;
 use std::future::{Future, Ready};
 use std::hash::Hash;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -165,7 +165,16 @@ fn limited(not_until: &NotUntil<TokioReference>, cost: u32) -> Decision {
 
 type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioReference>>;
 
+/// The largest batch a thread takes from a shared limit at once (see
+/// [`DirectLimiter::with_thread_batch`]).
+pub const MAX_THREAD_BATCH: u32 = 64;
+
 /// One global GCRA limit (governor's direct limiter over [`TokioClock`]). Clones share it.
+///
+/// **Exact by default.** [`with_thread_batch`](Self::with_thread_batch) lets each thread take
+/// cells from the limit a batch at a time, so that threads calling one limit do not fight over
+/// its one atomic word on every call (what the [`RateLimitLayer`](super::RateLimitLayer)
+/// builder does for large bursts).
 ///
 /// ```
 /// use tower_deepseek::rate_limit::DirectLimiter;
@@ -174,20 +183,39 @@ type Direct = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<To
 /// # async fn main() -> Result<(), tower_deepseek::Error> {
 /// let limiter = DirectLimiter::per_second(10, Some(20))?;
 /// assert_eq!(limiter.burst(), 20);
+/// assert_eq!(limiter.thread_batch(), 1);
 /// assert!(DirectLimiter::per_second(0, None).is_err());
 /// # Ok(())
 /// # }
 /// ```
 #[derive(Clone)]
 pub struct DirectLimiter {
-    limiter: Arc<Direct>,
+    inner: Arc<DirectInner>,
+}
+
+struct DirectInner {
+    limiter: Direct,
+    quota: Quota,
     burst: u32,
+    /// Cells a thread takes at once; 1 = every call decides on the shared word.
+    batch: u32,
+    /// One counter of banked cells per thread slot; empty when `batch` is 1.
+    slots: Box<[Slot]>,
+}
+
+/// Cells a thread slot has taken from the limit and not handed out yet. Aligned to its own
+/// cache lines (two, for the adjacent-line prefetcher) so slots never share one.
+#[repr(align(128))]
+#[derive(Default)]
+struct Slot {
+    cells: AtomicU32,
 }
 
 impl fmt::Debug for DirectLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DirectLimiter")
-            .field("burst", &self.burst)
+            .field("burst", &self.inner.burst)
+            .field("thread_batch", &self.inner.batch)
             .finish_non_exhaustive()
     }
 }
@@ -211,16 +239,164 @@ impl DirectLimiter {
     }
 
     pub(crate) fn from_quota(quota: Quota) -> DirectLimiter {
+        DirectLimiter::build(quota, 1, 0)
+    }
+
+    fn build(quota: Quota, batch: u32, slots: usize) -> DirectLimiter {
+        let slots = if batch > 1 { slots } else { 0 };
         DirectLimiter {
-            burst: quota.burst_size().get(),
-            limiter: Arc::new(RateLimiter::direct_with_clock(quota, TokioClock)),
+            inner: Arc::new(DirectInner {
+                burst: quota.burst_size().get(),
+                limiter: RateLimiter::direct_with_clock(quota, TokioClock),
+                quota,
+                batch: if slots == 0 { 1 } else { batch },
+                slots: (0..slots).map(|_| Slot::default()).collect(),
+            }),
         }
+    }
+
+    /// A limiter with this one's quota (and fresh state: call it when building, before
+    /// cloning) that lets each thread take `batch` cells (at most [`MAX_THREAD_BATCH`]) from
+    /// the limit at once and hand them to its next calls without touching the shared word. `1` keeps every
+    /// decision exact; `batch` must leave the burst at least 32 batches per thread slot
+    /// (slots: the machine's parallelism rounded up to a power of two), else it is lowered
+    /// until it does, down to 1.
+    ///
+    /// What changes, exactly (single-cell calls only; a call of several cells always decides
+    /// on the shared word):
+    /// - A batch is taken only when the whole batch conforms now; near the limit, calls fall
+    ///   back to exact single decisions, so the limit never admits more at one instant than
+    ///   the exact GCRA would.
+    /// - Before refusing a call, the limiter hands it any cell another slot still holds, so
+    ///   cells banked by an idle thread are not lost to a busy one.
+    /// - The one approximation: a banked cell was counted when its batch was taken, and may be
+    ///   handed out later, after the limit refilled. Over any window, the limit admits at most
+    ///   `slots × batch` calls more than the exact GCRA (at most 1/32 of the burst), and over
+    ///   time never more than its rate.
+    ///
+    /// [`RateLimitBuilder::build`](super::RateLimitBuilder::build) picks a batch by itself
+    /// (see [`thread_batch`](super::RateLimitBuilder::thread_batch)).
+    ///
+    /// ```
+    /// use tower_deepseek::rate_limit::DirectLimiter;
+    ///
+    /// # fn main() -> Result<(), tower_deepseek::Error> {
+    /// let limiter = DirectLimiter::per_second(100_000, None)?.with_thread_batch(16);
+    /// assert_eq!(limiter.thread_batch(), 16);
+    /// // A burst of 20 is too small to share out: every decision stays exact.
+    /// assert_eq!(DirectLimiter::per_second(20, None)?.with_thread_batch(16).thread_batch(), 1);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn with_thread_batch(self, batch: u32) -> DirectLimiter {
+        let slots = thread_slots();
+        let batch = fitting_batch(self.inner.burst, batch, slots);
+        let quota = self.inner.quota;
+        DirectLimiter::build(quota, batch, slots)
+    }
+
+    /// The batch [`RateLimitBuilder::build`](super::RateLimitBuilder::build) uses by default
+    /// for a burst of `burst`: the largest that fits ([`with_thread_batch`](Self::with_thread_batch)'s
+    /// rule), at most [`MAX_THREAD_BATCH`]; 1 (exact) for bursts too small to share out.
+    pub fn auto_thread_batch(burst: u32) -> u32 {
+        fitting_batch(burst, MAX_THREAD_BATCH, thread_slots())
+    }
+
+    /// Cells a thread takes at once (1: every decision is exact).
+    pub fn thread_batch(&self) -> u32 {
+        self.inner.batch
     }
 
     /// The burst size.
     pub fn burst(&self) -> u32 {
-        self.burst
+        self.inner.burst
     }
+
+    /// One single-cell decision, batched through `slot`'s bank.
+    fn decide_one_in(&self, slot: usize) -> Decision {
+        let inner = &*self.inner;
+        let Some(bank) = inner.slots.get(slot & (inner.slots.len().wrapping_sub(1))) else {
+            return exact_one(&inner.limiter);
+        };
+        if take_one(&bank.cells) {
+            return Decision::Allowed;
+        }
+        // The bank is empty: take a whole batch when it conforms now.
+        if let Some(batch) = NonZeroU32::new(inner.batch)
+            && let Ok(Ok(())) = inner.limiter.check_n(batch)
+        {
+            bank.cells.fetch_add(inner.batch - 1, Ordering::Relaxed);
+            return Decision::Allowed;
+        }
+        // Near the limit: decide exactly, and before refusing hand out a cell another slot
+        // still holds.
+        match exact_one(&inner.limiter) {
+            Decision::Limited { .. } if inner.slots.iter().any(|other| take_one(&other.cells)) => {
+                Decision::Allowed
+            }
+            decision => decision,
+        }
+    }
+}
+
+/// One exact single-cell decision on the shared word.
+#[inline]
+fn exact_one(limiter: &Direct) -> Decision {
+    match limiter.check() {
+        Ok(()) => Decision::Allowed,
+        Err(not_until) => limited(&not_until, 1),
+    }
+}
+
+/// Takes one banked cell if there is one.
+#[inline]
+fn take_one(cells: &AtomicU32) -> bool {
+    let mut seen = cells.load(Ordering::Relaxed);
+    while seen > 0 {
+        match cells.compare_exchange_weak(seen, seen - 1, Ordering::Relaxed, Ordering::Relaxed) {
+            Ok(_) => return true,
+            Err(now) => seen = now,
+        }
+    }
+    false
+}
+
+/// The machine's parallelism rounded up to a power of two (1 to 64): the number of thread
+/// slots of a batched limiter. Threads beyond it share slots, which stays correct.
+fn thread_slots() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, std::num::NonZeroUsize::get)
+        .clamp(1, 64)
+        .next_power_of_two()
+}
+
+/// Lowers `wanted` until `slots × batch` is at most 1/32 of the burst (1 when nothing fits).
+fn fitting_batch(burst: u32, wanted: u32, slots: usize) -> u32 {
+    let slots = u32::try_from(slots).unwrap_or(u32::MAX).max(1);
+    let fits = burst / 32 / slots;
+    let batch = wanted.min(MAX_THREAD_BATCH).min(fits);
+    if batch < 2 { 1 } else { batch }
+}
+
+/// This thread's slot number, handed out once per thread in order (so threads spread over
+/// the slots).
+#[inline]
+fn thread_slot() -> usize {
+    use std::cell::Cell;
+    use std::sync::atomic::AtomicUsize;
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    SLOT.with(|slot| {
+        let mine = slot.get();
+        if mine != usize::MAX {
+            return mine;
+        }
+        let mine = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+        slot.set(mine);
+        mine
+    })
 }
 
 /// One decision: `check` for a single cell (governor's fast path), `check_n` otherwise.
@@ -275,20 +451,25 @@ impl RateLimitBackend<()> for DirectLimiter {
 
     #[inline]
     fn decide(&self, _key: &(), cost: NonZeroU32) -> Decide<Self::Future> {
+        if cost.get() == 1 && self.inner.batch > 1 {
+            return Decide::Now(self.decide_one_in(thread_slot()));
+        }
+        let limiter = &self.inner.limiter;
         Decide::Now(decide_with(
             cost,
-            || self.limiter.check(),
-            || self.limiter.check_n(cost),
+            || limiter.check(),
+            || limiter.check_n(cost),
         ))
     }
 
     fn limit(&self) -> u64 {
-        u64::from(self.burst)
+        u64::from(self.inner.burst)
     }
 
     fn charge(&self, _key: &(), cost: u32) -> u32 {
-        charge_with(self.burst, cost, |n| {
-            matches!(self.limiter.check_n(n), Ok(Ok(())))
+        let limiter = &self.inner.limiter;
+        charge_with(self.inner.burst, cost, |n| {
+            matches!(limiter.check_n(n), Ok(Ok(())))
         })
     }
 }
@@ -482,5 +663,166 @@ where
         charge_with(self.inner.burst, cost, |n| {
             matches!(limiter.check_key_n(key, n), Ok(Ok(())))
         })
+    }
+}
+
+#[cfg(test)]
+mod batch_tests {
+    //! The thread batch of [`DirectLimiter`], driven slot by slot so every count is exact.
+
+    use super::*;
+    use tokio::time::advance;
+
+    fn batched(burst: u32, batch: u32, slots: usize) -> DirectLimiter {
+        let quota = quota("test", burst, Duration::from_secs(1), None).expect("valid");
+        DirectLimiter::build(quota, batch, slots)
+    }
+
+    fn banked(limiter: &DirectLimiter, slot: usize) -> u32 {
+        limiter.inner.slots[slot].cells.load(Ordering::Relaxed)
+    }
+
+    #[test]
+    fn the_batch_fits_the_burst_or_the_limiter_stays_exact() {
+        assert_eq!(fitting_batch(1_000_000_000, 64, 2), 64);
+        assert_eq!(fitting_batch(1_000_000_000, 1_000, 2), MAX_THREAD_BATCH);
+        assert_eq!(
+            fitting_batch(4_096, 64, 4),
+            32,
+            "1/32 of the burst over 4 slots"
+        );
+        assert_eq!(fitting_batch(100, 64, 2), 1, "too small to share out");
+        assert_eq!(fitting_batch(1_000_000, 0, 2), 1, "0 means exact");
+        // What the builder picks, on any machine (1 to 64 slots).
+        assert_eq!(DirectLimiter::auto_thread_batch(1_000_000_000), MAX_THREAD_BATCH);
+        assert_eq!(DirectLimiter::auto_thread_batch(63), 1);
+        let exact = DirectLimiter::per_second(20, None)
+            .unwrap()
+            .with_thread_batch(16);
+        assert_eq!(exact.thread_batch(), 1);
+        assert!(exact.inner.slots.is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slot_takes_a_batch_and_hands_it_out_without_the_shared_word() {
+        let limiter = batched(1_024, 8, 4);
+        assert_eq!(limiter.decide_one_in(0), Decision::Allowed);
+        assert_eq!(
+            banked(&limiter, 0),
+            7,
+            "one batch of 8 taken, one cell used"
+        );
+        for left in (0..7).rev() {
+            assert_eq!(limiter.decide_one_in(0), Decision::Allowed);
+            assert_eq!(banked(&limiter, 0), left);
+        }
+        // Slot numbers wrap onto the slots.
+        assert_eq!(limiter.decide_one_in(5), Decision::Allowed);
+        assert_eq!(banked(&limiter, 1), 7);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn at_one_instant_the_slots_together_admit_exactly_the_burst() {
+        let limiter = batched(1_024, 8, 4);
+        let mut admitted = 0;
+        let mut refused_in_a_row = 0;
+        for call in 0.. {
+            match limiter.decide_one_in(call % 4) {
+                Decision::Allowed => {
+                    admitted += 1;
+                    refused_in_a_row = 0;
+                }
+                Decision::Limited { retry_after, .. } => {
+                    assert!(retry_after > Duration::ZERO);
+                    refused_in_a_row += 1;
+                    if refused_in_a_row == 4 {
+                        break;
+                    }
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(admitted, 1_024);
+        assert!((0..4).all(|slot| banked(&limiter, slot) == 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn near_the_limit_a_slot_decides_exactly_instead_of_taking_a_batch() {
+        // 1,004 = 125 batches of 8, then 4 cells: too few for a batch.
+        let limiter = batched(1_004, 8, 2);
+        for _ in 0..1_000 {
+            assert_eq!(limiter.decide_one_in(0), Decision::Allowed);
+        }
+        assert_eq!(banked(&limiter, 0), 0);
+        for _ in 0..4 {
+            assert_eq!(limiter.decide_one_in(1), Decision::Allowed);
+            assert_eq!(banked(&limiter, 1), 0, "single cells, no batch");
+        }
+        assert!(matches!(limiter.decide_one_in(1), Decision::Limited { .. }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn before_refusing_a_slot_takes_cells_banked_by_idle_slots_and_the_excess_is_bounded() {
+        let (burst, batch, slots) = (1_024, 8, 4);
+        let limiter = batched(burst, batch, slots);
+        for slot in 1..4 {
+            assert_eq!(limiter.decide_one_in(slot), Decision::Allowed);
+        }
+        assert_eq!((1..4).map(|slot| banked(&limiter, slot)).sum::<u32>(), 21);
+        // The limit refills completely; the 21 banked cells were counted a second ago.
+        advance(Duration::from_secs(2)).await;
+        let mut admitted = 0u32;
+        while limiter.decide_one_in(0) == Decision::Allowed {
+            admitted += 1;
+        }
+        assert_eq!(
+            admitted,
+            burst + 21,
+            "a fresh burst, then the idle slots' banks"
+        );
+        assert!(
+            admitted <= burst + batch * slots as u32,
+            "the documented bound"
+        );
+        assert!((0..4).all(|slot| banked(&limiter, slot) == 0));
+    }
+
+    #[test]
+    fn two_threads_on_one_batched_limit_take_every_cell_exactly_once() {
+        // 100,000 cells an hour: a refill every 36 ms, so the test sees the burst and at most
+        // a few refilled cells (bounded below by the time it took).
+        let limiter = DirectLimiter::new("threads", 100_000, Duration::from_secs(3_600), None)
+            .unwrap()
+            .with_thread_batch(64);
+        let started = std::time::Instant::now();
+        let admitted: u64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let limiter = limiter.clone();
+                    scope.spawn(move || {
+                        let mut admitted = 0u64;
+                        let mut refused_in_a_row = 0;
+                        // Refused twice in a row: every bank is empty (a refusal checks them all).
+                        while refused_in_a_row < 2 {
+                            match limiter.decide(&(), NonZeroU32::MIN) {
+                                Decide::Now(Decision::Allowed) => {
+                                    admitted += 1;
+                                    refused_in_a_row = 0;
+                                }
+                                _ => refused_in_a_row += 1,
+                            }
+                        }
+                        admitted
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        let refilled = started.elapsed().as_millis() as u64 / 36 + 1;
+        assert!(admitted >= 100_000, "no cell lost in a bank: {admitted}");
+        assert!(
+            admitted <= 100_000 + refilled,
+            "{admitted} admitted, at most {refilled} refilled"
+        );
     }
 }

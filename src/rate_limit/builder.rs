@@ -21,6 +21,7 @@ use crate::error::{Error, ErrorKind};
 /// | [`jitter`](Self::jitter) | none | extra random wait on each wait |
 /// | [`jitter_seed`](Self::jitter_seed) | random | make jitter reproducible |
 /// | [`evict_every`](Self::evict_every) | time to refill a burst, ≥ 1 s | idle-key sweep (keyed) |
+/// | [`thread_batch`](Self::thread_batch) | auto: up to 64 for bursts large enough, else exact | cells a thread takes from one global limit at once (see [`DirectLimiter::with_thread_batch`]) |
 /// | [`name`](Self::name) | `"rate_limit"` | names the layer in errors, logs, events |
 ///
 /// Zero rates, zero bursts, zero periods are refused by `build` with a
@@ -58,6 +59,7 @@ pub struct RateLimitBuilder {
     jitter: Jitter,
     seed: Option<u64>,
     evict_every: Option<Duration>,
+    thread_batch: Option<u32>,
     listener: Option<Box<dyn RateLimitListener>>,
 }
 
@@ -71,6 +73,7 @@ impl Default for RateLimitBuilder {
             jitter: Jitter::NONE,
             seed: None,
             evict_every: None,
+            thread_batch: None,
             listener: None,
         }
     }
@@ -84,6 +87,7 @@ impl fmt::Debug for RateLimitBuilder {
             .field("burst", &self.burst)
             .field("max_wait", &self.max_wait)
             .field("jitter", &self.jitter)
+            .field("thread_batch", &self.thread_batch)
             .finish_non_exhaustive()
     }
 }
@@ -143,6 +147,27 @@ impl RateLimitBuilder {
         self
     }
 
+    /// How many cells a thread takes from the one global limit of [`build`](Self::build) at
+    /// once, so that threads do not contend on the limit's one atomic word for every call.
+    /// Default: [`DirectLimiter::auto_thread_batch`] of the burst (up to 64 when the burst is
+    /// at least 32 × 2 batches per thread slot, else exact). `1` makes every decision exact.
+    /// The approximation it allows is bounded and documented on
+    /// [`DirectLimiter::with_thread_batch`]; keyed limits are always exact.
+    ///
+    /// ```
+    /// use tower_deepseek::rate_limit::RateLimitLayer;
+    ///
+    /// # fn main() -> Result<(), tower_deepseek::Error> {
+    /// let exact = RateLimitLayer::builder().per_second(1_000_000).thread_batch(1).build()?;
+    /// # let _ = exact;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn thread_batch(mut self, batch: u32) -> Self {
+        self.thread_batch = Some(batch);
+        self
+    }
+
     /// Hears every [`RateLimitEvent`](super::RateLimitEvent).
     pub fn listener(mut self, listener: impl RateLimitListener) -> Self {
         self.listener = Some(Box::new(listener));
@@ -186,7 +211,11 @@ impl RateLimitBuilder {
 
     /// One global limit.
     pub fn build(self) -> Result<RateLimitLayer, Error> {
-        let backend = DirectLimiter::from_quota(self.checked_quota()?);
+        let quota = self.checked_quota()?;
+        let batch = self
+            .thread_batch
+            .unwrap_or_else(|| DirectLimiter::auto_thread_batch(quota.burst_size().get()));
+        let backend = DirectLimiter::from_quota(quota).with_thread_batch(batch);
         Ok(RateLimitLayer {
             extractor: Arc::new(Global),
             limits: Arc::new(self.into_limits(backend)),
