@@ -42,7 +42,7 @@
 //! | `GATEWAY_RATE_LIMIT_PER_MINUTE` | requests per minute per caller (`Authorization` header); `0`: no limit | `600` |
 //! | `GATEWAY_RATE_LIMIT_BURST` | requests a caller may send at once after a quiet spell | `60` |
 //! | `REDIS_URL` | share the per-caller limit across replicas through Redis (fails open) | unset |
-//! | `GATEWAY_MAX_IN_FLIGHT` | requests served at once (a stream counts until it ends) | `512` |
+//! | `GATEWAY_MAX_IN_FLIGHT` | requests served at once (a stream counts until it ends); also the idle upstream connections kept per host | `512` |
 //! | `GATEWAY_BARE` | `1`: no layers on either side (the baseline of the end-to-end benchmark) | `0` |
 //! | `GATEWAY_JOBS_MAX` | jobs held at once (queued, running, finished not yet expired); when full, `POST /v1/jobs` answers 429 | `1000` |
 //! | `GATEWAY_JOBS_WORKERS` | jobs running at once (1 to `GATEWAY_JOBS_MAX`) | `32` |
