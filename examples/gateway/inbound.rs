@@ -15,19 +15,23 @@ use axum::body::Body;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, header};
 use axum::routing::{get, post};
-use tower::ServiceBuilder;
+use tower::{Layer, ServiceBuilder};
 use tower_deepseek::Error;
 use tower_deepseek::concurrency::ConcurrencyLimitLayer;
 use tower_deepseek::metrics::{Metrics, MetricsEndpoint, MetricsLayer};
 use tower_deepseek::rate_limit::redis::{RedisFailureMode, RedisLimitEvent, RedisRateLimiter};
 use tower_deepseek::rate_limit::{HeaderKey, KeyedLimiter, RateLimitLayer};
-use tower_deepseek::trace_id::TraceIdLayer;
+use tower_deepseek::trace_id::{TraceIdLayer, TraceIdService};
 
 /// The gateway's routes, outermost first: the trace ID; inbound metrics per operation (never
 /// the raw path), which count refused calls too; the per-caller rate limit (429 with
 /// `Retry-After` and `x-ratelimit-*`); the concurrency limit (503 with `Retry-After`); the
 /// API. `/metrics` (Prometheus), `/healthz` (the process answers) and `/readyz` (it has a free
 /// slot) sit beside the API, outside the limits.
+///
+/// The trace ID wraps the whole router rather than being one more `Router::layer`: axum boxes
+/// every route again for each `layer` call and clones that box (an allocation) on every
+/// request. Serve it with `axum::ServiceExt::into_make_service`.
 pub fn router(
     client: Client,
     metrics: &Metrics,
@@ -35,7 +39,7 @@ pub fn router(
     limit: Option<InboundLimit>,
     concurrency: ConcurrencyLimitLayer,
     jobs: Jobs,
-) -> Router {
+) -> TraceIdService<Router> {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
@@ -77,7 +81,8 @@ pub fn router(
                 .layer(concurrency),
         ),
     };
-    api.route_service("/metrics", MetricsEndpoint::new(registry))
+    let routes = api
+        .route_service("/metrics", MetricsEndpoint::new(registry))
         .route("/healthz", get(|| ready("ok")))
         .route(
             "/readyz",
@@ -89,9 +94,9 @@ pub fn router(
                     (http::StatusCode::SERVICE_UNAVAILABLE, "busy")
                 })
             }),
-        )
-        // Outermost, so even a rejected body is answered under the request's trace ID.
-        .layer(TraceIdLayer::new())
+        );
+    // Outermost, so even a rejected body is answered under the request's trace ID.
+    TraceIdLayer::new().layer(routes)
 }
 
 /// The per-caller limit, keyed by the caller's `Authorization` header.

@@ -239,9 +239,12 @@ pub async fn serve(
         jobs,
     );
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    axum::serve(
+        listener,
+        axum::ServiceExt::<axum::extract::Request>::into_make_service(app),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await?;
     if let Some(server) = mock {
         server.shutdown().await;
     }
