@@ -1149,3 +1149,22 @@ async fn a_failing_deepseek_is_answered_by_the_next_upstream_which_the_answer_na
     );
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_request_body_over_the_limit_is_refused_on_every_api_route() {
+    let gateway = RunningGateway::start(gateway::GatewayConfig::default()).await;
+    // 8 MiB is the gateway's limit; one byte more is refused before any JSON is parsed.
+    let over: &'static str = Box::leak(" ".repeat((8 << 20) + 1).into_boxed_str());
+    for path in ["/v1/chat/completions", "/chat/completions", "/v1/jobs"] {
+        let (status, _, _) = raw("POST", format!("{}{path}", gateway.url()), over).await;
+        assert_eq!(status, 413, "{path}");
+    }
+    // 3 MiB is over axum's own 2 MB default, so only the gateway's limit lets it through to
+    // the JSON parser (which refuses it as JSON, not as size).
+    let under: &'static str = Box::leak(" ".repeat(3 << 20).into_boxed_str());
+    for path in ["/v1/chat/completions", "/v1/jobs"] {
+        let (status, _, _) = raw("POST", format!("{}{path}", gateway.url()), under).await;
+        assert!(status == 400 || status == 422, "{path}: {status}");
+    }
+    gateway.stop().await;
+}

@@ -45,7 +45,6 @@ pub fn router(
         .route("/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/models", get(models))
-        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         // Behind an `Arc`: axum clones the state for every request, and the client holds the
         // whole outbound stack.
         .with_state(Arc::new(client))
@@ -53,16 +52,20 @@ pub fn router(
         .merge(jobs_router(jobs));
     // A refused call is the crate's error (rate limited, overloaded); its response the 429/503.
     let refused = || RefusalLayer;
+    // In the one stack rather than its own `Router::layer` (see below): it only sets the limit
+    // the body extractors read.
+    let body_limit = || DefaultBodyLimit::max(MAX_REQUEST_BYTES);
     let slots = concurrency.clone();
     let metrics = MetricsLayer::server(metrics, "api").operation_by(operation);
-    // One `Router::layer` call for the whole inbound stack: axum boxes every route again (and
-    // clones the box on every request) for each `layer` call.
+    // One `Router::layer` call for the whole inbound stack and the body limit: axum boxes every
+    // route again (and clones the box on every request) for each `layer` call.
     let api = match limit {
         None => api.layer(
             ServiceBuilder::new()
                 .layer(metrics)
                 .layer(refused())
-                .layer(concurrency),
+                .layer(concurrency)
+                .layer(body_limit()),
         ),
         Some(InboundLimit::Local(limit)) => api.layer(
             ServiceBuilder::new()
@@ -70,7 +73,8 @@ pub fn router(
                 .layer(refused())
                 .layer(limit)
                 .layer(refused())
-                .layer(concurrency),
+                .layer(concurrency)
+                .layer(body_limit()),
         ),
         Some(InboundLimit::Shared(limit)) => api.layer(
             ServiceBuilder::new()
@@ -78,7 +82,8 @@ pub fn router(
                 .layer(refused())
                 .layer(limit)
                 .layer(refused())
-                .layer(concurrency),
+                .layer(concurrency)
+                .layer(body_limit()),
         ),
     };
     let routes = api

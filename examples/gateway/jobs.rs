@@ -59,12 +59,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use super::config::{MAX_REQUEST_BYTES, config_error};
+use super::config::config_error;
 use super::outbound::Client;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::{get, post};
@@ -529,7 +529,7 @@ pub fn jobs_router(jobs: Jobs) -> Router {
     Router::new()
         .route("/v1/jobs", post(submit_job))
         .route("/v1/jobs/{id}", get(get_job))
-        .layer(DefaultBodyLimit::max(MAX_REQUEST_BYTES))
+        // The body limit comes with the inbound stack the router puts around these routes.
         .with_state(jobs)
 }
 
