@@ -253,13 +253,14 @@ where
             .map_err(|error| Error::from_boxed(error.into()))
     }
 
+    #[inline(always)]
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         dispatch(&self.breaker, &mut self.inner, &mut self.fallback, request)
     }
 }
 
 /// Admits or refuses one call: the body of `call`, shared with the keyed service.
-#[inline]
+#[inline(always)]
 pub(crate) fn dispatch<S, F, ReqB, RespB>(
     breaker: &CircuitBreaker,
     inner: &mut S,
@@ -270,29 +271,42 @@ where
     S: Service<Request<ReqB>, Response = Response<RespB>>,
     F: Fallback<Request<ReqB>, RespB>,
 {
-    match breaker.try_acquire() {
+    match breaker.acquire() {
         Ok(permit) => ResponseFuture {
             state: State::Called {
                 future: inner.call(request),
                 permit: Some(permit),
             },
         },
-        Err(rejection) => {
-            let marker = match rejection.kind() {
-                ErrorKind::CircuitOpen(reason) => Some(FallbackResponse {
-                    breaker: Arc::clone(&breaker.core.config.name),
-                    reason,
-                    retry_after: rejection.retry_after(),
-                }),
-                _ => None,
-            };
-            ResponseFuture {
-                state: State::Fallback {
-                    future: fallback.fallback(request, rejection),
-                    marker,
-                },
-            }
-        }
+        Err(rejection) => refuse(breaker, fallback, request, rejection),
+    }
+}
+
+/// A refused call: the fallback answers (out of line, so the admitted path stays small).
+#[cold]
+#[inline(never)]
+fn refuse<FS, FB, ReqB, RespB>(
+    breaker: &CircuitBreaker,
+    fallback: &mut FB,
+    request: Request<ReqB>,
+    rejection: Error,
+) -> ResponseFuture<FS, FB::Future>
+where
+    FB: Fallback<Request<ReqB>, RespB>,
+{
+    let marker = match rejection.kind() {
+        ErrorKind::CircuitOpen(reason) => Some(FallbackResponse {
+            breaker: Arc::clone(&breaker.core.config.name),
+            reason,
+            retry_after: rejection.retry_after(),
+        }),
+        _ => None,
+    };
+    ResponseFuture {
+        state: State::Fallback {
+            future: fallback.fallback(request, rejection),
+            marker,
+        },
     }
 }
 
@@ -380,10 +394,10 @@ where
                     if let Some(marker) = marker.take() {
                         parts.extensions.insert(marker);
                     }
-                    let format = BodyFormat::from_headers(&parts.headers);
+                    // A refused call has no permit: nothing in its body matters to the breaker.
                     Response::from_parts(
                         parts,
-                        ObservedBody::new(body, format, BreakerObserver::done()),
+                        ObservedBody::finished(body, BreakerObserver::done()),
                     )
                 }))
             }
@@ -397,38 +411,37 @@ fn observe<B>(permit: Permit, response: Response<B>) -> Response<CircuitBreakerB
 where
     B: http_body::Body,
 {
-    let (parts, body) = response.into_parts();
     let config = &permit.core().config;
     let outcome = config.classifier.classify(Observation::Head {
-        status: parts.status,
-        headers: &parts.headers,
+        status: response.status(),
+        headers: response.headers(),
     });
     let verdict = permit.verdict_of(outcome);
-    let pending = verdict == Verdict::Success && config.observe_body && !body.is_end_stream();
-    // The format only matters to an observer still waiting for the body's end.
-    let format = if pending {
-        BodyFormat::from_headers(&parts.headers)
-    } else {
-        BodyFormat::Json
-    };
-    let observer = if pending {
+    let pending =
+        verdict == Verdict::Success && config.observe_body && !response.body().is_end_stream();
+    if pending {
         let first_token = config.slow_call_measure == SlowCallMeasure::FirstToken;
         let measured_at = if first_token || !permit.is_timed() {
             None
         } else {
             Some(Stamp::now())
         };
-        BreakerObserver {
+        let format = BodyFormat::from_headers(response.headers());
+        let observer = BreakerObserver {
             permit: Some(permit),
             measured_at,
             first_token,
-        }
+        };
+        return response.map(|body| ObservedBody::new(body, format, observer));
+    }
+    if verdict == Verdict::Success {
+        permit.complete_success(None);
     } else {
         let duration = permit.elapsed();
         permit.complete_verdict(verdict, duration);
-        BreakerObserver::done()
-    };
-    Response::from_parts(parts, ObservedBody::new(body, format, observer))
+    }
+    // Judged at the head: the body only passes through.
+    response.map(|body| ObservedBody::finished(body, BreakerObserver::done()))
 }
 
 /// The breaker's [`BodyObserver`]: holds the call's permit until the body says how the call
@@ -461,17 +474,21 @@ impl BreakerObserver {
 
     fn finish(&mut self, outcome: Outcome) {
         if let Some(permit) = self.permit.take() {
+            let verdict = permit.verdict_of(outcome);
+            if verdict == Verdict::Success {
+                return permit.complete_success(self.measured_at);
+            }
             let duration = match self.measured_at {
                 Some(at) => permit.duration_until(at),
                 None => permit.elapsed(),
             };
-            let verdict = permit.verdict_of(outcome);
             permit.complete_verdict(verdict, duration);
         }
     }
 }
 
 impl BodyObserver for BreakerObserver {
+    #[inline]
     fn observe(&mut self, event: BodyEvent<'_>) {
         let Some(permit) = &self.permit else {
             return;
