@@ -20,7 +20,7 @@ use super::events::CircuitBreakerListener;
 use super::fallback::{Fallback, FallbackResponse, NoFallback};
 use super::state::{CircuitBreaker, Permit, Verdict};
 use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody};
-use crate::classify::{Classify, Observation, Outcome};
+use crate::classify::{Classify, Observation, Outcome, classify_status};
 use crate::clock::Stamp;
 use crate::error::{BoxError, Error, ErrorKind};
 
@@ -412,10 +412,14 @@ where
     B: http_body::Body,
 {
     let config = &permit.core().config;
-    let outcome = config.classifier.classify(Observation::Head {
-        status: response.status(),
-        headers: response.headers(),
-    });
+    let outcome = if config.default_classifier {
+        classify_status(response.status(), response.headers())
+    } else {
+        config.classifier.classify(Observation::Head {
+            status: response.status(),
+            headers: response.headers(),
+        })
+    };
     let verdict = permit.verdict_of(outcome);
     let pending =
         verdict == Verdict::Success && config.observe_body && !response.body().is_end_stream();

@@ -114,6 +114,11 @@ struct Slow {
     published_slow_rate: bool,
 }
 
+/// Aligned to a cache line so that the `Arc` counts in front of it, which every call writes
+/// (the permit's clone and drop), share no line with the state word, the window and the
+/// settings that every call reads: threads sharing a breaker do not invalidate each other's
+/// reads.
+#[repr(align(64))]
 pub(crate) struct Core {
     pub(crate) config: Config,
     base: Instant,
