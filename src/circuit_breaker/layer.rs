@@ -361,52 +361,72 @@ where
 {
     type Output = Result<Response<CircuitBreakerBody<B>>, Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Called { future, permit } => {
                 let result = ready!(future.poll(cx));
                 let Some(permit) = permit.take() else {
-                    return Poll::Ready(Err(Error::new(
-                        ErrorKind::InvalidRequest,
-                        "a circuit breaker response future was polled after it completed",
-                    )));
+                    return Poll::Ready(Err(polled_after_completion()));
                 };
                 Poll::Ready(match result {
                     Ok(response) => Ok(observe(permit, response)),
-                    Err(error) => {
-                        let error = Error::from_boxed(error.into());
-                        let outcome = permit
-                            .core()
-                            .config
-                            .classifier
-                            .classify(Observation::Error(&error));
-                        let verdict = permit.verdict_of(outcome);
-                        let duration = permit.elapsed();
-                        permit.complete_verdict(verdict, duration);
-                        Err(error)
-                    }
+                    Err(error) => Err(failed(permit, error.into())),
                 })
             }
             StateProj::Fallback { future, marker } => {
                 let result = ready!(future.poll(cx));
-                Poll::Ready(result.map(|response| {
-                    let (mut parts, body) = response.into_parts();
-                    if let Some(marker) = marker.take() {
-                        parts.extensions.insert(marker);
-                    }
-                    // A refused call has no permit: nothing in its body matters to the breaker.
-                    Response::from_parts(
-                        parts,
-                        ObservedBody::finished(body, BreakerObserver::done()),
-                    )
-                }))
+                Poll::Ready(result.map(|response| refused(response, marker.take())))
             }
         }
     }
 }
 
+#[cold]
+#[inline(never)]
+fn polled_after_completion() -> Error {
+    Error::new(
+        ErrorKind::InvalidRequest,
+        "a circuit breaker response future was polled after it completed",
+    )
+}
+
+/// The inner call failed: judged by its error.
+#[cold]
+#[inline(never)]
+fn failed(permit: Permit, error: BoxError) -> Error {
+    let error = Error::from_boxed(error);
+    let outcome = permit
+        .core()
+        .config
+        .classifier
+        .classify(Observation::Error(&error));
+    let verdict = permit.verdict_of(outcome);
+    let duration = permit.elapsed();
+    permit.complete_verdict(verdict, duration);
+    error
+}
+
+/// The fallback's answer to a refused call, marked.
+#[cold]
+#[inline(never)]
+fn refused<B>(
+    response: Response<B>,
+    marker: Option<FallbackResponse>,
+) -> Response<CircuitBreakerBody<B>>
+where
+    B: http_body::Body,
+{
+    let (mut parts, body) = response.into_parts();
+    if let Some(marker) = marker {
+        parts.extensions.insert(marker);
+    }
+    // A refused call has no permit: nothing in its body matters to the breaker.
+    Response::from_parts(parts, ObservedBody::finished(body, BreakerObserver::done()))
+}
+
 /// Judges the response head; a success whose body is still to come is judged by its body.
-#[inline]
+#[inline(always)]
 fn observe<B>(permit: Permit, response: Response<B>) -> Response<CircuitBreakerBody<B>>
 where
     B: http_body::Body,
