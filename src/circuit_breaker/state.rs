@@ -952,10 +952,9 @@ impl Permit {
     #[inline]
     pub(crate) fn complete_success(mut self, at: Option<Stamp>) {
         self.armed = false;
-        let nanos = match self.start {
-            Some(start) => Some(at.unwrap_or_else(Stamp::now).nanos_since(start)),
-            None => None,
-        };
+        let nanos = self
+            .start
+            .map(|start| at.unwrap_or_else(Stamp::now).nanos_since(start));
         let core = &*self.core;
         if self.kind == PermitKind::Closed
             && nanos.is_none_or(|nanos| nanos <= core.slow_after_nanos)
