@@ -290,6 +290,7 @@ impl Classify for DeepSeekClassifier {
 }
 
 /// DeepSeek's table for a response head.
+#[inline]
 pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> Outcome {
     match status.as_u16() {
         100..=399 => Outcome::Success,

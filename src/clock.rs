@@ -43,6 +43,14 @@ impl Stamp {
     pub(crate) fn elapsed(self) -> Duration {
         Stamp::now().duration_since(self)
     }
+
+    /// Nanoseconds from `earlier` to `self`; zero if `earlier` is later. The same measure as
+    /// [`duration_since`](Self::duration_since) without building a `Duration` (for a compare
+    /// against a threshold already in nanoseconds).
+    #[inline]
+    pub(crate) fn nanos_since(self, earlier: Stamp) -> u64 {
+        source::nanos_between(earlier.0.get(), self.0.get())
+    }
 }
 
 /// Reads the clock once so that its one-time set-up (`quanta` calibrates the counter against
@@ -70,7 +78,12 @@ mod fast {
 
     #[inline]
     pub(super) fn between(start: u64, end: u64) -> Duration {
-        Duration::from_nanos(clock().delta_as_nanos(start, end))
+        Duration::from_nanos(nanos_between(start, end))
+    }
+
+    #[inline]
+    pub(super) fn nanos_between(start: u64, end: u64) -> u64 {
+        clock().delta_as_nanos(start, end)
     }
 }
 
@@ -89,7 +102,11 @@ mod tokio_clock {
     }
 
     pub(super) fn between(start: u64, end: u64) -> Duration {
-        Duration::from_nanos(end.saturating_sub(start))
+        Duration::from_nanos(nanos_between(start, end))
+    }
+
+    pub(super) fn nanos_between(start: u64, end: u64) -> u64 {
+        end.saturating_sub(start)
     }
 }
 

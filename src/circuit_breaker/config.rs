@@ -184,6 +184,10 @@ pub(crate) struct Config {
     pub(crate) observe_body: bool,
     pub(crate) initial_state: CircuitState,
     pub(crate) classifier: Arc<dyn Classify>,
+    /// `classifier` is the default [`DeepSeekClassifier`]: a head is classified with
+    /// [`classify_status`](crate::classify::classify_status) directly, not through the
+    /// trait object.
+    pub(crate) default_classifier: bool,
     pub(crate) listener: Option<Arc<dyn CircuitBreakerListener>>,
 }
 
@@ -293,6 +297,8 @@ pub struct CircuitBreakerBuilder {
     observe_body: bool,
     initial_state: CircuitState,
     classifier: Arc<dyn Classify>,
+    /// Whether `classifier` is still the default one.
+    default_classifier: bool,
     listener: Option<Arc<dyn CircuitBreakerListener>>,
 }
 
@@ -327,6 +333,7 @@ impl Default for CircuitBreakerBuilder {
             observe_body: true,
             initial_state: CircuitState::Closed,
             classifier: Arc::new(DeepSeekClassifier),
+            default_classifier: true,
             listener: None,
         }
     }
@@ -508,6 +515,7 @@ impl CircuitBreakerBuilder {
     /// Replaces the classification (what counts as a failure, see [`crate::classify`]).
     pub fn classifier(mut self, classifier: impl Classify) -> Self {
         self.classifier = Arc::new(classifier);
+        self.default_classifier = false;
         self
     }
 
@@ -618,6 +626,7 @@ impl CircuitBreakerBuilder {
             observe_body: self.observe_body,
             initial_state: self.initial_state,
             classifier: self.classifier,
+            default_classifier: self.default_classifier,
             listener: self.listener,
         })
     }

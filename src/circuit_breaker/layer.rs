@@ -20,7 +20,7 @@ use super::events::CircuitBreakerListener;
 use super::fallback::{Fallback, FallbackResponse, NoFallback};
 use super::state::{CircuitBreaker, Permit, Verdict};
 use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody};
-use crate::classify::{Classify, Observation, Outcome};
+use crate::classify::{Classify, Observation, Outcome, classify_status};
 use crate::clock::Stamp;
 use crate::error::{BoxError, Error, ErrorKind};
 
@@ -253,13 +253,14 @@ where
             .map_err(|error| Error::from_boxed(error.into()))
     }
 
+    #[inline(always)]
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         dispatch(&self.breaker, &mut self.inner, &mut self.fallback, request)
     }
 }
 
 /// Admits or refuses one call: the body of `call`, shared with the keyed service.
-#[inline]
+#[inline(always)]
 pub(crate) fn dispatch<S, F, ReqB, RespB>(
     breaker: &CircuitBreaker,
     inner: &mut S,
@@ -270,29 +271,42 @@ where
     S: Service<Request<ReqB>, Response = Response<RespB>>,
     F: Fallback<Request<ReqB>, RespB>,
 {
-    match breaker.try_acquire() {
+    match breaker.acquire() {
         Ok(permit) => ResponseFuture {
             state: State::Called {
                 future: inner.call(request),
                 permit: Some(permit),
             },
         },
-        Err(rejection) => {
-            let marker = match rejection.kind() {
-                ErrorKind::CircuitOpen(reason) => Some(FallbackResponse {
-                    breaker: Arc::clone(&breaker.core.config.name),
-                    reason,
-                    retry_after: rejection.retry_after(),
-                }),
-                _ => None,
-            };
-            ResponseFuture {
-                state: State::Fallback {
-                    future: fallback.fallback(request, rejection),
-                    marker,
-                },
-            }
-        }
+        Err(rejection) => refuse(breaker, fallback, request, rejection),
+    }
+}
+
+/// A refused call: the fallback answers (out of line, so the admitted path stays small).
+#[cold]
+#[inline(never)]
+fn refuse<FS, FB, ReqB, RespB>(
+    breaker: &CircuitBreaker,
+    fallback: &mut FB,
+    request: Request<ReqB>,
+    rejection: Error,
+) -> ResponseFuture<FS, FB::Future>
+where
+    FB: Fallback<Request<ReqB>, RespB>,
+{
+    let marker = match rejection.kind() {
+        ErrorKind::CircuitOpen(reason) => Some(FallbackResponse {
+            breaker: Arc::clone(&breaker.core.config.name),
+            reason,
+            retry_after: rejection.retry_after(),
+        }),
+        _ => None,
+    };
+    ResponseFuture {
+        state: State::Fallback {
+            future: fallback.fallback(request, rejection),
+            marker,
+        },
     }
 }
 
@@ -347,88 +361,111 @@ where
 {
     type Output = Result<Response<CircuitBreakerBody<B>>, Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().state.project() {
             StateProj::Called { future, permit } => {
                 let result = ready!(future.poll(cx));
                 let Some(permit) = permit.take() else {
-                    return Poll::Ready(Err(Error::new(
-                        ErrorKind::InvalidRequest,
-                        "a circuit breaker response future was polled after it completed",
-                    )));
+                    return Poll::Ready(Err(polled_after_completion()));
                 };
                 Poll::Ready(match result {
                     Ok(response) => Ok(observe(permit, response)),
-                    Err(error) => {
-                        let error = Error::from_boxed(error.into());
-                        let outcome = permit
-                            .core()
-                            .config
-                            .classifier
-                            .classify(Observation::Error(&error));
-                        let verdict = permit.verdict_of(outcome);
-                        let duration = permit.elapsed();
-                        permit.complete_verdict(verdict, duration);
-                        Err(error)
-                    }
+                    Err(error) => Err(failed(permit, error.into())),
                 })
             }
             StateProj::Fallback { future, marker } => {
                 let result = ready!(future.poll(cx));
-                Poll::Ready(result.map(|response| {
-                    let (mut parts, body) = response.into_parts();
-                    if let Some(marker) = marker.take() {
-                        parts.extensions.insert(marker);
-                    }
-                    let format = BodyFormat::from_headers(&parts.headers);
-                    Response::from_parts(
-                        parts,
-                        ObservedBody::new(body, format, BreakerObserver::done()),
-                    )
-                }))
+                Poll::Ready(result.map(|response| refused(response, marker.take())))
             }
         }
     }
 }
 
+#[cold]
+#[inline(never)]
+fn polled_after_completion() -> Error {
+    Error::new(
+        ErrorKind::InvalidRequest,
+        "a circuit breaker response future was polled after it completed",
+    )
+}
+
+/// The inner call failed: judged by its error.
+#[cold]
+#[inline(never)]
+fn failed(permit: Permit, error: BoxError) -> Error {
+    let error = Error::from_boxed(error);
+    let outcome = permit
+        .core()
+        .config
+        .classifier
+        .classify(Observation::Error(&error));
+    let verdict = permit.verdict_of(outcome);
+    let duration = permit.elapsed();
+    permit.complete_verdict(verdict, duration);
+    error
+}
+
+/// The fallback's answer to a refused call, marked.
+#[cold]
+#[inline(never)]
+fn refused<B>(
+    response: Response<B>,
+    marker: Option<FallbackResponse>,
+) -> Response<CircuitBreakerBody<B>>
+where
+    B: http_body::Body,
+{
+    let (mut parts, body) = response.into_parts();
+    if let Some(marker) = marker {
+        parts.extensions.insert(marker);
+    }
+    // A refused call has no permit: nothing in its body matters to the breaker.
+    Response::from_parts(parts, ObservedBody::finished(body, BreakerObserver::done()))
+}
+
 /// Judges the response head; a success whose body is still to come is judged by its body.
-#[inline]
+#[inline(always)]
 fn observe<B>(permit: Permit, response: Response<B>) -> Response<CircuitBreakerBody<B>>
 where
     B: http_body::Body,
 {
-    let (parts, body) = response.into_parts();
     let config = &permit.core().config;
-    let outcome = config.classifier.classify(Observation::Head {
-        status: parts.status,
-        headers: &parts.headers,
-    });
-    let verdict = permit.verdict_of(outcome);
-    let pending = verdict == Verdict::Success && config.observe_body && !body.is_end_stream();
-    // The format only matters to an observer still waiting for the body's end.
-    let format = if pending {
-        BodyFormat::from_headers(&parts.headers)
+    let outcome = if config.default_classifier {
+        classify_status(response.status(), response.headers())
     } else {
-        BodyFormat::Json
+        config.classifier.classify(Observation::Head {
+            status: response.status(),
+            headers: response.headers(),
+        })
     };
-    let observer = if pending {
+    let verdict = permit.verdict_of(outcome);
+    let pending =
+        verdict == Verdict::Success && config.observe_body && !response.body().is_end_stream();
+    if pending {
         let first_token = config.slow_call_measure == SlowCallMeasure::FirstToken;
         let measured_at = if first_token || !permit.is_timed() {
             None
         } else {
             Some(Stamp::now())
         };
-        BreakerObserver {
+        let format = BodyFormat::from_headers(response.headers());
+        let observer = BreakerObserver {
             permit: Some(permit),
             measured_at,
             first_token,
-        }
+        };
+        return response.map(|body| ObservedBody::new(body, format, observer));
+    }
+    if verdict == Verdict::Success {
+        permit.complete_success(None);
     } else {
         let duration = permit.elapsed();
         permit.complete_verdict(verdict, duration);
-        BreakerObserver::done()
-    };
-    Response::from_parts(parts, ObservedBody::new(body, format, observer))
+    }
+    // Judged at the head: the body only passes through.
+    response.map(|body| ObservedBody::finished(body, BreakerObserver::done()))
 }
 
 /// The breaker's [`BodyObserver`]: holds the call's permit until the body says how the call
@@ -461,17 +498,21 @@ impl BreakerObserver {
 
     fn finish(&mut self, outcome: Outcome) {
         if let Some(permit) = self.permit.take() {
+            let verdict = permit.verdict_of(outcome);
+            if verdict == Verdict::Success {
+                return permit.complete_success(self.measured_at);
+            }
             let duration = match self.measured_at {
                 Some(at) => permit.duration_until(at),
                 None => permit.elapsed(),
             };
-            let verdict = permit.verdict_of(outcome);
             permit.complete_verdict(verdict, duration);
         }
     }
 }
 
 impl BodyObserver for BreakerObserver {
+    #[inline]
     fn observe(&mut self, event: BodyEvent<'_>) {
         let Some(permit) = &self.permit else {
             return;

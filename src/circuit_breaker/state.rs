@@ -18,10 +18,12 @@ use crate::error::{CircuitOpenReason, Error, ErrorKind};
 
 const STATE_BITS: u32 = 3;
 const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
+/// The state bits of a closed word (`code(CircuitState::Closed)`).
+const CLOSED: u64 = 0;
 
 fn code(state: CircuitState) -> u64 {
     match state {
-        CircuitState::Closed => 0,
+        CircuitState::Closed => CLOSED,
         CircuitState::Open => 1,
         CircuitState::HalfOpen => 2,
         CircuitState::Disabled => 3,
@@ -112,6 +114,11 @@ struct Slow {
     published_slow_rate: bool,
 }
 
+/// Aligned to a cache line so that the `Arc` counts in front of it, which every call writes
+/// (the permit's clone and drop), share no line with the state word, the window and the
+/// settings that every call reads: threads sharing a breaker do not invalidate each other's
+/// reads.
+#[repr(align(64))]
 pub(crate) struct Core {
     pub(crate) config: Config,
     base: Instant,
@@ -123,6 +130,10 @@ pub(crate) struct Core {
     open_until: AtomicU64,
     not_permitted: AtomicU64,
     slow: Mutex<Slow>,
+    /// Whether calls are timed (the slow-call rule is on): resolved once from the config.
+    timed: bool,
+    /// A timed call strictly longer than this many nanoseconds is slow (`u64::MAX`: never).
+    slow_after_nanos: u64,
 }
 
 /// A circuit breaker: the shared state behind [`CircuitBreakerLayer`](super::CircuitBreakerLayer)
@@ -182,6 +193,11 @@ impl CircuitBreaker {
         };
         let initial = config.initial_state;
         crate::clock::warm_up();
+        let timed = config.measures_slowness();
+        let slow_after_nanos = match (config.slow_call_rate_threshold, config.slow_call_duration) {
+            (Some(_), Some(threshold)) => u64::try_from(threshold.as_nanos()).unwrap_or(u64::MAX),
+            _ => u64::MAX,
+        };
         let core = Core {
             base: Instant::now(),
             word: AtomicU64::new(code(CircuitState::Closed)),
@@ -199,6 +215,8 @@ impl CircuitBreaker {
                 published_failure_rate: false,
                 published_slow_rate: false,
             }),
+            timed,
+            slow_after_nanos,
             config,
         };
         let breaker = CircuitBreaker {
@@ -273,6 +291,18 @@ impl CircuitBreaker {
             self.core
                 .reject(rejection.state, rejection.retry_after, rejection.reason)
         })
+    }
+
+    /// [`try_acquire`](Self::try_acquire) with the closed state's admission inline (the layer's
+    /// path): one load of the state word, then the permit; every other state goes the general
+    /// way.
+    #[inline]
+    pub(crate) fn acquire(&self) -> Result<Permit, Error> {
+        let word = self.core.word.load(Ordering::Acquire);
+        if word & STATE_MASK == CLOSED {
+            return Ok(Permit::new(&self.core, word, PermitKind::Closed));
+        }
+        self.try_acquire()
     }
 
     /// Moves to `state`, following resilience4j's transition table: every state may go to
@@ -379,30 +409,12 @@ impl Core {
         }
     }
 
-    fn start_stamp(&self) -> Option<Stamp> {
-        self.config.measures_slowness().then(Stamp::now)
-    }
-
     fn acquire(&self, core: &Arc<Core>) -> Result<Permit, Rejection> {
         let word = self.word.load(Ordering::Acquire);
-        let generation = word >> STATE_BITS;
-        let permit = |kind| Permit {
-            core: Arc::clone(core),
-            generation,
-            kind,
-            start: self.start_stamp(),
-            armed: true,
-        };
         match decode(word) {
-            CircuitState::Closed => Ok(permit(PermitKind::Closed)),
-            CircuitState::MetricsOnly => Ok(permit(PermitKind::MetricsOnly)),
-            CircuitState::Disabled => Ok(Permit {
-                core: Arc::clone(core),
-                generation,
-                kind: PermitKind::Disabled,
-                start: None,
-                armed: true,
-            }),
+            CircuitState::Closed => Ok(Permit::new(core, word, PermitKind::Closed)),
+            CircuitState::MetricsOnly => Ok(Permit::new(core, word, PermitKind::MetricsOnly)),
+            CircuitState::Disabled => Ok(Permit::new(core, word, PermitKind::Disabled)),
             CircuitState::ForcedOpen => Err(Rejection {
                 state: CircuitState::ForcedOpen,
                 retry_after: None,
@@ -446,30 +458,17 @@ impl Core {
             state = decode(self.word.load(Ordering::Acquire));
         }
         let word = self.word.load(Ordering::Acquire);
-        let generation = word >> STATE_BITS;
         match state {
             CircuitState::HalfOpen if slow.half_open_permits > 0 => {
                 slow.half_open_permits -= 1;
-                Ok(Permit {
-                    core: Arc::clone(core),
-                    generation,
-                    kind: PermitKind::HalfOpen,
-                    start: self.start_stamp(),
-                    armed: true,
-                })
+                Ok(Permit::new(core, word, PermitKind::HalfOpen))
             }
             CircuitState::HalfOpen => Err(Rejection {
                 state,
                 retry_after: None,
                 reason: CircuitOpenReason::Unhealthy,
             }),
-            CircuitState::Closed => Ok(Permit {
-                core: Arc::clone(core),
-                generation,
-                kind: PermitKind::Closed,
-                start: self.start_stamp(),
-                armed: true,
-            }),
+            CircuitState::Closed => Ok(Permit::new(core, word, PermitKind::Closed)),
             CircuitState::Open | CircuitState::Fatal => Err(Rejection {
                 state,
                 retry_after: Some(self.open_deadline().saturating_duration_since(now)),
@@ -693,6 +692,23 @@ impl Core {
         }
     }
 
+    /// Settles a closed-state success that is not slow, when that changes nothing: the permit
+    /// is stale (the generation rule drops its outcome), or the count window is full of fast
+    /// successes and no failure run is counting, where [`record_closed`](Self::record_closed)
+    /// would write nothing either. `false`: the general path must record it.
+    #[inline]
+    fn settle_fast_success(&self, generation: u64) -> bool {
+        if self.word.load(Ordering::Acquire) != (generation << STATE_BITS) | CLOSED {
+            return true;
+        }
+        let ClosedWindow::Count(window) = &self.window else {
+            return false;
+        };
+        window.is_full_of_successes()
+            && (self.config.consecutive_failures.is_none()
+                || self.consecutive_failures.load(Ordering::Relaxed) == 0)
+    }
+
     fn record_closed(&self, generation: u64, kind: PermitKind, sample: Sample) {
         let state = if kind == PermitKind::Closed {
             CircuitState::Closed
@@ -872,6 +888,20 @@ impl fmt::Debug for Permit {
 }
 
 impl Permit {
+    /// A permit for a call admitted in `kind` under state word `word`, stamped when the breaker
+    /// times calls (never in the disabled state, which records nothing).
+    #[inline]
+    fn new(core: &Arc<Core>, word: u64, kind: PermitKind) -> Permit {
+        let timed = core.timed && kind != PermitKind::Disabled;
+        Permit {
+            core: Arc::clone(core),
+            generation: word >> STATE_BITS,
+            kind,
+            start: if timed { Some(Stamp::now()) } else { None },
+            armed: true,
+        }
+    }
+
     /// Records the call's outcome, timing it from when the permit was taken.
     pub fn record(self, outcome: Outcome) {
         let duration = self.elapsed();
@@ -916,16 +946,50 @@ impl Permit {
             .complete(self.generation, self.kind, verdict, duration);
     }
 
+    /// Records a success whose measured moment is `at` (`None`: now). The closed state's common
+    /// case (not slow, the window full of fast successes, no listener to tell) is settled
+    /// inline without writing shared memory; anything else goes through the general path.
+    #[inline]
+    pub(crate) fn complete_success(mut self, at: Option<Stamp>) {
+        self.armed = false;
+        let nanos = self
+            .start
+            .map(|start| at.unwrap_or_else(Stamp::now).nanos_since(start));
+        let core = &*self.core;
+        if self.kind == PermitKind::Closed
+            && nanos.is_none_or(|nanos| nanos <= core.slow_after_nanos)
+            && core.config.listener.is_none()
+            && core.settle_fast_success(self.generation)
+        {
+            return;
+        }
+        core.complete(
+            self.generation,
+            self.kind,
+            Verdict::Success,
+            nanos.map(Duration::from_nanos),
+        );
+    }
+
     pub(crate) fn verdict_of(&self, outcome: Outcome) -> Verdict {
         self.core.verdict(outcome)
     }
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
-        if !self.armed {
-            return;
+        if self.armed {
+            self.cancel();
         }
+    }
+}
+
+impl Permit {
+    /// Dropped unrecorded: a cancelled call (see [`CancelPolicy`]).
+    #[cold]
+    #[inline(never)]
+    fn cancel(&mut self) {
         self.armed = false;
         match self.core.config.cancel_policy {
             CancelPolicy::Failure => {

@@ -1254,3 +1254,101 @@ async fn concurrent_successes_keep_the_window_exact() {
     let metrics = breaker.metrics();
     assert_eq!((metrics.buffered_calls, metrics.failed_calls), (50, 0));
 }
+
+/// The layer settles a closed-state success inline only when recording it would change
+/// nothing: a full count window of fast successes, no listener. A slow success, a success
+/// with a listener, a success after a state change and a success at a body's end still count.
+#[tokio::test(start_paused = true)]
+async fn a_window_full_of_fast_successes_still_records_what_matters() {
+    // Each request says how long the upstream takes before its head, and whether it has a body.
+    fn timed_service(
+        layer: CircuitBreakerLayer,
+    ) -> impl tower::Service<
+        Request<(u64, bool)>,
+        Response = Response<CircuitBreakerBody<Full<Bytes>>>,
+        Error = crate::Error,
+        Future = impl Send,
+    > + Clone
+    + Send {
+        ServiceBuilder::new().layer(layer).service(service_fn(
+            |request: Request<(u64, bool)>| async move {
+                let (seconds, with_body) = *request.body();
+                tokio::time::sleep(Duration::from_secs(seconds)).await;
+                let body = if with_body { &b"{}"[..] } else { &b""[..] };
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(body))))
+            },
+        ))
+    }
+    async fn send<S>(service: &S, seconds: u64, body: bool)
+    where
+        S: tower::Service<
+                Request<(u64, bool)>,
+                Response = Response<CircuitBreakerBody<Full<Bytes>>>,
+                Error = crate::Error,
+            > + Clone,
+    {
+        let response = service
+            .clone()
+            .oneshot(Request::new((seconds, body)))
+            .await
+            .unwrap();
+        response.into_body().collect().await.unwrap();
+    }
+    let builder = || {
+        CircuitBreakerLayer::builder()
+            .sliding_window(SlidingWindow::Count { calls: 3 })
+            .minimum_calls(3)
+            .slow_call_duration(Duration::from_secs(5))
+            .slow_call_rate_threshold(100.0)
+    };
+
+    // A slow success after a window full of fast ones, judged at the head (no body) and at
+    // the end of a body.
+    for body in [false, true] {
+        let layer = builder().build().unwrap();
+        let breaker = layer.breaker().clone();
+        let service = timed_service(layer);
+        for _ in 0..4 {
+            send(&service, 0, body).await;
+        }
+        assert_eq!(breaker.metrics().buffered_calls, 3);
+        send(&service, 6, body).await;
+        let metrics = breaker.metrics();
+        assert_eq!(
+            (metrics.buffered_calls, metrics.slow_calls),
+            (3, 1),
+            "body: {body}"
+        );
+        // Three fast successes evict it again.
+        for _ in 0..3 {
+            send(&service, 0, body).await;
+        }
+        assert_eq!(breaker.metrics().slow_calls, 0, "body: {body}");
+    }
+
+    // A listener hears every success, the window full or not.
+    let events = Events::default();
+    let layer = builder().listener(events.listener()).build().unwrap();
+    let service = timed_service(layer);
+    for _ in 0..5 {
+        send(&service, 0, false).await;
+    }
+    assert_eq!(events.take(), vec!["recorded successful"; 5]);
+
+    // A success admitted before a transition changes nothing after it (the generation rule),
+    // the window full or not.
+    let layer = builder().build().unwrap();
+    let breaker = layer.breaker().clone();
+    let service = timed_service(layer);
+    for _ in 0..3 {
+        send(&service, 0, false).await;
+    }
+    let in_flight = tokio::spawn({
+        let service = service.clone();
+        async move { send(&service, 2, false).await }
+    });
+    tokio::task::yield_now().await;
+    breaker.transition_to(CircuitState::MetricsOnly).unwrap();
+    in_flight.await.unwrap();
+    assert_eq!(breaker.metrics().buffered_calls, 0);
+}

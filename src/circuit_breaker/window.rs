@@ -144,6 +144,14 @@ impl CountWindow {
         counts(calls, failed, slow)
     }
 
+    /// Whether the window is full and holds no failed or slow call: then recording a fast
+    /// success changes nothing (see [`record`](Self::record)). One load and one compare.
+    #[inline]
+    pub(crate) fn is_full_of_successes(&self) -> bool {
+        // `calls == size`, `failed == 0` and `slow == 0` at once: the fields above `head`.
+        self.word.load(Ordering::Acquire) >> 16 == self.size
+    }
+
     pub(crate) fn reset(&self) {
         for slot in self.slots.iter() {
             slot.store(0, Ordering::Relaxed);

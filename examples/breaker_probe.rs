@@ -1,0 +1,146 @@
+//! An instruction-count probe for the circuit breaker's closed path (issue 6), not a demo:
+//! runs N calls the way `benches/circuit_breaker.rs` does (`block_on` of `ready` + `call` per
+//! call) through the bare `service_fn`, the default breaker or the breaker without slow-call
+//! timing. Two runs with different N under callgrind cancel the set-up:
+//!
+//! ```sh
+//! cargo build --release --example breaker_probe
+//! valgrind --tool=callgrind target/release/examples/breaker_probe ours 10000
+//! valgrind --tool=callgrind target/release/examples/breaker_probe ours 20000
+//! ```
+//!
+//! (instructions of the second minus the first, over 10,000, is the per-call cost.)
+
+use std::convert::Infallible;
+use std::hint::black_box;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Empty;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_deepseek::circuit_breaker::CircuitBreakerLayer;
+
+fn ready_service(
+    _request: Request<()>,
+) -> std::future::Ready<Result<Response<Empty<Bytes>>, Infallible>> {
+    std::future::ready(Ok(Response::new(Empty::new())))
+}
+
+async fn drive<S>(service: &mut S, calls: u64)
+where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    for _ in 0..calls {
+        let ready = service.ready().await.expect("ready");
+        black_box(ready.call(Request::new(())).await.expect("call"));
+    }
+}
+
+fn run<S>(mut service: S, calls: u64)
+where
+    S: Service<Request<()>>,
+    S::Error: std::fmt::Debug,
+{
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for _ in 0..calls {
+        runtime.block_on(drive(&mut service, 1));
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mode = args.next().unwrap_or_else(|| "ours".into());
+    let calls: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    match mode.as_str() {
+        "bare" => run(tower::service_fn(ready_service), calls),
+        "ours" => run(
+            ServiceBuilder::new()
+                .layer(CircuitBreakerLayer::builder().build().expect("layer"))
+                .service_fn(ready_service),
+            calls,
+        ),
+        "untimed" => run(
+            ServiceBuilder::new()
+                .layer(
+                    CircuitBreakerLayer::builder()
+                        .no_slow_calls()
+                        .build()
+                        .expect("layer"),
+                )
+                .service_fn(ready_service),
+            calls,
+        ),
+        "time" => {
+            // Wall-clock, robust to a busy machine: rounds of `calls` calls through each service
+            // in turn, the fastest round of each kept (interference only ever adds time).
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            let mut bare = tower::service_fn(ready_service);
+            let mut ours = ServiceBuilder::new()
+                .layer(CircuitBreakerLayer::builder().build().expect("layer"))
+                .service_fn(ready_service);
+            let mut untimed = ServiceBuilder::new()
+                .layer(
+                    CircuitBreakerLayer::builder()
+                        .no_slow_calls()
+                        .build()
+                        .expect("layer"),
+                )
+                .service_fn(ready_service);
+            let mut best = [f64::MAX; 3];
+            for _ in 0..200 {
+                for (index, best) in best.iter_mut().enumerate() {
+                    let start = std::time::Instant::now();
+                    for _ in 0..calls {
+                        match index {
+                            0 => runtime.block_on(drive(&mut bare, 1)),
+                            1 => runtime.block_on(drive(&mut ours, 1)),
+                            _ => runtime.block_on(drive(&mut untimed, 1)),
+                        }
+                    }
+                    let per_call = start.elapsed().as_nanos() as f64 / calls as f64;
+                    *best = best.min(per_call);
+                }
+            }
+            println!(
+                "fastest round, ns per call: bare {:.1}, ours {:.1} (+{:.1}), no slow calls {:.1} (+{:.1})",
+                best[0],
+                best[1],
+                best[1] - best[0],
+                best[2],
+                best[2] - best[0]
+            );
+        }
+        "sizes" => {
+            let mut service = ServiceBuilder::new()
+                .layer(CircuitBreakerLayer::builder().build().expect("layer"))
+                .service_fn(ready_service);
+            let future = service.call(Request::new(()));
+            println!("response future: {} bytes", std::mem::size_of_val(&future));
+            println!(
+                "response: {} bytes (bare {})",
+                std::mem::size_of::<
+                    Response<tower_deepseek::circuit_breaker::CircuitBreakerBody<Empty<Bytes>>>,
+                >(),
+                std::mem::size_of::<Response<Empty<Bytes>>>()
+            );
+            println!(
+                "output: {} bytes",
+                std::mem::size_of::<
+                    Result<
+                        Response<tower_deepseek::circuit_breaker::CircuitBreakerBody<Empty<Bytes>>>,
+                        tower_deepseek::Error,
+                    >,
+                >()
+            );
+            drop(future);
+        }
+        other => panic!("unknown mode {other}: bare, ours or untimed"),
+    }
+}
