@@ -14,9 +14,10 @@ use tower_service::Service;
 
 use super::instruments::{CallKey, GenAiRecord, Metrics, Side, nanos, outcome_index};
 use super::scan::{
-    FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, find_model, find_usage, parse_usage,
+    FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, find_model_value, find_usage,
+    parse_usage, string_contents,
 };
-use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody};
+use crate::body::{BodyEnd, BodyEvent, BodyFormat, BodyObserver, ObservedBody};
 use crate::classify::{Classify, DeepSeekClassifier, Observation, Outcome, StreamFailure};
 use crate::clock::Stamp;
 use crate::deepseek::RequestModel;
@@ -38,10 +39,19 @@ pub type OperationFn = fn(&http::Method, &http::Uri) -> &'static str;
 /// assert_eq!(operation_from_path(&http::Method::GET, &uri), "other");
 /// ```
 pub fn operation_from_path(_method: &http::Method, uri: &http::Uri) -> &'static str {
-    let path = uri.path().trim_end_matches('/');
-    if path.ends_with("/chat/completions") {
+    let mut path = uri.path().as_bytes();
+    while let [rest @ .., b'/'] = path {
+        path = rest;
+    }
+    // `/chat/completions` is 17 bytes: compared as two overlapping words, not a call.
+    const CHAT: &[u8; 17] = b"/chat/completions";
+    let tail = |n: usize| path.len().checked_sub(n).map(|start| &path[start..]);
+    if let Some(tail) = tail(CHAT.len())
+        && tail[..8] == CHAT[..8]
+        && tail[8..] == CHAT[8..]
+    {
         "chat"
-    } else if path.ends_with("/models") {
+    } else if tail(7) == Some(b"/models") {
         "models"
     } else {
         "other"
@@ -515,6 +525,29 @@ impl MetricsObserver {
         }
     }
 
+    /// Reads the response model from the bytes after its value's opening quote; `false` if
+    /// the value does not end there (or has an escape).
+    fn model_at(&mut self, value: &[u8]) -> bool {
+        // Usually the model asked for: its name (a label, so without quotes or escapes)
+        // followed by the closing quote, checked in place without a search for the quote.
+        if let Some(call) = &self.call
+            && call.key.model != 0
+        {
+            let name = call.shared.metrics.model_name(call.key.model).as_bytes();
+            if value.get(name.len()) == Some(&b'"') && value.starts_with(name) {
+                self.seen.response_model = Some(call.key.model);
+                return true;
+            }
+        }
+        match string_contents(value) {
+            Some(model) => {
+                self.set_model(model);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn sse_chunk(&mut self, data: &[u8]) {
         let now = Stamp::now();
         if self.seen.response_model.is_none()
@@ -534,15 +567,12 @@ impl MetricsObserver {
         match &mut self.json {
             JsonScan::Done => {}
             JsonScan::Start => {
-                let model = find_model(frame);
+                let model = find_model_value(frame).is_some_and(|value| self.model_at(value));
                 let usage = find_usage(frame);
                 if let Some(tokens) = usage {
                     self.seen.tokens = tokens;
                 }
-                if let Some(model) = model {
-                    self.set_model(model);
-                }
-                self.json = if model.is_some() && usage.is_some() {
+                self.json = if model && usage.is_some() {
                     JsonScan::Done
                 } else {
                     // Follow the next frames; replay this one into the captures of the fields
@@ -584,29 +614,58 @@ impl MetricsObserver {
     }
 }
 
-impl BodyObserver for MetricsObserver {
-    fn observe(&mut self, event: BodyEvent<'_>) {
+impl MetricsObserver {
+    #[inline(never)]
+    fn chunk(&mut self, data: &[u8]) {
         let Some(call) = &self.call else {
             return;
         };
+        if let Some(remaining) = &mut self.remaining {
+            *remaining = remaining.saturating_sub(data.len() as u64);
+        }
+        if !call.genai() {
+            return;
+        }
+        if self.sse {
+            self.sse_chunk(data);
+        } else {
+            self.json_frame(data);
+        }
+    }
+
+    #[inline(never)]
+    fn end(&mut self, end: &BodyEnd<'_>) {
+        self.finish(|classifier| end.outcome(classifier));
+    }
+
+    #[inline(never)]
+    fn dropped(&mut self, end: &BodyEnd<'_>) {
+        let complete = self.remaining == Some(0);
+        self.finish(|classifier| {
+            if end.is_conclusive() || complete {
+                end.outcome(classifier)
+            } else {
+                // The reader stopped before the body said how it ended: the caller did not
+                // get the whole answer, which is a failed stream from where we stand.
+                Outcome::Stream(StreamFailure::Truncated)
+            }
+        })
+    }
+}
+
+impl BodyObserver for MetricsObserver {
+    // Inlined into the body's poll, so the events the metrics ignore (the first frame,
+    // keep-alives, a JSON body's first token) cost a branch, not a call.
+    #[inline]
+    fn observe(&mut self, event: BodyEvent<'_>) {
         match event {
             BodyEvent::FirstToken if self.sse => {
-                self.seen.first_chunk = Some(call.start.elapsed().as_secs_f64());
-            }
-            BodyEvent::Chunk(data) => {
-                if let Some(remaining) = &mut self.remaining {
-                    *remaining = remaining.saturating_sub(data.len() as u64);
-                }
-                if !call.genai() {
-                    return;
-                }
-                if self.sse {
-                    self.sse_chunk(data);
-                } else {
-                    self.json_frame(data);
+                if let Some(call) = &self.call {
+                    self.seen.first_chunk = Some(call.start.elapsed().as_secs_f64());
                 }
             }
-            BodyEvent::Usage(usage) => {
+            BodyEvent::Chunk(data) => self.chunk(data),
+            BodyEvent::Usage(usage) if self.call.is_some() => {
                 self.seen.tokens = [
                     Some(usage.prompt_tokens),
                     Some(usage.completion_tokens),
@@ -614,26 +673,16 @@ impl BodyObserver for MetricsObserver {
                     usage.reasoning_tokens(),
                 ];
             }
-            BodyEvent::End(end) => self.finish(|classifier| end.outcome(classifier)),
+            BodyEvent::End(end) => self.end(end),
             BodyEvent::Error(error) => {
                 self.finish(|classifier| classifier.classify(Observation::Error(error)))
             }
-            BodyEvent::Dropped(end) => {
-                let complete = self.remaining == Some(0);
-                self.finish(|classifier| {
-                    if end.is_conclusive() || complete {
-                        end.outcome(classifier)
-                    } else {
-                        // The reader stopped before the body said how it ended: the caller did not
-                        // get the whole answer, which is a failed stream from where we stand.
-                        Outcome::Stream(StreamFailure::Truncated)
-                    }
-                })
-            }
+            BodyEvent::Dropped(end) => self.dropped(end),
             _ => {}
         }
     }
 
+    #[inline]
     fn is_done(&self) -> bool {
         self.call.is_none()
     }

@@ -120,8 +120,17 @@ fn string_end(bytes: &[u8]) -> Option<usize> {
 }
 
 /// The value of the first `"model"` key of a complete JSON text (near its start in a DeepSeek
-/// answer): its `m` found a word at a time, cheaper than a search call at that distance.
+/// answer), if it is a string without escapes.
+#[cfg(test)]
 pub(crate) fn find_model(json: &[u8]) -> Option<&[u8]> {
+    find_model_value(json).and_then(string_contents)
+}
+
+/// The bytes just after the opening quote of the first `"model"` key's value in a complete
+/// JSON text (near its start in a DeepSeek answer), if that value is a string: its `m` found
+/// a word at a time, cheaper than a search call at that distance. The caller can compare the
+/// name it expects there before looking for the closing quote ([`string_contents`]).
+pub(crate) fn find_model_value(json: &[u8]) -> Option<&[u8]> {
     let mut from = 1;
     loop {
         let m = from + find_byte(json.get(from..)?, b'm')?;
@@ -137,14 +146,19 @@ pub(crate) fn find_model(json: &[u8]) -> Option<&[u8]> {
             if rest.get(i) != Some(&b'"') {
                 return None;
             }
-            let value = &rest[i + 1..];
-            return match quote_or_backslash(value) {
-                Some(len) if value[len] == b'"' => Some(&value[..len]),
-                // An escaped model name is not a label anyway.
-                _ => None,
-            };
+            return Some(&rest[i + 1..]);
         }
         from = m + 1;
+    }
+}
+
+/// The contents of the string whose opening quote came just before `value`, up to its closing
+/// quote; `None` if it has an escape (an escaped model name is not a label anyway) or does
+/// not end in `value`.
+pub(crate) fn string_contents(value: &[u8]) -> Option<&[u8]> {
+    match quote_or_backslash(value) {
+        Some(len) if value[len] == b'"' => Some(&value[..len]),
+        _ => None,
     }
 }
 
