@@ -347,7 +347,7 @@ impl Call {
         self.recorded = true;
         if self.genai() {
             let response_model = seen
-                .and_then(|seen| seen.response_model)
+                .and_then(Seen::response_model)
                 .unwrap_or(self.key.model);
             let record = GenAiRecord {
                 error: (!outcome.is_success()).then(|| outcome_index(&outcome)),
@@ -356,7 +356,7 @@ impl Call {
                 tokens: seen.map_or([None; 4], |seen| {
                     // A breakdown that is zero (no cache hit, no reasoning) is not recorded,
                     // so its `_count` is the number of calls that had one.
-                    let [input, output, cached, reasoning] = seen.tokens;
+                    let [input, output, cached, reasoning] = seen.tokens();
                     [
                         input,
                         output,
@@ -364,7 +364,9 @@ impl Call {
                         reasoning.filter(|n| *n > 0),
                     ]
                 }),
-                first_chunk: seen.and_then(|seen| seen.first_chunk),
+                first_chunk: seen
+                    .and_then(|seen| seen.first_chunk)
+                    .map(|first| first.duration_since(self.start).as_secs_f64()),
             };
             metrics.genai(self.key, response_model, &record);
         }
@@ -435,12 +437,43 @@ fn observe<B: http_body::Body>(call: Call, response: Response<B>) -> Response<Me
     Response::from_parts(parts, ObservedBody::new(body, format, observer))
 }
 
-/// What the body showed so far.
+/// What the body showed so far, kept small: the body that holds it is moved several times
+/// on its way to the reader.
 #[derive(Debug, Default)]
 struct Seen {
-    response_model: Option<usize>,
+    /// The response model's label index (label tables hold at most a few hundred).
+    response_model: Option<u32>,
+    /// Input, output, cached input, reasoning.
     tokens: [Option<u64>; 4],
-    first_chunk: Option<f64>,
+    /// When the first chunk came.
+    first_chunk: Option<Stamp>,
+}
+
+impl Seen {
+    fn response_model(&self) -> Option<usize> {
+        self.response_model.map(|index| index as usize)
+    }
+
+    fn has_response_model(&self) -> bool {
+        self.response_model.is_some()
+    }
+
+    fn set_response_model(&mut self, index: usize) {
+        // Always true: a label index is under `MAX_TABLE + 1`.
+        if let Ok(index) = u32::try_from(index) {
+            self.response_model = Some(index);
+        }
+    }
+
+    #[inline]
+    fn tokens(&self) -> [Option<u64>; 4] {
+        self.tokens
+    }
+
+    #[inline]
+    fn set_tokens(&mut self, tokens: [Option<u64>; 4]) {
+        self.tokens = tokens;
+    }
 }
 
 /// The JSON scan's progress (non-streaming bodies).
@@ -519,9 +552,9 @@ impl MetricsObserver {
         let metrics = &call.shared.metrics;
         // Usually the model asked for: its index is known, no table lookup.
         if call.key.model != 0 && metrics.model_name(call.key.model).as_bytes() == call_model {
-            self.seen.response_model = Some(call.key.model);
+            self.seen.set_response_model(call.key.model);
         } else if let Ok(model) = std::str::from_utf8(call_model) {
-            self.seen.response_model = Some(metrics.model_index(Some(model)));
+            self.seen.set_response_model(metrics.model_index(Some(model)));
         }
     }
 
@@ -535,7 +568,7 @@ impl MetricsObserver {
         {
             let name = call.shared.metrics.model_name(call.key.model).as_bytes();
             if value.get(name.len()) == Some(&b'"') && value.starts_with(name) {
-                self.seen.response_model = Some(call.key.model);
+                self.seen.set_response_model(call.key.model);
                 return true;
             }
         }
@@ -550,13 +583,13 @@ impl MetricsObserver {
 
     fn sse_chunk(&mut self, data: &[u8]) {
         let now = Stamp::now();
-        if self.seen.response_model.is_none()
+        if !self.seen.has_response_model()
             && let Some(model) = find_field(data, MODEL_KEY, ValueKind::String)
         {
             self.set_model(model);
         }
         if let (Some(last), Some(call)) = (self.last_chunk, &self.call) {
-            let model = self.seen.response_model.unwrap_or(call.key.model);
+            let model = self.seen.response_model().unwrap_or(call.key.model);
             let gap = now.duration_since(last).as_secs_f64();
             call.shared.metrics.chunk_gap(call.key, model, gap);
         }
@@ -570,7 +603,7 @@ impl MetricsObserver {
                 let model = find_model_value(frame).is_some_and(|value| self.model_at(value));
                 let usage = find_usage(frame);
                 if let Some(tokens) = usage {
-                    self.seen.tokens = tokens;
+                    self.seen.set_tokens(tokens);
                 }
                 self.json = if model && usage.is_some() {
                     JsonScan::Done
@@ -581,7 +614,7 @@ impl MetricsObserver {
                         FieldCapture::new(MODEL_KEY, ValueKind::String),
                         FieldCapture::new(USAGE_KEY, ValueKind::Object),
                     ]);
-                    if self.seen.response_model.is_none() {
+                    if !self.seen.has_response_model() {
                         let _ = fields[0].feed(frame);
                     }
                     if usage.is_none() {
@@ -593,15 +626,15 @@ impl MetricsObserver {
             JsonScan::Fields(fields) => {
                 let [model_field, usage_field] = &mut **fields;
                 let mut model = None;
-                if self.seen.response_model.is_none()
+                if !self.seen.has_response_model()
                     && let Some(value) = model_field.feed(frame)
                 {
                     model = Some(value.to_vec());
                 }
                 if let Some(usage) = usage_field.feed(frame) {
-                    self.seen.tokens = parse_usage(usage);
+                    self.seen.set_tokens(parse_usage(usage));
                 }
-                let done = (model_field.is_finished() || self.seen.response_model.is_some())
+                let done = (model_field.is_finished() || self.seen.has_response_model())
                     && usage_field.is_finished();
                 if let Some(model) = model {
                     self.set_model(&model);
@@ -656,22 +689,24 @@ impl MetricsObserver {
 impl BodyObserver for MetricsObserver {
     // Inlined into the body's poll, so the events the metrics ignore (the first frame,
     // keep-alives, a JSON body's first token) cost a branch, not a call.
-    #[inline]
+    #[inline(always)]
     fn observe(&mut self, event: BodyEvent<'_>) {
         match event {
             BodyEvent::FirstToken if self.sse => {
                 if let Some(call) = &self.call {
-                    self.seen.first_chunk = Some(call.start.elapsed().as_secs_f64());
+                    if call.genai() {
+                        self.seen.first_chunk = Some(Stamp::now());
+                    }
                 }
             }
             BodyEvent::Chunk(data) => self.chunk(data),
             BodyEvent::Usage(usage) if self.call.is_some() => {
-                self.seen.tokens = [
+                self.seen.set_tokens([
                     Some(usage.prompt_tokens),
                     Some(usage.completion_tokens),
                     usage.prompt_cache_hit_tokens,
                     usage.reasoning_tokens(),
-                ];
+                ]);
             }
             BodyEvent::End(end) => self.end(end),
             BodyEvent::Error(error) => {
