@@ -683,12 +683,9 @@ impl Metrics {
 pub(crate) struct GenAiRecord {
     /// `None` on success, else the outcome class index (`error_type`).
     pub(crate) error: Option<usize>,
-    /// The duration in seconds, for OpenTelemetry.
-    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
-    pub(crate) seconds: f64,
-    /// The same duration in whole nanoseconds, for the Prometheus cells.
-    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
-    pub(crate) nanos: u64,
+    /// The call's duration (in seconds for OpenTelemetry, in whole nanoseconds for the
+    /// Prometheus cells: each sink converts, so a sink not enabled costs no conversion).
+    pub(crate) elapsed: Duration,
     /// Input, output, cached input, reasoning.
     pub(crate) tokens: [Option<u64>; 4],
     /// Seconds to the first chunk (streams only).

@@ -12,7 +12,7 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::instruments::{CallKey, GenAiRecord, Metrics, Side, nanos, outcome_index};
+use super::instruments::{CallKey, GenAiRecord, Metrics, Side, outcome_index};
 use super::scan::{
     FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, find_model_value, find_usage,
     parse_usage, string_contents,
@@ -351,8 +351,7 @@ impl Call {
                 .unwrap_or(self.key.model);
             let record = GenAiRecord {
                 error: (!outcome.is_success()).then(|| outcome_index(&outcome)),
-                seconds: elapsed.as_secs_f64(),
-                nanos: nanos(elapsed),
+                elapsed,
                 tokens: seen.map_or([None; 4], |seen| {
                     // A breakdown that is zero (no cache hit, no reasoning) is not recorded,
                     // so its `_count` is the number of calls that had one.
@@ -554,7 +553,8 @@ impl MetricsObserver {
         if call.key.model != 0 && metrics.model_name(call.key.model).as_bytes() == call_model {
             self.seen.set_response_model(call.key.model);
         } else if let Ok(model) = std::str::from_utf8(call_model) {
-            self.seen.set_response_model(metrics.model_index(Some(model)));
+            self.seen
+                .set_response_model(metrics.model_index(Some(model)));
         }
     }
 

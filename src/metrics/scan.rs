@@ -323,8 +323,8 @@ fn read_number(object: &[u8], start: usize) -> (u64, usize) {
 /// object of the same form. A word per key and per number, no byte loop. `None` for anything
 /// else (the byte-at-a-time reader then decides, as it always did).
 fn read_usage_compact(object: &[u8]) -> Option<[Option<u64>; 4]> {
-    let mut values = [0u64; 6];
-    let mut found = 0u32;
+    // Eight slots for the six places, so that a slot needs no bounds check.
+    let mut slots = [None; 8];
     let mut depth = 0u32;
     // At an object's `{`.
     let mut i = 0;
@@ -339,29 +339,24 @@ fn read_usage_compact(object: &[u8]) -> Option<[Option<u64>; 4]> {
             return None;
         }
         let start = colon + 1;
-        if object.get(start) == Some(&b'{') {
-            depth += 1;
-            i = start;
-            continue;
-        }
-        let (value, digits) = swar_number(padded_word_at(object, start))?;
-        if let Some(cell) = values.get_mut(slot) {
-            *cell = value;
-        }
-        found |= 1 << slot;
+        let Some((value, digits)) = swar_number(padded_word_at(object, start)) else {
+            if object.get(start) == Some(&b'{') {
+                // A nested object: its keys next.
+                depth += 1;
+                i = start;
+                continue;
+            }
+            return None;
+        };
+        slots[slot & 7] = Some(value);
         i = start + digits;
         // After a value: `,` and the next key, or the `}` of one or more objects.
         loop {
             match object.get(i) {
                 Some(b',') => break,
                 Some(b'}') if depth == 0 => {
-                    let get = |slot: usize| (found & (1 << slot) != 0).then(|| values[slot]);
-                    return Some([
-                        get(0),
-                        get(1),
-                        get(2).or_else(|| get(CACHED_DETAILS)),
-                        get(3),
-                    ]);
+                    let [input, output, cached, reasoning, details, ..] = slots;
+                    return Some([input, output, cached.or(details), reasoning]);
                 }
                 Some(b'}') => {
                     depth -= 1;
