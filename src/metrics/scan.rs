@@ -374,6 +374,13 @@ fn padded_word_at(bytes: &[u8], at: usize) -> u64 {
     if let Some(word) = word_at(bytes, at) {
         return word;
     }
+    // The last eight bytes, shifted down so that `at` is the low byte (zeros come in above).
+    if let Some(last) = bytes.len().checked_sub(8)
+        && let Some(word) = word_at(bytes, last)
+        && at < bytes.len()
+    {
+        return word >> (8 * (at - last));
+    }
     let mut padded = [0u8; 8];
     let rest = bytes.get(at..).unwrap_or_default();
     let len = rest.len().min(8);
@@ -698,6 +705,32 @@ pub(crate) fn parse_usage(object: &[u8]) -> [Option<u64>; 4] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padded_words_have_zeros_past_the_end() {
+        let bytes = b"0123456789ab";
+        for at in 0..=bytes.len() + 1 {
+            let mut expected = [0u8; 8];
+            let rest = bytes.get(at..).unwrap_or_default();
+            let len = rest.len().min(8);
+            expected[..len].copy_from_slice(&rest[..len]);
+            assert_eq!(
+                padded_word_at(bytes, at),
+                u64::from_le_bytes(expected),
+                "at {at}"
+            );
+            assert_eq!(
+                padded_word_at(&bytes[..5], at),
+                u64::from_le_bytes({
+                    let mut short = [0u8; 8];
+                    let rest = bytes[..5].get(at..).unwrap_or_default();
+                    short[..rest.len()].copy_from_slice(rest);
+                    short
+                }),
+                "short, at {at}"
+            );
+        }
+    }
 
     #[test]
     fn swar_number_reads_one_to_seven_digits() {
