@@ -543,6 +543,7 @@ impl Metrics {
         model.map_or(0, |model| self.inner.tables.models.index(model))
     }
 
+    #[inline]
     pub(crate) fn call_started(&self, key: CallKey) {
         let index = self.inner.tables.flight_index(key.side, key.op, key.model);
         #[cfg(feature = "prometheus")]
@@ -570,6 +571,7 @@ impl Metrics {
         }
     }
 
+    #[inline]
     pub(crate) fn request(&self, key: CallKey, outcome: &Outcome, elapsed: Duration) {
         let class = outcome_index(outcome);
         let index = self
