@@ -481,7 +481,8 @@ impl MetricsBuilder {
     }
 }
 
-/// A duration in whole nanoseconds (saturating: 584 years).
+/// A duration in whole nanoseconds (saturating: 584 years), as the Prometheus cells keep it.
+#[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
 pub(crate) fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }

@@ -693,10 +693,10 @@ impl BodyObserver for MetricsObserver {
     fn observe(&mut self, event: BodyEvent<'_>) {
         match event {
             BodyEvent::FirstToken if self.sse => {
-                if let Some(call) = &self.call {
-                    if call.genai() {
-                        self.seen.first_chunk = Some(Stamp::now());
-                    }
+                if let Some(call) = &self.call
+                    && call.genai()
+                {
+                    self.seen.first_chunk = Some(Stamp::now());
                 }
             }
             BodyEvent::Chunk(data) => self.chunk(data),
