@@ -544,8 +544,8 @@ fn scan_frame<D: Buf + 'static, O: BodyObserver>(
 /// Whether `bytes` hold `insufficient_system_resource`. Every mention has the `y` of
 /// `system` 14 bytes in, so the search runs for that one byte (the fastest search there is,
 /// many bytes an instruction) and compares the whole name only where a `y` is: a JSON answer's
-/// own keys and values have none, and prose has one in about fifty bytes, where a search for
-/// the whole name costs about as much per byte anyway.
+/// own keys and values have one (`system_fingerprint`), and prose about one in fifty bytes,
+/// where a search for the whole name costs about as much per byte anyway.
 fn mentions_insufficient(bytes: &[u8]) -> bool {
     const Y: usize = 14;
     const _: () = assert!(INSUFFICIENT.as_bytes()[Y] == b'y');
