@@ -694,10 +694,7 @@ mod batch_tests {
         assert_eq!(fitting_batch(100, 64, 2), 1, "too small to share out");
         assert_eq!(fitting_batch(1_000_000, 0, 2), 1, "0 means exact");
         // What the builder picks, on any machine (1 to 64 slots).
-        assert_eq!(
-            DirectLimiter::auto_thread_batch(1_000_000_000),
-            MAX_THREAD_BATCH
-        );
+        assert_eq!(DirectLimiter::auto_thread_batch(1_000_000_000), MAX_THREAD_BATCH);
         assert_eq!(DirectLimiter::auto_thread_batch(63), 1);
         let exact = DirectLimiter::per_second(20, None)
             .unwrap()
