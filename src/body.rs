@@ -85,13 +85,11 @@ use std::collections::VecDeque;
 use std::error::Error as StdError;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::LazyLock;
 use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
-use memchr::memmem;
 use pin_project_lite::pin_project;
 use serde::Deserialize;
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
@@ -534,10 +532,7 @@ fn scan_frame<D: Buf + 'static, O: BodyObserver>(
             }
             scan.chunks += 1;
             observer.observe(BodyEvent::Chunk(bytes));
-            // One searcher for the process: building one per frame costs more than the search.
-            static FINDER: LazyLock<memmem::Finder<'static>> =
-                LazyLock::new(|| memmem::Finder::new(INSUFFICIENT.as_bytes()));
-            if FINDER.find(bytes).is_some() {
+            if mentions_insufficient(bytes) {
                 scan.finish_reason = Some(INSUFFICIENT.into());
             }
         }
@@ -560,6 +555,19 @@ fn scan_frame<D: Buf + 'static, O: BodyObserver>(
             }
         }
     }
+}
+
+/// Whether `bytes` hold `insufficient_system_resource`. Every mention has the `y` of
+/// `system` 14 bytes in, so the search runs for that one byte (the fastest search there is,
+/// many bytes an instruction) and compares the whole name only where a `y` is: a JSON answer's
+/// own keys and values have one (`system_fingerprint`), and prose about one in fifty bytes,
+/// where a search for the whole name costs about as much per byte anyway.
+fn mentions_insufficient(bytes: &[u8]) -> bool {
+    const Y: usize = 14;
+    const _: () = assert!(INSUFFICIENT.as_bytes()[Y] == b'y');
+    memchr::memchr_iter(b'y', bytes).any(|at| {
+        at >= Y && bytes.get(at - Y..at - Y + INSUFFICIENT.len()) == Some(INSUFFICIENT.as_bytes())
+    })
 }
 
 fn finish_sse<O: BodyObserver>(
@@ -790,6 +798,26 @@ mod tests {
                 "end stream_error"
             ]
         );
+    }
+
+    #[test]
+    fn insufficient_resource_is_found_anywhere_in_a_frame_among_other_ys() {
+        let name = INSUFFICIENT.as_bytes();
+        assert!(mentions_insufficient(name));
+        assert!(!mentions_insufficient(&name[1..]));
+        assert!(!mentions_insufficient(&name[..name.len() - 1]));
+        assert!(!mentions_insufficient(b""));
+        assert!(!mentions_insufficient(b"y"));
+        // Lookalikes that share the `y` (and the bytes around it), many `y`s, and the name at
+        // the very start, in the middle and at the very end.
+        let yy =
+            b"yyyy system_resource insufficient_system_resourc yesterday, by any key".repeat(9);
+        assert!(!mentions_insufficient(&yy));
+        for at in [0, 1, 13, 14, 15, 300, yy.len()] {
+            let mut body = yy.clone();
+            body.splice(at..at, name.iter().copied());
+            assert!(mentions_insufficient(&body), "at {at}");
+        }
     }
 
     #[test]

@@ -481,7 +481,8 @@ impl MetricsBuilder {
     }
 }
 
-/// A duration in whole nanoseconds (saturating: 584 years).
+/// A duration in whole nanoseconds (saturating: 584 years), as the Prometheus cells keep it.
+#[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
 pub(crate) fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -543,6 +544,7 @@ impl Metrics {
         model.map_or(0, |model| self.inner.tables.models.index(model))
     }
 
+    #[inline]
     pub(crate) fn call_started(&self, key: CallKey) {
         let index = self.inner.tables.flight_index(key.side, key.op, key.model);
         #[cfg(feature = "prometheus")]
@@ -570,6 +572,7 @@ impl Metrics {
         }
     }
 
+    #[inline]
     pub(crate) fn request(&self, key: CallKey, outcome: &Outcome, elapsed: Duration) {
         let class = outcome_index(outcome);
         let index = self
@@ -683,12 +686,9 @@ impl Metrics {
 pub(crate) struct GenAiRecord {
     /// `None` on success, else the outcome class index (`error_type`).
     pub(crate) error: Option<usize>,
-    /// The duration in seconds, for OpenTelemetry.
-    #[cfg_attr(not(feature = "opentelemetry"), allow(dead_code))]
-    pub(crate) seconds: f64,
-    /// The same duration in whole nanoseconds, for the Prometheus cells.
-    #[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
-    pub(crate) nanos: u64,
+    /// The call's duration (in seconds for OpenTelemetry, in whole nanoseconds for the
+    /// Prometheus cells: each sink converts, so a sink not enabled costs no conversion).
+    pub(crate) elapsed: Duration,
     /// Input, output, cached input, reasoning.
     pub(crate) tokens: [Option<u64>; 4],
     /// Seconds to the first chunk (streams only).

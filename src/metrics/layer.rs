@@ -12,11 +12,12 @@ use pin_project_lite::pin_project;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::instruments::{CallKey, GenAiRecord, Metrics, Side, nanos, outcome_index};
+use super::instruments::{CallKey, GenAiRecord, Metrics, Side, outcome_index};
 use super::scan::{
-    FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, find_model, find_usage, parse_usage,
+    FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, find_model_value, find_usage,
+    parse_usage, string_contents,
 };
-use crate::body::{BodyEvent, BodyFormat, BodyObserver, ObservedBody};
+use crate::body::{BodyEnd, BodyEvent, BodyFormat, BodyObserver, ObservedBody};
 use crate::classify::{Classify, DeepSeekClassifier, Observation, Outcome, StreamFailure};
 use crate::clock::Stamp;
 use crate::deepseek::RequestModel;
@@ -38,10 +39,19 @@ pub type OperationFn = fn(&http::Method, &http::Uri) -> &'static str;
 /// assert_eq!(operation_from_path(&http::Method::GET, &uri), "other");
 /// ```
 pub fn operation_from_path(_method: &http::Method, uri: &http::Uri) -> &'static str {
-    let path = uri.path().trim_end_matches('/');
-    if path.ends_with("/chat/completions") {
+    let mut path = uri.path().as_bytes();
+    while let [rest @ .., b'/'] = path {
+        path = rest;
+    }
+    // `/chat/completions` is 17 bytes: compared as two overlapping words, not a call.
+    const CHAT: &[u8; 17] = b"/chat/completions";
+    let tail = |n: usize| path.len().checked_sub(n).map(|start| &path[start..]);
+    if let Some(tail) = tail(CHAT.len())
+        && tail[..8] == CHAT[..8]
+        && tail[8..] == CHAT[8..]
+    {
         "chat"
-    } else if path.ends_with("/models") {
+    } else if tail(7) == Some(b"/models") {
         "models"
     } else {
         "other"
@@ -337,16 +347,15 @@ impl Call {
         self.recorded = true;
         if self.genai() {
             let response_model = seen
-                .and_then(|seen| seen.response_model)
+                .and_then(Seen::response_model)
                 .unwrap_or(self.key.model);
             let record = GenAiRecord {
                 error: (!outcome.is_success()).then(|| outcome_index(&outcome)),
-                seconds: elapsed.as_secs_f64(),
-                nanos: nanos(elapsed),
+                elapsed,
                 tokens: seen.map_or([None; 4], |seen| {
                     // A breakdown that is zero (no cache hit, no reasoning) is not recorded,
                     // so its `_count` is the number of calls that had one.
-                    let [input, output, cached, reasoning] = seen.tokens;
+                    let [input, output, cached, reasoning] = seen.tokens();
                     [
                         input,
                         output,
@@ -354,7 +363,9 @@ impl Call {
                         reasoning.filter(|n| *n > 0),
                     ]
                 }),
-                first_chunk: seen.and_then(|seen| seen.first_chunk),
+                first_chunk: seen
+                    .and_then(|seen| seen.first_chunk)
+                    .map(|first| first.duration_since(self.start).as_secs_f64()),
             };
             metrics.genai(self.key, response_model, &record);
         }
@@ -425,12 +436,43 @@ fn observe<B: http_body::Body>(call: Call, response: Response<B>) -> Response<Me
     Response::from_parts(parts, ObservedBody::new(body, format, observer))
 }
 
-/// What the body showed so far.
+/// What the body showed so far, kept small: the body that holds it is moved several times
+/// on its way to the reader.
 #[derive(Debug, Default)]
 struct Seen {
-    response_model: Option<usize>,
+    /// The response model's label index (label tables hold at most a few hundred).
+    response_model: Option<u32>,
+    /// Input, output, cached input, reasoning.
     tokens: [Option<u64>; 4],
-    first_chunk: Option<f64>,
+    /// When the first chunk came.
+    first_chunk: Option<Stamp>,
+}
+
+impl Seen {
+    fn response_model(&self) -> Option<usize> {
+        self.response_model.map(|index| index as usize)
+    }
+
+    fn has_response_model(&self) -> bool {
+        self.response_model.is_some()
+    }
+
+    fn set_response_model(&mut self, index: usize) {
+        // Always true: a label index is under `MAX_TABLE + 1`.
+        if let Ok(index) = u32::try_from(index) {
+            self.response_model = Some(index);
+        }
+    }
+
+    #[inline]
+    fn tokens(&self) -> [Option<u64>; 4] {
+        self.tokens
+    }
+
+    #[inline]
+    fn set_tokens(&mut self, tokens: [Option<u64>; 4]) {
+        self.tokens = tokens;
+    }
 }
 
 /// The JSON scan's progress (non-streaming bodies).
@@ -509,21 +551,45 @@ impl MetricsObserver {
         let metrics = &call.shared.metrics;
         // Usually the model asked for: its index is known, no table lookup.
         if call.key.model != 0 && metrics.model_name(call.key.model).as_bytes() == call_model {
-            self.seen.response_model = Some(call.key.model);
+            self.seen.set_response_model(call.key.model);
         } else if let Ok(model) = std::str::from_utf8(call_model) {
-            self.seen.response_model = Some(metrics.model_index(Some(model)));
+            self.seen
+                .set_response_model(metrics.model_index(Some(model)));
+        }
+    }
+
+    /// Reads the response model from the bytes after its value's opening quote; `false` if
+    /// the value does not end there (or has an escape).
+    fn model_at(&mut self, value: &[u8]) -> bool {
+        // Usually the model asked for: its name (a label, so without quotes or escapes)
+        // followed by the closing quote, checked in place without a search for the quote.
+        if let Some(call) = &self.call
+            && call.key.model != 0
+        {
+            let name = call.shared.metrics.model_name(call.key.model).as_bytes();
+            if value.get(name.len()) == Some(&b'"') && value.starts_with(name) {
+                self.seen.set_response_model(call.key.model);
+                return true;
+            }
+        }
+        match string_contents(value) {
+            Some(model) => {
+                self.set_model(model);
+                true
+            }
+            None => false,
         }
     }
 
     fn sse_chunk(&mut self, data: &[u8]) {
         let now = Stamp::now();
-        if self.seen.response_model.is_none()
+        if !self.seen.has_response_model()
             && let Some(model) = find_field(data, MODEL_KEY, ValueKind::String)
         {
             self.set_model(model);
         }
         if let (Some(last), Some(call)) = (self.last_chunk, &self.call) {
-            let model = self.seen.response_model.unwrap_or(call.key.model);
+            let model = self.seen.response_model().unwrap_or(call.key.model);
             let gap = now.duration_since(last).as_secs_f64();
             call.shared.metrics.chunk_gap(call.key, model, gap);
         }
@@ -534,15 +600,12 @@ impl MetricsObserver {
         match &mut self.json {
             JsonScan::Done => {}
             JsonScan::Start => {
-                let model = find_model(frame);
+                let model = find_model_value(frame).is_some_and(|value| self.model_at(value));
                 let usage = find_usage(frame);
                 if let Some(tokens) = usage {
-                    self.seen.tokens = tokens;
+                    self.seen.set_tokens(tokens);
                 }
-                if let Some(model) = model {
-                    self.set_model(model);
-                }
-                self.json = if model.is_some() && usage.is_some() {
+                self.json = if model && usage.is_some() {
                     JsonScan::Done
                 } else {
                     // Follow the next frames; replay this one into the captures of the fields
@@ -551,7 +614,7 @@ impl MetricsObserver {
                         FieldCapture::new(MODEL_KEY, ValueKind::String),
                         FieldCapture::new(USAGE_KEY, ValueKind::Object),
                     ]);
-                    if self.seen.response_model.is_none() {
+                    if !self.seen.has_response_model() {
                         let _ = fields[0].feed(frame);
                     }
                     if usage.is_none() {
@@ -563,15 +626,15 @@ impl MetricsObserver {
             JsonScan::Fields(fields) => {
                 let [model_field, usage_field] = &mut **fields;
                 let mut model = None;
-                if self.seen.response_model.is_none()
+                if !self.seen.has_response_model()
                     && let Some(value) = model_field.feed(frame)
                 {
                     model = Some(value.to_vec());
                 }
                 if let Some(usage) = usage_field.feed(frame) {
-                    self.seen.tokens = parse_usage(usage);
+                    self.seen.set_tokens(parse_usage(usage));
                 }
-                let done = (model_field.is_finished() || self.seen.response_model.is_some())
+                let done = (model_field.is_finished() || self.seen.has_response_model())
                     && usage_field.is_finished();
                 if let Some(model) = model {
                     self.set_model(&model);
@@ -584,56 +647,77 @@ impl MetricsObserver {
     }
 }
 
-impl BodyObserver for MetricsObserver {
-    fn observe(&mut self, event: BodyEvent<'_>) {
+impl MetricsObserver {
+    #[inline(never)]
+    fn chunk(&mut self, data: &[u8]) {
         let Some(call) = &self.call else {
             return;
         };
+        if let Some(remaining) = &mut self.remaining {
+            *remaining = remaining.saturating_sub(data.len() as u64);
+        }
+        if !call.genai() {
+            return;
+        }
+        if self.sse {
+            self.sse_chunk(data);
+        } else {
+            self.json_frame(data);
+        }
+    }
+
+    #[inline(never)]
+    fn end(&mut self, end: &BodyEnd<'_>) {
+        self.finish(|classifier| end.outcome(classifier));
+    }
+
+    #[inline(never)]
+    fn dropped(&mut self, end: &BodyEnd<'_>) {
+        let complete = self.remaining == Some(0);
+        self.finish(|classifier| {
+            if end.is_conclusive() || complete {
+                end.outcome(classifier)
+            } else {
+                // The reader stopped before the body said how it ended: the caller did not
+                // get the whole answer, which is a failed stream from where we stand.
+                Outcome::Stream(StreamFailure::Truncated)
+            }
+        })
+    }
+}
+
+impl BodyObserver for MetricsObserver {
+    // Inlined into the body's poll, so the events the metrics ignore (the first frame,
+    // keep-alives, a JSON body's first token) cost a branch, not a call.
+    #[inline(always)]
+    fn observe(&mut self, event: BodyEvent<'_>) {
         match event {
             BodyEvent::FirstToken if self.sse => {
-                self.seen.first_chunk = Some(call.start.elapsed().as_secs_f64());
-            }
-            BodyEvent::Chunk(data) => {
-                if let Some(remaining) = &mut self.remaining {
-                    *remaining = remaining.saturating_sub(data.len() as u64);
-                }
-                if !call.genai() {
-                    return;
-                }
-                if self.sse {
-                    self.sse_chunk(data);
-                } else {
-                    self.json_frame(data);
+                if let Some(call) = &self.call
+                    && call.genai()
+                {
+                    self.seen.first_chunk = Some(Stamp::now());
                 }
             }
-            BodyEvent::Usage(usage) => {
-                self.seen.tokens = [
+            BodyEvent::Chunk(data) => self.chunk(data),
+            BodyEvent::Usage(usage) if self.call.is_some() => {
+                self.seen.set_tokens([
                     Some(usage.prompt_tokens),
                     Some(usage.completion_tokens),
                     usage.prompt_cache_hit_tokens,
                     usage.reasoning_tokens(),
-                ];
+                ]);
             }
-            BodyEvent::End(end) => self.finish(|classifier| end.outcome(classifier)),
+            BodyEvent::End(end) => self.end(end),
             BodyEvent::Error(error) => {
                 self.finish(|classifier| classifier.classify(Observation::Error(error)))
             }
-            BodyEvent::Dropped(end) => {
-                let complete = self.remaining == Some(0);
-                self.finish(|classifier| {
-                    if end.is_conclusive() || complete {
-                        end.outcome(classifier)
-                    } else {
-                        // The reader stopped before the body said how it ended: the caller did not
-                        // get the whole answer, which is a failed stream from where we stand.
-                        Outcome::Stream(StreamFailure::Truncated)
-                    }
-                })
-            }
+            BodyEvent::Dropped(end) => self.dropped(end),
             _ => {}
         }
     }
 
+    #[inline]
     fn is_done(&self) -> bool {
         self.call.is_none()
     }

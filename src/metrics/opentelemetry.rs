@@ -256,7 +256,8 @@ impl OtelSink {
             None => base.clone(),
             Some(class) => Self::extend(base, KeyValue::new("error.type", OUTCOMES[class])),
         });
-        self.genai_duration.record(record.seconds, duration);
+        self.genai_duration
+            .record(record.elapsed.as_secs_f64(), duration);
         for (kind, tokens) in record.tokens.iter().enumerate() {
             if let Some(tokens) = *tokens {
                 let attributes = set.tokens[kind].get_or_init(|| {

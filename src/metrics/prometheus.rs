@@ -11,7 +11,7 @@ use prometheus::{
 use super::cells::{CallCells, CallCollector, desc};
 use super::instruments::{
     CHUNK_BUCKETS, DURATION_BUCKETS, FAILOVER_REASONS, GenAiRecord, HEDGE_OUTCOMES, Metrics,
-    OUTCOMES, PROVIDER, SIDES, STATES, Side, Tables, WAIT_BUCKETS, auth_reason,
+    OUTCOMES, PROVIDER, SIDES, STATES, Side, Tables, WAIT_BUCKETS, auth_reason, nanos,
 };
 use super::labels::Grid;
 use crate::classify::AuthFailure;
@@ -338,7 +338,8 @@ impl PromSink {
         record: &GenAiRecord,
     ) {
         let class = record.error.unwrap_or(0);
-        self.cells.genai(index, class, record.nanos, &record.tokens);
+        self.cells
+            .genai(index, class, nanos(record.elapsed), &record.tokens);
         if let Some(first) = record.first_chunk
             && let Some(series) = self.series(index)
         {

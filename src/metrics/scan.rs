@@ -120,8 +120,17 @@ fn string_end(bytes: &[u8]) -> Option<usize> {
 }
 
 /// The value of the first `"model"` key of a complete JSON text (near its start in a DeepSeek
-/// answer): its `m` found a word at a time, cheaper than a search call at that distance.
+/// answer), if it is a string without escapes.
+#[cfg(test)]
 pub(crate) fn find_model(json: &[u8]) -> Option<&[u8]> {
+    find_model_value(json).and_then(string_contents)
+}
+
+/// The bytes just after the opening quote of the first `"model"` key's value in a complete
+/// JSON text (near its start in a DeepSeek answer), if that value is a string: its `m` found
+/// a word at a time, cheaper than a search call at that distance. The caller can compare the
+/// name it expects there before looking for the closing quote ([`string_contents`]).
+pub(crate) fn find_model_value(json: &[u8]) -> Option<&[u8]> {
     let mut from = 1;
     loop {
         let m = from + find_byte(json.get(from..)?, b'm')?;
@@ -137,14 +146,19 @@ pub(crate) fn find_model(json: &[u8]) -> Option<&[u8]> {
             if rest.get(i) != Some(&b'"') {
                 return None;
             }
-            let value = &rest[i + 1..];
-            return match quote_or_backslash(value) {
-                Some(len) if value[len] == b'"' => Some(&value[..len]),
-                // An escaped model name is not a label anyway.
-                _ => None,
-            };
+            return Some(&rest[i + 1..]);
         }
         from = m + 1;
+    }
+}
+
+/// The contents of the string whose opening quote came just before `value`, up to its closing
+/// quote; `None` if it has an escape (an escaped model name is not a label anyway) or does
+/// not end in `value`.
+pub(crate) fn string_contents(value: &[u8]) -> Option<&[u8]> {
+    match quote_or_backslash(value) {
+        Some(len) if value[len] == b'"' => Some(&value[..len]),
+        _ => None,
     }
 }
 
@@ -198,6 +212,9 @@ fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
 /// Anything else (a string value, an escape, an array) goes to the general scan. `None` if the
 /// object does not end in `object`.
 fn read_usage(object: &[u8]) -> Option<[Option<u64>; 4]> {
+    if let Some(tokens) = read_usage_compact(object) {
+        return Some(tokens);
+    }
     match read_usage_fast(object) {
         Fast::Read(tokens) => Some(tokens),
         Fast::Incomplete => None,
@@ -223,9 +240,36 @@ const fn word(bytes: &[u8; 8]) -> u64 {
     u64::from_le_bytes(*bytes)
 }
 
+/// The eight bytes at `at` as one little-endian word, if there are eight.
+#[inline(always)]
+fn word_at(bytes: &[u8], at: usize) -> Option<u64> {
+    let chunk: &[u8; 8] = bytes.get(at..at.wrapping_add(8))?.try_into().ok()?;
+    Some(u64::from_le_bytes(*chunk))
+}
+
+/// Whether `rest` starts with `key` (at least 8 bytes long), compared a word at a time: the
+/// first word is already known to match, the others (the last one overlapping the one before
+/// when the length is not a multiple of 8) are a load and a compare each once inlined with
+/// the key as a constant.
+#[inline(always)]
+fn rest_of_key_is(rest: &[u8], key: &'static [u8]) -> bool {
+    let Some(rest) = rest.get(..key.len()) else {
+        return false;
+    };
+    let mut at = 8;
+    while at < key.len() {
+        let at_word = at.min(key.len() - 8);
+        if word_at(rest, at_word) != word_at(key, at_word) {
+            return false;
+        }
+        at += 8;
+    }
+    true
+}
+
 /// A known key at the start of `rest` (just after its opening quote): its length with the
 /// closing quote, and where its number goes.
-#[inline]
+#[inline(always)]
 fn known_key(rest: &[u8]) -> Option<(usize, usize)> {
     const PROMPT_T: u64 = word(b"prompt_t");
     const PROMPT_C: u64 = word(b"prompt_c");
@@ -233,14 +277,9 @@ fn known_key(rest: &[u8]) -> Option<(usize, usize)> {
     const TOTAL_TO: u64 = word(b"total_to");
     const CACHED_T: u64 = word(b"cached_t");
     const REASONIN: u64 = word(b"reasonin");
-    let head: [u8; 8] = rest.get(..8)?.try_into().ok()?;
-    // Inlined with the key as a constant, the comparison is a few word compares.
-    #[inline(always)]
-    fn is(rest: &[u8], key: &'static [u8]) -> bool {
-        rest.get(..key.len()) == Some(key)
-    }
-    let key = |key: &'static [u8], slot: usize| is(rest, key).then_some((key.len(), slot));
-    match u64::from_le_bytes(head) {
+    let key =
+        |key: &'static [u8], slot: usize| rest_of_key_is(rest, key).then_some((key.len(), slot));
+    match word_at(rest, 0)? {
         PROMPT_T => key(b"prompt_tokens\"", 0).or_else(|| key(b"prompt_tokens_details\"", NOWHERE)),
         COMPLETI => {
             key(b"completion_tokens\"", 1).or_else(|| key(b"completion_tokens_details\"", NOWHERE))
@@ -252,6 +291,124 @@ fn known_key(rest: &[u8]) -> Option<(usize, usize)> {
         REASONIN => key(b"reasoning_tokens\"", 3),
         _ => None,
     }
+}
+
+/// The unsigned integer whose digits start at `object[i]` (at least one digit), and the index
+/// after its last digit. Up to 19 digits cannot overflow a `u64`; a longer number is read
+/// again saturating.
+#[inline(always)]
+fn read_number(object: &[u8], start: usize) -> (u64, usize) {
+    let mut value = 0u64;
+    let mut i = start;
+    while let Some(&byte) = object.get(i) {
+        let digit = byte.wrapping_sub(b'0');
+        if digit > 9 {
+            break;
+        }
+        value = value.wrapping_mul(10).wrapping_add(u64::from(digit));
+        i += 1;
+    }
+    if i - start > 19 {
+        value = object[start..i].iter().fold(0u64, |value, digit| {
+            value
+                .saturating_mul(10)
+                .saturating_add(u64::from(digit - b'0'))
+        });
+    }
+    (value, i)
+}
+
+/// The object in the compact form DeepSeek (and OpenAI) send: no whitespace, only the known
+/// keys (see [`known_key`]), each with an unsigned integer of at most 7 digits or a nested
+/// object of the same form. A word per key and per number, no byte loop. `None` for anything
+/// else (the byte-at-a-time reader then decides, as it always did).
+fn read_usage_compact(object: &[u8]) -> Option<[Option<u64>; 4]> {
+    // Eight slots for the six places, so that a slot needs no bounds check.
+    let mut slots = [None; 8];
+    let mut depth = 0u32;
+    // At an object's `{`.
+    let mut i = 0;
+    loop {
+        // At a `{` or `,`: a key follows.
+        if object.get(i + 1) != Some(&b'"') {
+            return None;
+        }
+        let (len, slot) = known_key(object.get(i + 2..)?)?;
+        let colon = i + 2 + len;
+        if object.get(colon) != Some(&b':') {
+            return None;
+        }
+        let start = colon + 1;
+        let Some((value, digits)) = swar_number(padded_word_at(object, start)) else {
+            if object.get(start) == Some(&b'{') {
+                // A nested object: its keys next.
+                depth += 1;
+                i = start;
+                continue;
+            }
+            return None;
+        };
+        slots[slot & 7] = Some(value);
+        i = start + digits;
+        // After a value: `,` and the next key, or the `}` of one or more objects.
+        loop {
+            match object.get(i) {
+                Some(b',') => break,
+                Some(b'}') if depth == 0 => {
+                    let [input, output, cached, reasoning, details, ..] = slots;
+                    return Some([input, output, cached.or(details), reasoning]);
+                }
+                Some(b'}') => {
+                    depth -= 1;
+                    i += 1;
+                }
+                _ => return None,
+            }
+        }
+    }
+}
+
+/// The eight bytes at `at` as one little-endian word, zeros past the end.
+#[inline(always)]
+fn padded_word_at(bytes: &[u8], at: usize) -> u64 {
+    if let Some(word) = word_at(bytes, at) {
+        return word;
+    }
+    // The last eight bytes, shifted down so that `at` is the low byte (zeros come in above).
+    if let Some(last) = bytes.len().checked_sub(8)
+        && let Some(word) = word_at(bytes, last)
+        && at < bytes.len()
+    {
+        return word >> (8 * (at - last));
+    }
+    let mut padded = [0u8; 8];
+    let rest = bytes.get(at..).unwrap_or_default();
+    let len = rest.len().min(8);
+    padded[..len].copy_from_slice(&rest[..len]);
+    u64::from_le_bytes(padded)
+}
+
+/// The unsigned integer that starts `word` (eight bytes, the first in the low byte) and how
+/// many digits it has: 1 to 7, with a non-digit after them. `None` for no digit or 8 digits
+/// in a row (a longer number is read byte by byte).
+#[inline(always)]
+fn swar_number(word: u64) -> Option<(u64, usize)> {
+    // Digits become 0 to 9; a byte is not a digit when it is 10 or more (the sum's high bit,
+    // as no byte under 0x80 carries) or already has its high bit. A byte at 0x8a or more
+    // carries into the next one, but only the lowest flagged byte is used.
+    let x = word ^ (ONES * u64::from(b'0'));
+    let not_digit = (x | x.wrapping_add(ONES * 0x76)) & HIGH;
+    let digits = (not_digit.trailing_zeros() / 8) as usize;
+    if digits == 0 || digits == 8 {
+        return None;
+    }
+    // The digits moved to the top bytes, under zeros: a number of 8 digits, first in the low
+    // byte, combined in pairs, then fours, then eights.
+    let mut v = x << (64 - 8 * digits as u32);
+    v = ((v & 0x0f0f_0f0f_0f0f_0f0f).wrapping_mul(10 << 8 | 1)) >> 8;
+    v = ((v & 0x00ff_00ff_00ff_00ff).wrapping_mul(100 << 16 | 1)) >> 16;
+    v = ((v & 0x0000_ffff_0000_ffff).wrapping_mul(10000 << 32 | 1)) >> 32;
+    Some((v, digits))
 }
 
 /// The first byte at or after `i` that is not whitespace, with its index (compact JSON has
@@ -328,13 +485,8 @@ fn read_usage_fast(object: &[u8]) -> Fast {
             Some((at, b)) if b.is_ascii_digit() => i = at,
             Some(_) => return Fast::General,
         }
-        let mut value = 0u64;
-        while let Some(digit) = object.get(i).filter(|b| b.is_ascii_digit()) {
-            value = value
-                .saturating_mul(10)
-                .saturating_add(u64::from(digit - b'0'));
-            i += 1;
-        }
+        let (value, end) = read_number(object, i);
+        i = end;
         if let Some(slot) = slots.get_mut(slot) {
             *slot = Some(value);
         }
@@ -548,4 +700,129 @@ pub(crate) fn parse_usage(object: &[u8]) -> [Option<u64>; 4] {
         tokens[2] = cached_details;
     }
     tokens
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn padded_words_have_zeros_past_the_end() {
+        let bytes = b"0123456789ab";
+        for at in 0..=bytes.len() + 1 {
+            let mut expected = [0u8; 8];
+            let rest = bytes.get(at..).unwrap_or_default();
+            let len = rest.len().min(8);
+            expected[..len].copy_from_slice(&rest[..len]);
+            assert_eq!(
+                padded_word_at(bytes, at),
+                u64::from_le_bytes(expected),
+                "at {at}"
+            );
+            assert_eq!(
+                padded_word_at(&bytes[..5], at),
+                u64::from_le_bytes({
+                    let mut short = [0u8; 8];
+                    let rest = bytes[..5].get(at..).unwrap_or_default();
+                    short[..rest.len()].copy_from_slice(rest);
+                    short
+                }),
+                "short, at {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn swar_number_reads_one_to_seven_digits() {
+        let read = |text: &[u8; 8]| swar_number(u64::from_le_bytes(*text));
+        assert_eq!(read(b"0,\"abcde"), Some((0, 1)));
+        assert_eq!(read(b"7}}}}}}}"), Some((7, 1)));
+        assert_eq!(read(b"12,xxxxx"), Some((12, 2)));
+        assert_eq!(read(b"1234567}"), Some((1_234_567, 7)));
+        assert_eq!(read(b"0009 xxx"), Some((9, 4)));
+        assert_eq!(read(b"9876543\xff"), Some((9_876_543, 7)));
+        assert_eq!(read(b"5\xff\xff\xff\xff\xff\xff\xff"), Some((5, 1)));
+        assert_eq!(read(b"12345678"), None);
+        assert_eq!(read(b",1234567"), None);
+        assert_eq!(read(b"-1234567"), None);
+        // Every byte next to a digit is judged right, `/` and `:` (either side of the digits)
+        // and high bytes included.
+        for byte in 0..=255u8 {
+            let mut text = *b"42xxxxxx";
+            text[2] = byte;
+            let expected = if byte.is_ascii_digit() {
+                Some((420 + u64::from(byte - b'0'), 3))
+            } else {
+                Some((42, 2))
+            };
+            assert_eq!(read(&text), expected, "byte {byte:#x}");
+        }
+        for value in [
+            0u64, 1, 9, 10, 99, 100, 4096, 65_535, 999_999, 1_000_000, 9_999_999,
+        ] {
+            let mut text = format!("{value}").into_bytes();
+            text.resize(8, b'}');
+            let digits = format!("{value}").len();
+            assert_eq!(read(&text.try_into().unwrap()), Some((value, digits)));
+        }
+    }
+
+    /// The compact reader agrees with the general scan on whatever it accepts, and declines
+    /// (for the byte-at-a-time reader) whatever is not in its form.
+    #[test]
+    fn compact_usage_agrees_with_the_general_scan_or_declines() {
+        let accepted: [&[u8]; 6] = [
+            br#"{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":12}}"#,
+            br#"{"prompt_tokens":11,"completion_tokens":22,"total_tokens":33,"prompt_tokens_details":{"cached_tokens":4},"prompt_cache_hit_tokens":5,"prompt_cache_miss_tokens":6,"completion_tokens_details":{"reasoning_tokens":7}}}"#,
+            br#"{"prompt_tokens":3,"completion_tokens":1,"prompt_tokens_details":{"cached_tokens":2}}"#,
+            br#"{"completion_tokens_details":{"reasoning_tokens":1234567},"prompt_tokens":1}          "#,
+            br#"{"prompt_tokens_details":{"prompt_tokens":9},"prompt_tokens":1}xxxxxxxx"#,
+            br#"{"total_tokens":0,"prompt_tokens":7,"prompt_tokens":8}xxxxxxxxx"#,
+        ];
+        for object in accepted {
+            let general = match value_end_object(object) {
+                ValueEnd::Complete(range) => parse_usage(&object[range]),
+                other => panic!("{other:?}"),
+            };
+            assert_eq!(
+                read_usage_compact(object),
+                Some(general),
+                "{}",
+                String::from_utf8_lossy(object)
+            );
+            assert_eq!(read_usage(object), Some(general));
+        }
+        let declined: [&[u8]; 12] = [
+            br#"{ "prompt_tokens":1}xxxxxxxxxxxx"#,
+            br#"{"prompt_tokens" :1}xxxxxxxxxxxx"#,
+            br#"{"prompt_tokens": 1}xxxxxxxxxxxx"#,
+            br#"{"prompt_tokens":1 }xxxxxxxxxxxx"#,
+            br#"{"prompt_tokens":12345678}xxxxxx"#,
+            br#"{"prompt_tokens":1.5}xxxxxxxxxxx"#,
+            br#"{"prompt_tokens":-1}xxxxxxxxxxxx"#,
+            br#"{"prompt_tokens":null}xxxxxxxxxx"#,
+            br#"{"prompt_tokensX":1}xxxxxxxxxxxx"#,
+            br#"{"odd":1,"prompt_tokens":1}xxxxxx"#,
+            br#"{"prompt_tokens":1"#,
+            br#"{}xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"#,
+        ];
+        for object in declined {
+            assert_eq!(
+                read_usage_compact(object),
+                None,
+                "{}",
+                String::from_utf8_lossy(object)
+            );
+        }
+        // Declined objects still read right, by the byte-at-a-time reader.
+        assert_eq!(
+            read_usage(br#"{"prompt_tokens":12345678}"#),
+            Some([Some(12_345_678), None, None, None])
+        );
+        assert_eq!(
+            read_usage(br#"{ "prompt_tokens" : 1 , "completion_tokens":2}"#),
+            Some([Some(1), Some(2), None, None])
+        );
+        assert_eq!(read_usage(br#"{"prompt_tokens":1"#), None);
+    }
 }

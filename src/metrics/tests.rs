@@ -421,3 +421,49 @@ fn find_usage_agrees_with_the_general_scan() {
         Some([None, Some(u64::MAX), None, None])
     );
 }
+
+/// The response model is checked in place against the request's (one whole frame): the same
+/// name is that label; a longer name that starts with it, or a different one, gets its own;
+/// an escaped one is left for the frame-by-frame capture, which gives up on it as before.
+#[cfg(feature = "prometheus")]
+#[tokio::test]
+async fn the_response_model_is_the_request_model_only_when_the_names_are_equal() {
+    let metrics = Metrics::builder()
+        .models(["deepseek-chat"])
+        .prometheus(::prometheus::Registry::new())
+        .build()
+        .expect("metrics");
+    for body in [
+        r#"{"id":"a","model":"deepseek-chat","usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+        r#"{"id":"b","model" : "deepseek-chat-2","usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+        r#"{"id":"c","model":"deepseek-cha","usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+        r#"{"id":"d","model":"deepseek-chat\"x","usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+        r#"{"id":"e","model":"deepseek-chat"#,
+    ] {
+        let service = ServiceBuilder::new()
+            .layer(MetricsLayer::client(&metrics))
+            .service_fn(move |_request: Request<()>| async move {
+                Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(
+                    body.as_bytes(),
+                ))))
+            });
+        let response = service
+            .oneshot(chat_request("deepseek-chat"))
+            .await
+            .expect("response");
+        response.into_body().collect().await.expect("body");
+    }
+    let input = |response: &str| {
+        sample(
+            &metrics,
+            &format!(
+                r#"gen_ai_client_token_usage_count{{gen_ai_operation_name="chat",gen_ai_provider_name="deepseek",gen_ai_request_model="deepseek-chat",gen_ai_response_model="{response}",gen_ai_token_type="input"}}"#
+            ),
+        )
+    };
+    // The escaped name falls back to the request model (the body cut inside the name has
+    // no usage to count).
+    assert_eq!(input("deepseek-chat"), Some(2.0));
+    assert_eq!(input("deepseek-chat-2"), Some(1.0));
+    assert_eq!(input("deepseek-cha"), Some(1.0));
+}
