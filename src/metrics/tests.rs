@@ -141,7 +141,7 @@ fn sample(metrics: &Metrics, key: &str) -> Option<f64> {
         .find_map(|line| line.strip_prefix(key)?.strip_prefix(' ')?.parse().ok())
 }
 
-#[cfg(feature = "prometheus")]
+#[cfg(any(feature = "prometheus", feature = "opentelemetry"))]
 fn chat_request(model: &str) -> Request<()> {
     let mut request = Request::post("https://api.deepseek.com/chat/completions")
         .body(())
