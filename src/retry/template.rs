@@ -38,7 +38,8 @@ fn pair((name, value): (&HeaderName, &HeaderValue)) -> Header {
 macro_rules! inline_headers {
     ($place:ident, $iter:ident, $else:expr, $variant:ident: $($item:ident),+) => {{
         $(let Some($item) = $iter.next() else { return $else };)+
-        *$place = Headers::$variant([$(pair($item)),+]);
+        // The place is empty: nothing to drop, so no call to drop it.
+        std::mem::forget(std::mem::replace($place, Headers::$variant([$(pair($item)),+])));
     }};
 }
 
@@ -48,6 +49,7 @@ impl Headers {
     /// moved there.
     #[inline]
     fn copy(&mut self, map: &HeaderMap) {
+        debug_assert!(matches!(self, Headers::Empty), "headers copied twice");
         let mut iter = map.iter();
         // `len` counts the values, which is what `iter` yields: `many` is never needed for
         // fewer than seven, it only keeps every header if that ever changed.
