@@ -85,6 +85,7 @@ impl Slots {
         }
     }
 
+    #[inline]
     fn epoch(&self) -> u32 {
         // Wraps after 2^32 slots (13 years of 100 ms slots): only the low bits are compared,
         // and the ring's length divides 2^32. u64 nanoseconds last 584 years.
@@ -92,6 +93,7 @@ impl Slots {
         ((u128::from(nanos) * u128::from(self.per_nano)) >> 64) as u32
     }
 
+    #[inline]
     fn add(&self, delta: i32) {
         let epoch = self.epoch();
         let slot = &self.slots[epoch as usize & (self.slots.len() - 1)];

@@ -590,6 +590,7 @@ fn set_timer(mut timer: Pin<&mut Option<Sleep>>, at: Option<Instant>) {
     }
 }
 
+#[inline]
 fn succeeded(config: &RetryConfig, attempts: u32) {
     if let Some(budget) = &config.budget {
         budget.on_outcome(&Outcome::Success);
