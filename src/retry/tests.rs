@@ -896,6 +896,22 @@ async fn case_36_tower_tps_budget_cases_and_no_truncation() {
     assert!((2999..=3001).contains(&retries), "{retries}");
 }
 
+/// A deposit counts for the budget's ttl (ten slots) and not after: the ring holds sixteen
+/// slots, and only the window's ten are summed; a slot that comes round again is reset.
+#[tokio::test(start_paused = true)]
+async fn a_deposit_counts_for_the_ttl_and_no_longer() {
+    let budget = TpsBudget::new(Duration::from_secs(10), 0, 1.0).unwrap();
+    budget.on_call();
+    advance(Duration::from_millis(9_950)).await;
+    assert_eq!(budget.balance(), 1);
+    advance(Duration::from_millis(100)).await;
+    assert_eq!(budget.balance(), 0);
+    // 16.05 s: the first deposit's slot again.
+    advance(Duration::from_secs(6)).await;
+    budget.on_call();
+    assert_eq!(budget.balance(), 1);
+}
+
 #[test]
 fn case_37_grpc_throttling() {
     let throttle = GrpcThrottle::new(10, 0.1).unwrap();
