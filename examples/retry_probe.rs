@@ -10,7 +10,8 @@
 //! per-call count, the set-up cancelled (subtract quanta's one-time calibration, whose length
 //! follows the wall clock: `once_cell::imp::initialize_or_wait`, inclusive).
 //!
-//! Rows: `bare`, `ours` (the defaults), `no_budget`, `one_attempt`; `sizes` prints the
+//! Rows: `bare`, `ours` (the defaults), `no_budget`, `one_attempt`, `deadline` (the defaults
+//! with a 60 s deadline, a timer per call); `sizes` prints the
 //! response future's size. `PROBE_TIME=1` prints the wall-clock time per call.
 
 use std::convert::Infallible;
@@ -93,6 +94,15 @@ fn main() {
             &runtime,
             ServiceBuilder::new()
                 .layer(layer(RetryLayer::builder().no_budget()))
+                .service_fn(ready_service),
+            calls,
+        ),
+        "deadline" => run(
+            &runtime,
+            ServiceBuilder::new()
+                .layer(layer(
+                    RetryLayer::builder().deadline(std::time::Duration::from_secs(60)),
+                ))
                 .service_fn(ready_service),
             calls,
         ),
