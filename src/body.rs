@@ -127,24 +127,37 @@ impl BodyFormat {
         // On the bytes: every response of every layer asks, and `to_str` would first check all
         // of them. A valid header value holds no whitespace but spaces and tabs, so trimming
         // those is `trim_start` on the text; the text check stays for a value that matches.
-        let is_sse = headers
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|value| {
-                let bytes = value.as_bytes();
-                let start = bytes
-                    .iter()
-                    .position(|b| *b != b' ' && *b != b'\t')
-                    .unwrap_or(bytes.len());
-                bytes[start..]
-                    .get(..17)
-                    .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"text/event-stream"))
-                    && value.to_str().is_ok()
-            });
+        let is_sse = content_type(headers).is_some_and(|value| {
+            let bytes = value.as_bytes();
+            let start = bytes
+                .iter()
+                .position(|b| *b != b' ' && *b != b'\t')
+                .unwrap_or(bytes.len());
+            bytes[start..]
+                .get(..17)
+                .is_some_and(|prefix| prefix.eq_ignore_ascii_case(b"text/event-stream"))
+                && value.to_str().is_ok()
+        });
         if is_sse {
             BodyFormat::Sse
         } else {
             BodyFormat::Json
         }
+    }
+}
+
+/// The first `content-type` value. A response with a few headers is scanned by name, which
+/// costs a comparison of two bytes a header; a larger one is looked up, which hashes the
+/// name and probes the map.
+#[inline]
+fn content_type(headers: &HeaderMap) -> Option<&http::HeaderValue> {
+    const SCAN: usize = 4;
+    if headers.len() <= SCAN {
+        headers
+            .iter()
+            .find_map(|(name, value)| (name == http::header::CONTENT_TYPE).then_some(value))
+    } else {
+        headers.get(http::header::CONTENT_TYPE)
     }
 }
 

@@ -56,33 +56,47 @@ pub trait RetryBudget: Send + Sync + 'static {
 /// Counters in time slots, lock-free: each slot packs its epoch (high 32 bits) and a signed
 /// count (low 32 bits) into one atomic, so a slot that is reused for a new epoch is reset and
 /// counted in one compare-and-swap. Time is read from the measuring clock: every call deposits,
-/// so the OS clock's cost would be paid per call.
+/// so the OS clock's cost would be paid per call. The epoch is a multiplication by the slot
+/// length's reciprocal and the ring has a power-of-two length, so a deposit divides nothing.
 struct Slots {
     start: Stamp,
-    slot_nanos: u64,
+    /// `2^64 / slot length in nanoseconds`, rounded up: `nanos · per_nano >> 64` is the epoch.
+    /// Rounding up moves a slot boundary early by under `nanos · slot / 2^64` (about 2 ms
+    /// after a year of 1 s slots), and keeps epochs in step with time.
+    per_nano: u64,
+    /// Slots that count: the window.
+    live: u32,
+    /// At least `live`, a power of two; slots older than the window are skipped by `sum` and
+    /// reset when their turn comes again.
     slots: Box<[AtomicU64]>,
 }
 
 impl Slots {
     fn new(window: Duration, count: usize) -> Slots {
         let slot_nanos = (window.as_nanos() / count as u128).max(1);
+        let per_nano = (1u128 << 64).div_ceil(slot_nanos);
         Slots {
             start: Stamp::now(),
-            slot_nanos: u64::try_from(slot_nanos).unwrap_or(u64::MAX),
-            slots: (0..count).map(|_| AtomicU64::new(0)).collect(),
+            per_nano: u64::try_from(per_nano).unwrap_or(u64::MAX),
+            live: u32::try_from(count).unwrap_or(u32::MAX),
+            slots: (0..count.next_power_of_two())
+                .map(|_| AtomicU64::new(0))
+                .collect(),
         }
     }
 
+    #[inline]
     fn epoch(&self) -> u32 {
-        // Wraps after 2^32 slots (13 years of 100 ms slots): only the low bits are compared.
-        // A u64 division: u128's is a library call. u64 nanoseconds last 584 years.
+        // Wraps after 2^32 slots (13 years of 100 ms slots): only the low bits are compared,
+        // and the ring's length divides 2^32. u64 nanoseconds last 584 years.
         let nanos = u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        (nanos / self.slot_nanos) as u32
+        ((u128::from(nanos) * u128::from(self.per_nano)) >> 64) as u32
     }
 
+    #[inline]
     fn add(&self, delta: i32) {
         let epoch = self.epoch();
-        let slot = &self.slots[epoch as usize % self.slots.len()];
+        let slot = &self.slots[epoch as usize & (self.slots.len() - 1)];
         let _ = slot.fetch_update(Ordering::AcqRel, Ordering::Acquire, |packed| {
             let (seen, count) = unpack(packed);
             let count = if seen == epoch {
@@ -96,11 +110,10 @@ impl Slots {
 
     fn sum(&self) -> i64 {
         let epoch = self.epoch();
-        let live = self.slots.len() as u32;
         self.slots
             .iter()
             .map(|slot| unpack(slot.load(Ordering::Acquire)))
-            .filter(|(seen, _)| epoch.wrapping_sub(*seen) < live)
+            .filter(|(seen, _)| epoch.wrapping_sub(*seen) < self.live)
             .map(|(_, count)| i64::from(count))
             .sum()
     }

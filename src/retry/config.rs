@@ -56,6 +56,7 @@ pub(crate) struct RetryConfig {
 }
 
 impl RetryConfig {
+    #[inline]
     pub(crate) fn emit(&self, event: RetryEvent<'_>) {
         if let Some(listener) = &self.listener {
             listener.on_event(&event);

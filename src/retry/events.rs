@@ -155,6 +155,7 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    #[inline]
     pub(crate) fn finished(&self, success: bool, attempts: u32) {
         let counter = match (success, attempts > 1) {
             (true, false) => &self.successful_without_retry,

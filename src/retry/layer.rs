@@ -155,19 +155,28 @@ where
         // (tower's `Retry` does the same). Retries drive this one to ready again.
         let clone = self.inner.clone();
         let mut service = std::mem::replace(&mut self.inner, clone);
-        let config = &self.config;
+        let config = Arc::clone(&self.config);
         if let Some(budget) = &config.budget {
             budget.on_call();
         }
-        let retrying = Retrying::of(config, &request);
+        // The copy for a retry: `None` for one attempt or a body that cannot be replayed.
+        let template = if config.max_attempts > 1 {
+            Template::boxed(&request)
+        } else {
+            None
+        };
+        // A timer only for a deadline or a per-attempt timeout; a back-off makes its own.
+        let timer = (config.deadline.is_some() || config.attempt_timeout.is_some())
+            .then(|| Timer::start(&config));
         ResponseFuture {
             state: State::Calling {
                 future: service.call(request),
             },
             service,
-            config: Arc::clone(config),
+            config,
             attempt: 1,
-            retrying,
+            template,
+            timer,
             held: None,
         }
     }
@@ -212,82 +221,73 @@ pin_project! {
         service: S,
         config: Arc<RetryConfig>,
         attempt: u32,
-        retrying: Option<Pin<Box<Retrying<ReqB>>>>,
+        // The copy to send again, in its own allocation (the future is copied whole every
+        // time it moves, and the copy is a few hundred bytes): `None` when the body cannot be
+        // replayed or there is only one attempt.
+        template: Option<Box<Template<ReqB>>>,
+        // From the start only with a deadline or a per-attempt timeout; the first back-off
+        // makes one otherwise.
+        timer: Option<Pin<Box<Timer>>>,
         held: Option<Pin<Box<Held<RB>>>>,
     }
 }
 
 pin_project! {
-    /// What only a call that can be sent again or has a timer needs, in one allocation: the
-    /// future is copied whole every time it moves, and the request copy alone is several
-    /// hundred bytes.
-    struct Retrying<ReqB> {
+    /// A call's timer and what goes with it: the per-attempt timeout, the deadline, the
+    /// back-off before the next attempt.
+    struct Timer {
         #[pin]
-        timer: Option<Sleep>,
-        timer_kind: TimerKind,
-        template: Option<Template<ReqB>>,
+        sleep: Option<Sleep>,
+        kind: TimerKind,
         deadline: Option<Instant>,
         previous_delay: Duration,
     }
 }
 
-impl<ReqB: ReplayBody> Retrying<ReqB> {
-    /// The state of a new call, `None` when it can neither be retried nor time out.
-    fn of(config: &RetryConfig, request: &Request<ReqB>) -> Option<Pin<Box<Retrying<ReqB>>>> {
-        let body = if config.max_attempts > 1 {
-            request.body().try_replay()
-        } else {
-            None
-        };
-        let timed = config.deadline.is_some() || config.attempt_timeout.is_some();
-        if body.is_none() && !timed {
-            return None;
-        }
-        let now = timed.then(Instant::now);
-        let deadline = now
-            .zip(config.deadline)
-            .map(|(now, d)| deadline_after(now, d));
-        let (timer, timer_kind) = match now {
-            Some(now) => attempt_timer(config, now, deadline),
-            None => (None, TimerKind::Attempt),
-        };
-        let mut retrying = Box::pin(Retrying {
-            timer: timer.map(tokio::time::sleep_until),
-            timer_kind,
-            template: None,
+impl Timer {
+    /// The timer of a new call with a deadline or a per-attempt timeout, armed for its first
+    /// attempt.
+    fn start(config: &RetryConfig) -> Pin<Box<Timer>> {
+        let now = Instant::now();
+        let deadline = config.deadline.map(|d| deadline_after(now, d));
+        let (at, kind) = attempt_timer(config, now, deadline);
+        Box::pin(Timer {
+            sleep: at.map(tokio::time::sleep_until),
+            kind,
             deadline,
             previous_delay: Duration::ZERO,
-        });
-        // The copy is written into the box, not moved there.
-        if let Some(body) = body {
-            Template::write(retrying.as_mut().project().template, body, request);
-        }
-        Some(retrying)
+        })
     }
-}
 
-impl<ReqB> Retrying<ReqB> {
+    /// The timer of a call that had none (no deadline, no per-attempt timeout), made by its
+    /// first retry.
+    fn idle() -> Pin<Box<Timer>> {
+        Box::pin(Timer {
+            sleep: None,
+            kind: TimerKind::Attempt,
+            deadline: None,
+            previous_delay: Duration::ZERO,
+        })
+    }
+
     /// Whether the armed timer fired, and the phase it names.
     fn fired(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Option<TimeoutPhase> {
         let this = self.project();
-        fired(this.timer, *this.timer_kind, cx)
+        fired(this.sleep, *this.kind, cx)
     }
 
     /// Arms the timer for an attempt starting now.
     fn arm_attempt(self: Pin<&mut Self>, config: &RetryConfig) {
         let mut this = self.project();
         let (at, kind) = attempt_timer(config, Instant::now(), *this.deadline);
-        set_timer(this.timer.as_mut(), at);
-        *this.timer_kind = kind;
+        set_timer(this.sleep.as_mut(), at);
+        *this.kind = kind;
     }
 }
 
 /// Whether the call's timer fired (a call without one never times out).
-fn timer_fired<ReqB>(
-    retrying: &mut Option<Pin<Box<Retrying<ReqB>>>>,
-    cx: &mut Context<'_>,
-) -> Option<TimeoutPhase> {
-    retrying.as_mut()?.as_mut().fired(cx)
+fn timer_fired(timer: &mut Option<Pin<Box<Timer>>>, cx: &mut Context<'_>) -> Option<TimeoutPhase> {
+    timer.as_mut()?.as_mut().fired(cx)
 }
 
 pin_project! {
@@ -312,8 +312,8 @@ where
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ResponseFuture")
             .field("attempt", &self.attempt)
-            .field("deadline", &self.retrying.as_ref().and_then(|r| r.deadline))
-            .field("replayable", &replayable(&self.retrying))
+            .field("deadline", &self.timer.as_ref().and_then(|t| t.deadline))
+            .field("replayable", &self.template.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -427,7 +427,7 @@ where
                         if outcome.is_success() {
                             let hold = match config.hold {
                                 Hold::Off => false,
-                                _ if !replayable(this.retrying)
+                                _ if this.template.is_none()
                                     || *this.attempt >= config.max_attempts =>
                                 {
                                     false
@@ -462,7 +462,7 @@ where
                         failed = (outcome, None, Some(error));
                     }
                     Poll::Pending => {
-                        let Some(phase) = timer_fired(this.retrying, cx) else {
+                        let Some(phase) = timer_fired(this.timer, cx) else {
                             return Poll::Pending;
                         };
                         failed = timed_out(this.state.as_mut(), this.held, config, phase);
@@ -485,7 +485,7 @@ where
                             failed = (outcome, None, None);
                         }
                         Poll::Pending => {
-                            let Some(phase) = timer_fired(this.retrying, cx) else {
+                            let Some(phase) = timer_fired(this.timer, cx) else {
                                 return Poll::Pending;
                             };
                             failed = timed_out(this.state.as_mut(), this.held, config, phase);
@@ -493,45 +493,41 @@ where
                     }
                 }
                 StateProj::Backoff => {
-                    let Some(retrying) = this.retrying.as_mut() else {
-                        return Poll::Ready(Err(internal("back-off without a retry state")));
+                    let Some(timer) = this.timer.as_mut() else {
+                        return Poll::Ready(Err(internal("back-off without a timer")));
                     };
-                    if let Some(timer) = retrying.as_mut().project().timer.as_pin_mut()
-                        && timer.poll(cx).is_pending()
+                    if let Some(sleep) = timer.as_mut().project().sleep.as_pin_mut()
+                        && sleep.poll(cx).is_pending()
                     {
                         return Poll::Pending;
                     }
-                    retrying.as_mut().arm_attempt(config);
+                    timer.as_mut().arm_attempt(config);
                     this.state.set(State::Readying);
                     continue;
                 }
-                StateProj::Readying => {
-                    match this.service.poll_ready(cx) {
-                        Poll::Ready(Ok(())) => {
-                            let keep = *this.attempt + 1 < config.max_attempts;
-                            let Some(request) = this.retrying.as_mut().and_then(|r| {
-                                Template::request(r.as_mut().project().template, keep)
-                            }) else {
-                                return Poll::Ready(Err(internal("no request to replay")));
-                            };
-                            *this.attempt += 1;
-                            let future = this.service.call(request);
-                            this.state.set(State::Calling { future });
-                            continue;
-                        }
-                        Poll::Ready(Err(error)) => {
-                            this.state.set(State::Done);
-                            config.counters.finished(false, *this.attempt);
-                            return Poll::Ready(Err(Error::from_boxed(error.into())));
-                        }
-                        Poll::Pending => {
-                            let Some(phase) = timer_fired(this.retrying, cx) else {
-                                return Poll::Pending;
-                            };
-                            failed = timed_out(this.state.as_mut(), this.held, config, phase);
-                        }
+                StateProj::Readying => match this.service.poll_ready(cx) {
+                    Poll::Ready(Ok(())) => {
+                        let keep = *this.attempt + 1 < config.max_attempts;
+                        let Some(request) = Template::request(this.template, keep) else {
+                            return Poll::Ready(Err(internal("no request to replay")));
+                        };
+                        *this.attempt += 1;
+                        let future = this.service.call(request);
+                        this.state.set(State::Calling { future });
+                        continue;
                     }
-                }
+                    Poll::Ready(Err(error)) => {
+                        this.state.set(State::Done);
+                        config.counters.finished(false, *this.attempt);
+                        return Poll::Ready(Err(Error::from_boxed(error.into())));
+                    }
+                    Poll::Pending => {
+                        let Some(phase) = timer_fired(this.timer, cx) else {
+                            return Poll::Pending;
+                        };
+                        failed = timed_out(this.state.as_mut(), this.held, config, phase);
+                    }
+                },
                 StateProj::Done => {
                     return Poll::Ready(Err(internal("polled after it completed")));
                 }
@@ -547,30 +543,27 @@ where
                 outcome,
                 response.as_ref().map(Response::headers),
                 *this.attempt,
-                replayable(this.retrying),
-                this.retrying.as_ref().and_then(|r| r.deadline),
-                this.retrying
+                this.template.is_some(),
+                this.timer.as_ref().and_then(|t| t.deadline),
+                this.timer
                     .as_ref()
-                    .map_or(Duration::ZERO, |r| r.previous_delay),
+                    .map_or(Duration::ZERO, |t| t.previous_delay),
             );
             match next {
                 Next::Retry(delay) => {
                     drop((response, error));
                     *this.held = None;
-                    // A retry is decided only for a replayable call, which has a retry state.
-                    let Some(retrying) = this.retrying.as_mut() else {
-                        return Poll::Ready(Err(internal("retry without a retry state")));
-                    };
-                    *retrying.as_mut().project().previous_delay = delay;
+                    let timer = this.timer.get_or_insert_with(Timer::idle);
+                    *timer.as_mut().project().previous_delay = delay;
                     if delay.is_zero() {
-                        set_timer(retrying.as_mut().project().timer, None);
+                        set_timer(timer.as_mut().project().sleep, None);
                         // Straight to readiness, with the next attempt's timer.
-                        retrying.as_mut().arm_attempt(config);
+                        timer.as_mut().arm_attempt(config);
                         this.state.set(State::Readying);
                     } else {
-                        let r = retrying.as_mut().project();
-                        set_timer(r.timer, Some(Instant::now() + delay));
-                        *r.timer_kind = TimerKind::Backoff;
+                        let t = timer.as_mut().project();
+                        set_timer(t.sleep, Some(Instant::now() + delay));
+                        *t.kind = TimerKind::Backoff;
                         this.state.set(State::Backoff);
                     }
                 }
@@ -588,11 +581,6 @@ where
     }
 }
 
-/// Whether the call has a copy of its request to send again.
-fn replayable<ReqB>(retrying: &Option<Pin<Box<Retrying<ReqB>>>>) -> bool {
-    retrying.as_ref().is_some_and(|r| r.template.is_some())
-}
-
 fn set_timer(mut timer: Pin<&mut Option<Sleep>>, at: Option<Instant>) {
     match (timer.as_mut().as_pin_mut(), at) {
         (Some(sleep), Some(at)) => sleep.reset(at),
@@ -602,6 +590,7 @@ fn set_timer(mut timer: Pin<&mut Option<Sleep>>, at: Option<Instant>) {
     }
 }
 
+#[inline]
 fn succeeded(config: &RetryConfig, attempts: u32) {
     if let Some(budget) = &config.budget {
         budget.on_outcome(&Outcome::Success);

@@ -136,18 +136,21 @@ pub trait ReplayBody: Sized {
 }
 
 impl ReplayBody for Full<Bytes> {
+    #[inline]
     fn try_replay(&self) -> Option<Self> {
         Some(self.clone())
     }
 }
 
 impl ReplayBody for Empty<Bytes> {
+    #[inline]
     fn try_replay(&self) -> Option<Self> {
         Some(Empty::new())
     }
 }
 
 impl ReplayBody for Bytes {
+    #[inline]
     fn try_replay(&self) -> Option<Self> {
         Some(self.clone())
     }
@@ -160,6 +163,7 @@ impl ReplayBody for String {
 }
 
 impl ReplayBody for () {
+    #[inline]
     fn try_replay(&self) -> Option<Self> {
         Some(())
     }

@@ -1,0 +1,126 @@
+//! A probe of the retry layer's success path for instruction counts (callgrind), set up as
+//! `benches/retry.rs` sets up its `retry_success_path` group, without criterion: `<calls>`
+//! calls, each `ready().await` then `call().await` in one `block_on` of a current-thread
+//! runtime.
+//!
+//! Build it without the crate feature `test-util` (not `--all-features`), as production is:
+//! `cargo build --release --example retry_probe`, then
+//! `valgrind --tool=callgrind target/release/examples/retry_probe <row> <calls>` for two
+//! numbers of calls; the difference of the counts over the difference of the calls is the
+//! per-call count, the set-up cancelled (subtract quanta's one-time calibration, whose length
+//! follows the wall clock: `once_cell::imp::initialize_or_wait`, inclusive).
+//!
+//! Rows: `bare`, `ours` (the defaults), `no_budget`, `one_attempt`, `deadline` (the defaults
+//! with a 60 s deadline, a timer per call); `sizes` prints the
+//! response future's size. `PROBE_TIME=1` prints the wall-clock time per call.
+
+use std::convert::Infallible;
+use std::hint::black_box;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_deepseek::retry::RetryLayer;
+
+const BODY: &[u8] =
+    br#"{"model":"deepseek-v4-flash","messages":[{"role":"user","content":"Hello"}]}"#;
+
+type Req = Request<Full<Bytes>>;
+type Resp = Response<Full<Bytes>>;
+
+fn ready_service(_request: Req) -> std::future::Ready<Result<Resp, Infallible>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(b"{}")));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    std::future::ready(Ok(response))
+}
+
+fn request() -> Req {
+    let mut request = Request::new(Full::new(Bytes::from_static(BODY)));
+    request.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    request
+}
+
+async fn drive<S>(service: &mut S)
+where
+    S: Service<Req>,
+    S::Error: std::fmt::Debug,
+{
+    let ready = service.ready().await.expect("ready");
+    black_box(ready.call(request()).await.expect("call"));
+}
+
+fn run<S>(runtime: &tokio::runtime::Runtime, mut service: S, calls: u64)
+where
+    S: Service<Req>,
+    S::Error: std::fmt::Debug,
+{
+    let start = std::time::Instant::now();
+    for _ in 0..calls {
+        runtime.block_on(drive(&mut service));
+    }
+    let nanos = start.elapsed().as_nanos() as f64 / calls as f64;
+    if std::env::var_os("PROBE_TIME").is_some() {
+        eprintln!("{nanos:.1} ns/call");
+    }
+}
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let row = args.next().unwrap_or_else(|| "ours".into());
+    let calls: u64 = args.next().and_then(|n| n.parse().ok()).unwrap_or(10_000);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = runtime.enter();
+    let layer = |builder: tower_deepseek::retry::RetryLayerBuilder| builder.build().expect("layer");
+    match row.as_str() {
+        "bare" => run(&runtime, tower::service_fn(ready_service), calls),
+        "ours" => run(
+            &runtime,
+            ServiceBuilder::new()
+                .layer(layer(RetryLayer::builder()))
+                .service_fn(ready_service),
+            calls,
+        ),
+        "no_budget" => run(
+            &runtime,
+            ServiceBuilder::new()
+                .layer(layer(RetryLayer::builder().no_budget()))
+                .service_fn(ready_service),
+            calls,
+        ),
+        "deadline" => run(
+            &runtime,
+            ServiceBuilder::new()
+                .layer(layer(
+                    RetryLayer::builder().deadline(std::time::Duration::from_secs(60)),
+                ))
+                .service_fn(ready_service),
+            calls,
+        ),
+        "one_attempt" => run(
+            &runtime,
+            ServiceBuilder::new()
+                .layer(layer(RetryLayer::builder().max_attempts(1).no_budget()))
+                .service_fn(ready_service),
+            calls,
+        ),
+        "sizes" => {
+            type Inner =
+                tower::util::ServiceFn<fn(Req) -> std::future::Ready<Result<Resp, Infallible>>>;
+            let size = std::mem::size_of::<
+                tower_deepseek::retry::ResponseFuture<Inner, Full<Bytes>, Full<Bytes>>,
+            >();
+            println!("response future: {size} bytes");
+        }
+        other => panic!("unknown row {other}"),
+    }
+}
