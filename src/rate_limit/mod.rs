@@ -101,7 +101,9 @@ mod response;
 mod tokens;
 mod usage_scan;
 
-pub use backend::{Decide, Decision, DirectLimiter, KeyedLimiter, RateLimitBackend};
+pub use backend::{
+    Decide, Decision, DirectLimiter, KeyedLimiter, MAX_THREAD_BATCH, RateLimitBackend,
+};
 pub use builder::RateLimitBuilder;
 pub use clock::{TokioClock, TokioReference};
 pub use events::{RateLimitEvent, RateLimitListener};
