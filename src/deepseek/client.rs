@@ -435,7 +435,10 @@ impl<S> DeepSeekClient<S> {
         *request.method_mut() = method;
         *request.uri_mut() = uri.clone();
         let headers = request.headers_mut();
-        headers.reserve(4);
+        // Room for ours (up to 4), the trace layer's (`x-request-id`, `traceparent`,
+        // `tracestate`) and the HTTP client's `host`: a map sized for 4 holds 6 and would grow
+        // (reallocate and rehash) on every traced call.
+        headers.reserve(10);
         headers.insert(ACCEPT, HeaderValue::from_static(accept));
         headers.insert(
             USER_AGENT,

@@ -198,38 +198,47 @@ where
     }
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
+        // Off, or a stream (never hedged): the inner call as it is, with nothing to time, copy
+        // or race, so a disabled layer costs a branch and a body wrapper.
+        if !self.config.enabled || is_streaming(&request) {
+            return ResponseFuture {
+                kind: CallKind::Direct {
+                    future: self.inner.call(request),
+                },
+            };
+        }
         let config = Arc::clone(&self.config);
         let started = Instant::now();
-        let tracked = config.enabled && !is_streaming(&request);
         let mut timer = None;
         let mut spare = None;
         let mut delay = Duration::ZERO;
-        if tracked {
-            config.budget.deposit();
-            if let Some(wait) = config.latency.delay(started)
-                && let Some(copy) = replay(&request)
-            {
-                delay = wait;
-                timer = Some(tokio::time::sleep_until(started + wait));
-                // This clone is driven to ready before it is called, and only if the hedge
-                // goes out; the first attempt uses the service `poll_ready` made ready.
-                spare = Some(Box::new(Spare {
-                    service: self.inner.clone(),
-                    request: copy,
-                }));
-            }
+        config.budget.deposit();
+        if let Some(wait) = config.latency.delay(started)
+            && let Some(copy) = replay(&request)
+        {
+            delay = wait;
+            timer = Some(tokio::time::sleep_until(started + wait));
+            // This clone is driven to ready before it is called, and only if the hedge goes
+            // out; the first attempt uses the service `poll_ready` made ready.
+            spare = Some(Box::new(Spare {
+                service: self.inner.clone(),
+                request: copy,
+            }));
         }
         let future = self.inner.call(request);
         ResponseFuture {
-            primary: Attempt::Calling { future },
-            hedge: Attempt::Idle,
-            timer,
-            spare,
-            config,
-            tracked,
-            started,
-            hedge_started: started,
-            delay,
+            kind: CallKind::Tracked {
+                race: Box::pin(Race {
+                    primary: Attempt::Calling { future },
+                    hedge: Attempt::Idle,
+                    timer,
+                    spare,
+                    config,
+                    started,
+                    hedge_started: started,
+                    delay,
+                }),
+            },
         }
     }
 }
@@ -380,10 +389,41 @@ where
 }
 
 pin_project! {
-    /// The response future of [`HedgeService`]: the first attempt, the hedge timer, and the
-    /// hedge once sent. No boxing: a successful non-streaming body is boxed only while it is
+    /// The response future of [`HedgeService`]: the inner call as it is when hedging is off or
+    /// the call streams; otherwise the race of the first attempt, the hedge timer and the
+    /// hedge once sent, boxed (it holds two attempts) so that a call that is not hedged moves
+    /// no more than its inner future. A successful non-streaming body is boxed only while it is
     /// read to its first token.
     pub struct ResponseFuture<S, ReqB, RB>
+    where
+        S: Service<Request<ReqB>>,
+        RB: Body,
+    {
+        #[pin]
+        kind: CallKind<S, ReqB, RB>,
+    }
+}
+
+pin_project! {
+    #[project = CallKindProj]
+    enum CallKind<S, ReqB, RB>
+    where
+        S: Service<Request<ReqB>>,
+        RB: Body,
+    {
+        Direct {
+            #[pin]
+            future: S::Future,
+        },
+        Tracked {
+            race: Pin<Box<Race<S, ReqB, RB>>>,
+        },
+    }
+}
+
+pin_project! {
+    /// A call that may be hedged.
+    struct Race<S, ReqB, RB>
     where
         S: Service<Request<ReqB>>,
         RB: Body,
@@ -394,11 +434,9 @@ pin_project! {
         hedge: Attempt<S::Future, RB>,
         #[pin]
         timer: Option<Sleep>,
-        // Boxed: only a call that may be hedged has one, and inline it would make every
-        // call's future larger by a service and a request.
+        // Boxed: only a call with a planned hedge has one.
         spare: Option<Box<Spare<S, ReqB>>>,
         config: Arc<HedgeConfig>,
-        tracked: bool,
         started: Instant,
         hedge_started: Instant,
         delay: Duration,
@@ -411,16 +449,43 @@ where
     RB: Body,
 {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ResponseFuture")
-            .field("tracked", &self.tracked)
-            .field("hedge_planned", &self.timer.is_some())
-            .field("hedged", &!matches!(self.hedge, Attempt::Idle))
-            .field("delay", &self.delay)
-            .finish_non_exhaustive()
+        match &self.kind {
+            CallKind::Direct { .. } => f
+                .debug_struct("ResponseFuture")
+                .field("tracked", &false)
+                .finish_non_exhaustive(),
+            CallKind::Tracked { race } => f
+                .debug_struct("ResponseFuture")
+                .field("tracked", &true)
+                .field("hedge_planned", &race.timer.is_some())
+                .field("hedged", &!matches!(race.hedge, Attempt::Idle))
+                .field("delay", &race.delay)
+                .finish_non_exhaustive(),
+        }
     }
 }
 
 impl<S, ReqB, RB> Future for ResponseFuture<S, ReqB, RB>
+where
+    S: Service<Request<ReqB>, Response = Response<RB>>,
+    S::Error: Into<BoxError>,
+    RB: Body,
+{
+    type Output = Result<Response<HedgeBody<RB>>, Error>;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            CallKindProj::Direct { future } => Poll::Ready(match ready!(future.poll(cx)) {
+                Ok(response) => Ok(response.map(HedgeBody::direct)),
+                Err(error) => Err(Error::from_boxed(error.into())),
+            }),
+            CallKindProj::Tracked { race } => race.as_mut().poll(cx),
+        }
+    }
+}
+
+impl<S, ReqB, RB> Future for Race<S, ReqB, RB>
 where
     S: Service<Request<ReqB>, Response = Response<RB>>,
     S::Error: Into<BoxError>,
@@ -435,9 +500,9 @@ where
         // The first attempt's answer, whatever it is, is the call's: hedging never turns an
         // answer into a failure. Dropping the hedge cancels it.
         if let Poll::Ready((success, answer)) =
-            poll_attempt(this.primary.as_mut(), cx, config, *this.tracked)
+            poll_attempt(this.primary.as_mut(), cx, config, true)
         {
-            if success && *this.tracked {
+            if success {
                 let now = Instant::now();
                 config.latency.record(now, now - *this.started);
             }

@@ -392,6 +392,35 @@ async fn a_disabled_layer_never_hedges_nor_samples() {
     assert!(!HedgeLayer::disabled().is_enabled());
 }
 
+/// A call that cannot be hedged (the layer off, or a stream) moves only its inner future: the
+/// race of two attempts and a timer lives behind a pointer, not in every call's future.
+#[test]
+fn a_call_that_is_not_raced_carries_no_second_attempt() {
+    let (inner, _) = inner::<Body>(Vec::new());
+    let mut service = tower::Layer::layer(&HedgeLayer::disabled(), inner.clone());
+    let mut bare = inner;
+    let ours = std::mem::size_of_val(&service.call(request()));
+    let theirs = std::mem::size_of_val(&bare.call(request()));
+    assert!(
+        ours <= theirs + 16,
+        "hedge future {ours} bytes, inner {theirs}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_disabled_layer_passes_errors_on_as_the_crate_error() {
+    let service = tower::Layer::layer(
+        &HedgeLayer::disabled(),
+        tower::service_fn(|_: Request<Body>| async {
+            Err::<Response<Body>, _>(std::io::Error::other("connection reset"))
+        }),
+    );
+    let error = service.oneshot(request()).await.unwrap_err();
+    assert!(matches!(error.kind(), ErrorKind::Network(_)), "{error}");
+    let source = std::error::Error::source(&error).map(ToString::to_string);
+    assert_eq!(source.as_deref(), Some("connection reset"));
+}
+
 #[test]
 fn every_bad_setting_is_a_config_error_naming_it() {
     let cases: [(HedgeLayerBuilder, &str); 8] = [
