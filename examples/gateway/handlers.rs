@@ -65,11 +65,11 @@ where
             (response, ANSWERED_BY.with(Cell::take))
         }))
         .await;
-    // Upstream names are validated header-safe when the failover list is built.
-    if let Some(value) = served_by.and_then(|served| HeaderValue::from_str(served.name()).ok()) {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static(UPSTREAM_HEADER), value);
+    if let Some(served) = served_by {
+        response.headers_mut().insert(
+            HeaderName::from_static(UPSTREAM_HEADER),
+            served.header_value().clone(),
+        );
     }
     // Validated model names are visible ASCII, so the header value always parses.
     if let Some(value) = answered_by.and_then(|model| HeaderValue::from_str(&model).ok()) {

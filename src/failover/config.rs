@@ -403,7 +403,7 @@ fn upstream(name: &str, target: Option<Target>, index: usize) -> Result<Upstream
     let header_value = HeaderValue::from_str(name)
         .map_err(|_| config(format!("upstream name {name:?} is not a header value")))?;
     Ok(Upstream {
-        served_by: ServedBy::new(Arc::from(name), index),
+        served_by: ServedBy::new(Arc::from(name), index, header_value.clone()),
         header_value,
         target,
     })

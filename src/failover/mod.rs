@@ -115,6 +115,7 @@ mod service;
 #[cfg(test)]
 mod tests;
 
+use http::HeaderValue;
 use std::cell::Cell;
 use std::future::Future;
 use std::sync::Arc;
@@ -144,16 +145,28 @@ tokio::task_local! {
 pub struct ServedBy {
     name: Arc<str>,
     index: usize,
+    // The name as a header value, made once with the list: setting it on an answer is a
+    // reference-count bump, not a copy.
+    header_value: HeaderValue,
 }
 
 impl ServedBy {
-    pub(crate) fn new(name: Arc<str>, index: usize) -> ServedBy {
-        ServedBy { name, index }
+    pub(crate) fn new(name: Arc<str>, index: usize, header_value: HeaderValue) -> ServedBy {
+        ServedBy {
+            name,
+            index,
+            header_value,
+        }
     }
 
     /// The upstream's configured name.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The name as a header value (the value of [`UPSTREAM_HEADER`]).
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.header_value
     }
 
     /// Its position in the list: 0 for the primary.

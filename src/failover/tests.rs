@@ -258,6 +258,7 @@ async fn a_503_fails_over_with_the_request_rewritten_for_the_alternate() {
         (served.name(), served.index(), served.is_primary()),
         ("backup", 1, false)
     );
+    assert_eq!(served.header_value(), "backup");
     assert_eq!(*events.lock().unwrap(), ["deepseek->backup:server_error"]);
 
     assert_eq!(primary.calls(), 1);
