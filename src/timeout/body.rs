@@ -79,7 +79,14 @@ pin_project! {
         // Boxed so that the body is `Unpin` when the inner body is (a `ChatStream` over it
         // can then be polled with `StreamExt::next`); one allocation per timed body.
         timer: Option<Pin<Box<Sleep>>>,
-        phase: TimeoutPhase,
+        // The bound in force and the phase it names (`None`: unbounded). The timer is moved
+        // to it only when the body has to wait: moving a registered timer is a trip to
+        // tokio's timer wheel, and a body that is already here (a JSON answer read with its
+        // head) never waits.
+        due: Option<(Instant, TimeoutPhase)>,
+        // A data frame passed after the first token: the idle bound restarts from the
+        // moment the body next has to wait.
+        restart: bool,
         timeouts: Timeouts,
         started: Instant,
         expired: bool,
@@ -107,14 +114,11 @@ impl<B: Body> TimeoutBody<B> {
         ]);
         TimeoutBody {
             inner: ObservedBody::new(body, format, FirstTokenSeen { watch, seen: false }),
-            timer: first.map(|(at, _)| match timer {
-                Some(mut timer) => {
-                    timer.as_mut().reset(at);
-                    timer
-                }
-                None => Box::pin(tokio::time::sleep_until(at)),
-            }),
-            phase: first.map_or(TimeoutPhase::Total, |(_, phase)| phase),
+            // The head's timer is kept (its allocation and registration) and moved to the
+            // body's first bound when the body first waits.
+            timer: first.and(timer),
+            due: first,
+            restart: false,
             timeouts: *timeouts,
             started,
             expired: false,
@@ -125,7 +129,7 @@ impl<B: Body> TimeoutBody<B> {
 impl<B> fmt::Debug for TimeoutBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TimeoutBody")
-            .field("phase", &self.phase)
+            .field("phase", &self.due.map(|(_, phase)| phase))
             .field("timeouts", &self.timeouts)
             .field("expired", &self.expired)
             .finish_non_exhaustive()
@@ -153,26 +157,9 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 let has_data = frame.data_ref().is_some_and(|data| data.has_remaining());
                 let seen = this.inner.as_ref().get_ref().observer().seen;
-                if has_data && seen && (this.timer.is_some() || this.timeouts.idle.is_some()) {
+                if has_data && seen && (this.due.is_some() || this.timeouts.idle.is_some()) {
                     // From the first token on, each data frame restarts the idle bound.
-                    let next = earliest([
-                        this.timeouts
-                            .idle
-                            .map(|d| (deadline(Instant::now(), d), TimeoutPhase::Idle)),
-                        this.timeouts
-                            .total
-                            .map(|d| (deadline(*this.started, d), TimeoutPhase::Total)),
-                    ]);
-                    match next {
-                        Some((at, phase)) => {
-                            match this.timer.as_mut() {
-                                Some(timer) => timer.as_mut().reset(at),
-                                None => *this.timer = Some(Box::pin(tokio::time::sleep_until(at))),
-                            }
-                            *this.phase = phase;
-                        }
-                        None => *this.timer = None,
-                    }
+                    *this.restart = true;
                 }
                 return Poll::Ready(Some(Ok(frame)));
             }
@@ -185,17 +172,38 @@ where
             }
             Poll::Pending => {}
         }
-        if let Some(timer) = this.timer.as_mut()
-            && timer.as_mut().poll(cx).is_ready()
-        {
+        if std::mem::take(this.restart) {
+            *this.due = earliest([
+                this.timeouts
+                    .idle
+                    .map(|d| (deadline(Instant::now(), d), TimeoutPhase::Idle)),
+                this.timeouts
+                    .total
+                    .map(|d| (deadline(*this.started, d), TimeoutPhase::Total)),
+            ]);
+        }
+        let Some((at, phase)) = *this.due else {
+            *this.timer = None;
+            return Poll::Pending;
+        };
+        let timer = match this.timer {
+            Some(timer) => {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+                timer
+            }
+            None => this.timer.insert(Box::pin(tokio::time::sleep_until(at))),
+        };
+        if timer.as_mut().poll(cx).is_ready() {
             *this.expired = true;
             *this.timer = None;
-            let limit = match *this.phase {
+            let limit = match phase {
                 TimeoutPhase::FirstToken => this.timeouts.first_token,
                 TimeoutPhase::Idle => this.timeouts.idle,
                 _ => this.timeouts.total,
             };
-            return Poll::Ready(Some(Err(timeout_error(*this.phase, limit))));
+            return Poll::Ready(Some(Err(timeout_error(phase, limit))));
         }
         Poll::Pending
     }

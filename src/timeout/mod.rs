@@ -7,7 +7,7 @@
 //! |---|---|---|
 //! | [`headers`](StreamTimeoutLayerBuilder::headers) | `call` until the response head | the response future fails with [`TimeoutPhase::Headers`] |
 //! | [`first_token`](StreamTimeoutLayerBuilder::first_token) | `call` until the first token (an SSE `data:` event, or the first non-blank byte of a JSON body); keep-alive comments and blank lines do **not** count | the body fails with [`TimeoutPhase::FirstToken`] |
-//! | [`idle`](StreamTimeoutLayerBuilder::idle) | from the first token on, the longest gap between two data frames | the body fails with [`TimeoutPhase::Idle`] |
+//! | [`idle`](StreamTimeoutLayerBuilder::idle) | from the first token on, the longest wait for the next data frame, counted from when the body asks for it (a caller that holds a chunk for a while is not an idle upstream) | the body fails with [`TimeoutPhase::Idle`] |
 //! | [`total`](StreamTimeoutLayerBuilder::total) | `call` until the body's end (the head wait included) | the future or the body fails with [`TimeoutPhase::Total`] |
 //!
 //! A phase not set is not bounded. Expiry is an [`Error`] of kind
@@ -195,7 +195,8 @@ impl StreamTimeoutLayerBuilder {
         self
     }
 
-    /// Bounds each gap between data frames after the first token ([`TimeoutPhase::Idle`]).
+    /// Bounds each wait for the next data frame after the first token, counted from when the
+    /// body asks for it ([`TimeoutPhase::Idle`]).
     pub fn idle(mut self, timeout: Duration) -> Self {
         self.timeouts.idle = Some(timeout);
         self

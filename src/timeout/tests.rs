@@ -195,3 +195,68 @@ async fn total_bounds_a_long_stream_and_the_body_ends_after_its_error() {
     assert!(body.frame().await.is_none());
     assert!(http_body::Body::is_end_stream(&*body));
 }
+
+/// The idle bound runs while the body waits for the upstream: a caller that holds a chunk
+/// for longer than the bound before asking for the next one is not an idle upstream.
+#[tokio::test(start_paused = true)]
+async fn the_idle_bound_runs_while_the_body_waits_not_while_the_caller_holds_a_chunk() {
+    let layer = StreamTimeoutLayer::builder()
+        .idle(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let frames = vec![
+        (0, "data: {\"choices\":[]}\n\n"),
+        (1000, "data: {\"choices\":[]}\n\n"),
+        (1000, "data: [DONE]\n\n"),
+    ];
+    let inner = tower::service_fn(move |_req: Request<()>| {
+        let frames = frames.clone();
+        async move { Ok::<_, Infallible>(sse(frames)) }
+    });
+    let response = layer.layer(inner).oneshot(Request::new(())).await.unwrap();
+    let mut body = std::pin::pin!(response.into_body());
+    let started = Instant::now();
+    let mut chunks = 0;
+    while let Some(frame) = body.frame().await {
+        frame.expect("no timeout: each chunk comes 1 s after it is asked for");
+        chunks += 1;
+        // A slow reader: 5 s with each chunk, past the 2 s bound.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
+    assert_eq!(chunks, 3);
+    assert_eq!(started.elapsed(), Duration::from_secs(3 * 5 + 2));
+}
+
+/// A body read in one go (a JSON answer that came with its head) ends without its timer
+/// ever being moved from the head's bound, and the bound that was due still applies to a
+/// body that has to wait.
+#[tokio::test(start_paused = true)]
+async fn a_body_that_never_waits_ends_and_one_that_waits_gets_its_first_token_bound() {
+    let layer = StreamTimeoutLayer::builder()
+        .headers(Duration::from_secs(1))
+        .first_token(Duration::from_secs(4))
+        .idle(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let inner = tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{\"id\":1}"))))
+    });
+    let response = layer.layer(inner).oneshot(Request::new(())).await.unwrap();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&bytes[..], b"{\"id\":1}");
+
+    // The head in 0.5 s, then only keep-alives: the first-token bound (4 s from the call),
+    // not the head's (1 s), ends it.
+    let inner = tower::service_fn(|_req: Request<()>| async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        Ok::<_, Infallible>(sse(vec![
+            (3000, ": keep-alive\n\n"),
+            (3000, ": keep-alive\n\n"),
+        ]))
+    });
+    let called = Instant::now();
+    let response = layer.layer(inner).oneshot(Request::new(())).await.unwrap();
+    let (kind, _) = read(response.into_body()).await;
+    assert_eq!(kind, Some(ErrorKind::Timeout(TimeoutPhase::FirstToken)));
+    assert_eq!(called.elapsed(), Duration::from_secs(4));
+}
