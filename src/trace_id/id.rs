@@ -251,8 +251,8 @@ impl TraceId {
     /// a generated one.
     pub fn to_header_value(&self) -> HeaderValue {
         match &self.text {
-            Text::Uuid(bytes) => w3c::ascii_header_value(&format_uuid(bytes)),
-            Text::Hex(bytes) => w3c::ascii_header_value(&w3c::encode_hex::<32>(bytes)),
+            Text::Uuid(bytes) => w3c::ascii_header_value(format_uuid(bytes)),
+            Text::Hex(bytes) => w3c::ascii_header_value(w3c::encode_hex::<32>(bytes)),
             Text::Header(value) => value.clone(),
         }
     }

@@ -167,7 +167,7 @@ pub(crate) fn format_traceparent(
     out[36..52].copy_from_slice(&encode_hex::<16>(&parent_id));
     out[52] = b'-';
     out[53..55].copy_from_slice(&encode_hex::<2>(&[flags]));
-    ascii_header_value(&out)
+    ascii_header_value(out)
 }
 
 /// The request's `tracestate`, when it looks valid: every header line joined with commas (as
@@ -399,8 +399,13 @@ fn hex_word(word: u32) -> [u8; 8] {
 }
 
 /// A header value from bytes this module formatted: hex digits and dashes only.
-pub(crate) fn ascii_header_value(bytes: &[u8]) -> HeaderValue {
-    HeaderValue::from_bytes(bytes).expect("hex digits and dashes are valid header bytes")
+///
+/// The bytes are owned by a reference-counted `Bytes`: the retry layer's request copy (and any
+/// other clone) is then a counter bump, where a copied slice would be moved to a shared
+/// allocation of its own at its first clone.
+pub(crate) fn ascii_header_value<const N: usize>(bytes: [u8; N]) -> HeaderValue {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from_owner(bytes))
+        .expect("hex digits and dashes are valid header bytes")
 }
 
 #[cfg(test)]
