@@ -19,7 +19,7 @@ use super::body::{Held, HeldRead, RetryBody};
 use super::config::{Hold, RetryConfig, RetryLayerBuilder};
 use super::events::{GiveUpReason, RetryEvent, RetryMetrics};
 use super::policy::{ReplayBody, RetryContext, RetryDecision};
-use super::template::Template;
+use super::template::Replay;
 use crate::body::BodyFormat;
 use crate::classify::{self, Observation, Outcome, TimeoutPhase};
 use crate::error::{BoxError, Error, ErrorKind};
@@ -150,6 +150,8 @@ where
             .map_err(|error| Error::from_boxed(error.into()))
     }
 
+    // Inlined into the caller, the inner service's future is moved once less.
+    #[inline]
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         // The ready service goes into the future; a fresh clone stays for the next poll_ready
         // (tower's `Retry` does the same). Retries drive this one to ready again.
@@ -161,7 +163,7 @@ where
         }
         // The copy for a retry: `None` for one attempt or a body that cannot be replayed.
         let template = if config.max_attempts > 1 {
-            Template::boxed(&request)
+            Replay::of(&request)
         } else {
             None
         };
@@ -221,10 +223,10 @@ pin_project! {
         service: S,
         config: Arc<RetryConfig>,
         attempt: u32,
-        // The copy to send again, in its own allocation (the future is copied whole every
-        // time it moves, and the copy is a few hundred bytes): `None` when the body cannot be
-        // replayed or there is only one attempt.
-        template: Option<Box<Template<ReqB>>>,
+        // The copy to send again, its head in an allocation of its own (the future is copied
+        // whole every time it moves, and the head is a few hundred bytes): `None` when the
+        // body cannot be replayed or there is only one attempt. Recycled when the call ends.
+        template: Option<Replay<ReqB>>,
         // From the start only with a deadline or a per-attempt timeout; the first back-off
         // makes one otherwise.
         timer: Option<Pin<Box<Timer>>>,
@@ -439,6 +441,7 @@ where
                             };
                             if !hold {
                                 this.state.set(State::Done);
+                                recycle(this.template);
                                 succeeded(config, *this.attempt);
                                 return Poll::Ready(Ok(response.map(RetryBody::direct)));
                             }
@@ -476,6 +479,7 @@ where
                         Poll::Ready(HeldRead::Deliver) => {
                             let outcome = held.verdict();
                             if outcome.is_success() {
+                                recycle(this.template);
                                 succeeded(config, *this.attempt);
                                 return Poll::Ready(hand_over(this.state.as_mut(), this.held));
                             }
@@ -508,7 +512,7 @@ where
                 StateProj::Readying => match this.service.poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         let keep = *this.attempt + 1 < config.max_attempts;
-                        let Some(request) = Template::request(this.template, keep) else {
+                        let Some(request) = Replay::request(this.template, keep) else {
                             return Poll::Ready(Err(internal("no request to replay")));
                         };
                         *this.attempt += 1;
@@ -568,6 +572,7 @@ where
                     }
                 }
                 Next::Stop => {
+                    recycle(this.template);
                     config.counters.finished(false, *this.attempt);
                     this.state.set(State::Done);
                     return Poll::Ready(match (response, error) {
@@ -587,6 +592,14 @@ fn set_timer(mut timer: Pin<&mut Option<Sleep>>, at: Option<Instant>) {
         (None, Some(at)) => timer.set(Some(tokio::time::sleep_until(at))),
         (Some(_), None) => timer.set(None),
         (None, None) => {}
+    }
+}
+
+/// Ends the call's request copy, its allocation kept for the thread's next call.
+#[inline]
+fn recycle<B>(template: &mut Option<Replay<B>>) {
+    if let Some(template) = template.take() {
+        template.recycle();
     }
 }
 

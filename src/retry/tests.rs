@@ -1025,3 +1025,51 @@ async fn every_attempt_carries_the_method_uri_headers_and_extensions() {
         }
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_retry_after_a_success_on_the_same_thread_sends_its_own_request() {
+    // The first call's copy is recycled when it succeeds; the second call's copy reuses its
+    // allocation and must carry the second request only.
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&seen);
+    let service = tower::service_fn(move |req: Request<Full<Bytes>>| {
+        let calls = {
+            let mut seen = sink.lock().unwrap();
+            seen.push((
+                req.method().clone(),
+                req.uri().clone(),
+                req.headers().clone(),
+            ));
+            seen.len()
+        };
+        async move {
+            let mut response = Response::new(Full::new(Bytes::new()));
+            if calls == 2 {
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            }
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let mut service = quick().build().unwrap().layer(service);
+    let first = Request::post("https://one.example/a")
+        .header("x-first", "1")
+        .header("authorization", "Bearer one")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let second = Request::put("https://two.example/b")
+        .header("x-second", "2")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    for request in [first, second] {
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 3);
+    for (method, uri, headers) in &seen[1..] {
+        assert_eq!(method, http::Method::PUT);
+        assert_eq!(uri, "https://two.example/b");
+        assert_eq!(headers.len(), 1);
+        assert_eq!(headers["x-second"], "2");
+    }
+}
