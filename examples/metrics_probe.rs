@@ -1,12 +1,13 @@
 //! An instruction-count probe for the metrics layer's non-streaming call (issue 8), not a
 //! demo: drives `benches/metrics.rs`'s exact call (same body, request and runtime: `block_on`
 //! of `ready` + `call` + collecting the body, per call) N times through the bare `service_fn`,
-//! `MetricsLayer::client` or `MetricsLayer::server`. Two runs with different N under
+//! `MetricsLayer::client` or `MetricsLayer::server`, or (`floor`) only the body wrapped in the
+//! shared `ObservedBody` with an observer that records nothing. Two runs with different N under
 //! callgrind cancel the set-up:
 //!
 //! ```sh
 //! cargo build --release --features prometheus --example metrics_probe
-//! for w in bare client server; do for n in 1000 11000; do
+//! for w in bare floor client server; do for n in 1000 11000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/tmp/m.$w.$n \
 //!     target/release/examples/metrics_probe $w $n
 //! done; done
@@ -22,6 +23,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::{BodyExt, Full};
 use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_deepseek::body::{BodyEvent, BodyFormat, ObservedBody};
 use tower_deepseek::deepseek::RequestModel;
 use tower_deepseek::metrics::{Metrics, MetricsLayer};
 
@@ -99,6 +101,15 @@ fn main() {
                 .service_fn(ready_service),
             calls,
         ),
+        "floor" => run(
+            ServiceBuilder::new()
+                .map_response(|response: Response<Full<Bytes>>| {
+                    let format = BodyFormat::from_headers(response.headers());
+                    response.map(|body| ObservedBody::new(body, format, |_event: BodyEvent<'_>| {}))
+                })
+                .service_fn(ready_service),
+            calls,
+        ),
         "time" => {
             // Wall-clock, robust to a busy machine: rounds of `calls` calls through each service
             // in turn, the fastest round of each kept (interference only ever adds time).
@@ -157,6 +168,13 @@ fn main() {
                 std::mem::size_of::<Response<Full<Bytes>>>()
             );
             drop(future);
+            // The future `block_on` moves: it holds the response and the body being collected.
+            let mut bare = tower::service_fn(ready_service);
+            println!(
+                "drive future: {} bytes (bare {})",
+                std::mem::size_of_val(&drive(&mut service, &model)),
+                std::mem::size_of_val(&drive(&mut bare, &model))
+            );
         }
         other => panic!("unknown mode {other}: bare, client, server, time or sizes"),
     }

@@ -617,3 +617,55 @@ fn a_call_started_and_ended_on_different_threads_leaves_nothing_in_flight() {
         r#"deepseek_requests_total{model="m",operation="chat",outcome="success",side="server"}"#;
     assert_eq!(sample(&metrics, total), Some(7.0));
 }
+
+/// A body of known length dropped once all its bytes were read (as a server does after
+/// `content-length` bytes, without polling the end) is a success; dropped before that, or
+/// a body of unknown length dropped before its end, is a `stream_error`.
+#[cfg(feature = "prometheus")]
+#[tokio::test]
+async fn a_body_dropped_after_its_known_length_is_a_success_and_before_it_a_stream_error() {
+    use http_body::Body;
+    let metrics = Metrics::builder()
+        .prometheus(::prometheus::Registry::new())
+        .build()
+        .expect("metrics");
+    let service = ServiceBuilder::new()
+        .layer(MetricsLayer::server(&metrics, "chat"))
+        .service_fn(|request: Request<()>| async move {
+            let body = if request.uri().path() == "/stream" {
+                let frames = futures_util::stream::iter([Ok::<_, Infallible>(
+                    http_body::Frame::data(Bytes::from_static(b"{}")),
+                )]);
+                StreamBody::new(frames).boxed_unsync()
+            } else {
+                Full::new(Bytes::from_static(b"{}")).boxed_unsync()
+            };
+            Ok::<_, Infallible>(Response::new(body))
+        });
+    let outcome = |outcome: &str| {
+        let key = format!(
+            r#"deepseek_requests_total{{model="unknown",operation="chat",outcome="{outcome}",side="server"}}"#
+        );
+        sample(&metrics, &key).unwrap_or_default()
+    };
+    let call = |path: &'static str| {
+        service
+            .clone()
+            .oneshot(Request::get(path).body(()).expect("request"))
+    };
+    // Read whole (one frame of the two bytes), then dropped without its end.
+    let mut body = Box::pin(call("/full").await.expect("response").into_body());
+    let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+    assert!(frame.is_some_and(|frame| frame.is_ok()));
+    drop(body);
+    assert_eq!((outcome("success"), outcome("stream_error")), (1.0, 0.0));
+    // Dropped unread.
+    drop(call("/full").await.expect("response"));
+    assert_eq!((outcome("success"), outcome("stream_error")), (1.0, 1.0));
+    // Unknown length: every byte read, but not the end.
+    let mut body = Box::pin(call("/stream").await.expect("response").into_body());
+    let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+    assert!(frame.is_some_and(|frame| frame.is_ok()));
+    drop(body);
+    assert_eq!((outcome("success"), outcome("stream_error")), (1.0, 2.0));
+}
