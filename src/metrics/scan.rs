@@ -339,7 +339,7 @@ fn read_usage_compact(object: &[u8]) -> Option<[Option<u64>; 4]> {
             return None;
         }
         let start = colon + 1;
-        let Some((value, digits)) = swar_number(padded_word_at(object, start)) else {
+        let Some((digits_word, digits)) = swar_digits(padded_word_at(object, start)) else {
             if object.get(start) == Some(&b'{') {
                 // A nested object: its keys next.
                 depth += 1;
@@ -348,7 +348,10 @@ fn read_usage_compact(object: &[u8]) -> Option<[Option<u64>; 4]> {
             }
             return None;
         };
-        slots[slot & 7] = Some(value);
+        // The keys not read (totals, cache misses) are only skipped: no need for their value.
+        if slot != NOWHERE {
+            slots[slot & 7] = Some(swar_value(digits_word, digits));
+        }
         i = start + digits;
         // After a value: `,` and the next key, or the `}` of one or more objects.
         loop {
@@ -391,8 +394,15 @@ fn padded_word_at(bytes: &[u8], at: usize) -> u64 {
 /// The unsigned integer that starts `word` (eight bytes, the first in the low byte) and how
 /// many digits it has: 1 to 7, with a non-digit after them. `None` for no digit or 8 digits
 /// in a row (a longer number is read byte by byte).
-#[inline(always)]
+#[cfg(test)]
 fn swar_number(word: u64) -> Option<(u64, usize)> {
+    swar_digits(word).map(|(digits_word, digits)| (swar_value(digits_word, digits), digits))
+}
+
+/// How many digits start `word` (see [`swar_number`]), with the word the digits' value is
+/// read from ([`swar_value`]), so that a number only skipped is not combined.
+#[inline(always)]
+fn swar_digits(word: u64) -> Option<(u64, usize)> {
     // Digits become 0 to 9; a byte is not a digit when it is 10 or more (the sum's high bit,
     // as no byte under 0x80 carries) or already has its high bit. A byte at 0x8a or more
     // carries into the next one, but only the lowest flagged byte is used.
@@ -402,13 +412,19 @@ fn swar_number(word: u64) -> Option<(u64, usize)> {
     if digits == 0 || digits == 8 {
         return None;
     }
+    Some((x, digits))
+}
+
+/// The value of the `digits` (1 to 7) digits that start `x`, the word [`swar_digits`] gave.
+#[inline(always)]
+fn swar_value(x: u64, digits: usize) -> u64 {
     // The digits moved to the top bytes, under zeros: a number of 8 digits, first in the low
     // byte, combined in pairs, then fours, then eights.
     let mut v = x << (64 - 8 * digits as u32);
     v = ((v & 0x0f0f_0f0f_0f0f_0f0f).wrapping_mul(10 << 8 | 1)) >> 8;
     v = ((v & 0x00ff_00ff_00ff_00ff).wrapping_mul(100 << 16 | 1)) >> 16;
     v = ((v & 0x0000_ffff_0000_ffff).wrapping_mul(10000 << 32 | 1)) >> 32;
-    Some((v, digits))
+    v
 }
 
 /// The first byte at or after `i` that is not whitespace, with its index (compact JSON has
