@@ -442,7 +442,7 @@ impl Collector for CallCollector {
                 tables.models.name(request),
                 tables.models.name(response),
             ];
-            for class in 0..OUTCOMES.len() {
+            for (class, error) in OUTCOMES.iter().enumerate() {
                 let snapshot = Snapshot::read(series.copies(), |copy| &copy.duration[class]);
                 if snapshot.count() == 0 {
                     continue;
@@ -451,7 +451,7 @@ impl Collector for CallCollector {
                     .or_default()
                     .add(&snapshot);
                 // Empty on success, as the semantic conventions leave `error.type` unset.
-                let error = if class == 0 { "" } else { OUTCOMES[class] };
+                let error = if class == 0 { "" } else { error };
                 let mut out = metric(
                     &[
                         genai_labels[0],
@@ -465,7 +465,7 @@ impl Collector for CallCollector {
                 out.set_histogram(snapshot.proto(&DURATION_BUCKETS, 1e9));
                 duration_series.push(out);
             }
-            for kind in 0..TOKEN_TYPES.len() {
+            for (kind, token_type) in TOKEN_TYPES.iter().enumerate() {
                 let snapshot = Snapshot::read(series.copies(), |copy| &copy.tokens[kind]);
                 if snapshot.count() == 0 {
                     continue;
@@ -478,7 +478,7 @@ impl Collector for CallCollector {
                         genai_labels[3],
                         "gen_ai_token_type",
                     ],
-                    &[base[0], base[1], base[2], base[3], TOKEN_TYPES[kind]],
+                    &[base[0], base[1], base[2], base[3], token_type],
                 );
                 out.set_histogram(snapshot.proto(&TOKEN_BUCKETS, 1.0));
                 token_series.push(out);
