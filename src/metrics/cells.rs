@@ -77,9 +77,9 @@ pub(crate) fn thread_shard() -> usize {
     SLOT.try_with(|slot| slot.0).unwrap_or(OWNED_SHARDS)
 }
 
-/// Adds `n` to a cell of shard `shard`: a plain load and store when the calling thread owns
-/// the shard (it is the cell's only writer), an atomic add on the shared copy. Release: a
-/// scrape that sees this update also sees what the call did before it (its start).
+/// Adds `n` to a cell: a plain load and store when the calling thread owns the cell's copy
+/// (`owned`: it is the only writer), an atomic add on the shared copy. Release: a scrape
+/// that sees this update also sees what the call did before it (its start).
 #[inline(always)]
 fn add(cell: &AtomicU64, n: u64, owned: bool) {
     if owned {
@@ -92,7 +92,8 @@ fn add(cell: &AtomicU64, n: u64, owned: bool) {
     }
 }
 
-/// A copy per cache line, so that two threads' cells never share one.
+/// A thread's copy, on cache lines of its own (128 bytes: lines are fetched in pairs), so
+/// that two threads' cells never share one.
 #[repr(align(128))]
 #[derive(Default)]
 struct Padded<T>(T);

@@ -299,21 +299,21 @@ where
             Operation::By(name) => shared.operation_index(name(request.method(), request.uri())),
         };
         let model = shared.model_index(request.extensions().get::<RequestModel>());
-        let key = CallKey {
-            side: shared.side,
-            op,
-            model,
-        };
-        shared.metrics.call_started(key);
+        // Label indices are under `MAX_TABLE + 1`, so they always fit (a value that did not
+        // would be out of every table's range, start and end alike: nothing recorded, never
+        // a panic).
+        let (op, model) = (
+            u16::try_from(op).unwrap_or(u16::MAX),
+            u16::try_from(model).unwrap_or(u16::MAX),
+        );
         let call = Call {
             shared: Arc::clone(shared),
             start: Stamp::now(),
-            // Label indices are under `MAX_TABLE + 1`, so they always fit (a value that did
-            // not would be out of every table's range: nothing recorded, never a panic).
-            op: u16::try_from(op).unwrap_or(u16::MAX),
-            model: u16::try_from(model).unwrap_or(u16::MAX),
+            op,
+            model,
             recorded: false,
         };
+        shared.metrics.call_started(call.key());
         ResponseFuture {
             future: self.inner.call(request),
             call: Some(call),
