@@ -479,8 +479,9 @@ fn swar_number(word: u64) -> Option<(u64, usize)> {
     swar_digits(word).map(|(digits_word, digits)| (swar_value(digits_word, digits), digits))
 }
 
-/// How many digits start `word` (see [`swar_number`]), with the word the digits' value is
-/// read from ([`swar_value`]), so that a number only skipped is not combined.
+/// How many digits start `word` (1 to 7, with a non-digit after them; `None` for none or
+/// 8), with the word their value is read from ([`swar_value`]): a number only skipped is
+/// not combined.
 #[inline(always)]
 fn swar_digits(word: u64) -> Option<(u64, usize)> {
     // Digits become 0 to 9; a byte is not a digit when it is 10 or more (the sum's high bit,
