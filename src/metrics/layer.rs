@@ -299,18 +299,21 @@ where
             Operation::By(name) => shared.operation_index(name(request.method(), request.uri())),
         };
         let model = shared.model_index(request.extensions().get::<RequestModel>());
-        let key = CallKey {
-            side: shared.side,
-            op,
-            model,
-        };
-        shared.metrics.call_started(key);
+        // Label indices are under `MAX_TABLE + 1`, so they always fit (a value that did not
+        // would be out of every table's range, start and end alike: nothing recorded, never
+        // a panic).
+        let (op, model) = (
+            u16::try_from(op).unwrap_or(u16::MAX),
+            u16::try_from(model).unwrap_or(u16::MAX),
+        );
         let call = Call {
             shared: Arc::clone(shared),
-            key,
             start: Stamp::now(),
+            op,
+            model,
             recorded: false,
         };
+        shared.metrics.call_started(call.key());
         ResponseFuture {
             future: self.inner.call(request),
             call: Some(call),
@@ -319,22 +322,39 @@ where
 }
 
 /// One call being measured. Dropping it ends the call's in-flight count, so a cancelled call
-/// (its future or body dropped) never leaks a gauge increment.
+/// (its future or body dropped) never leaks a gauge increment. Kept small (24 bytes): it is
+/// moved with the response and its body.
 struct Call {
     shared: Arc<Shared>,
-    key: CallKey,
     start: Stamp,
+    /// The operation's and the request model's label indices (the side is the layer's).
+    op: u16,
+    model: u16,
     /// Whether `finish` recorded the call (else it was cancelled).
     recorded: bool,
 }
 
 impl Drop for Call {
     fn drop(&mut self) {
-        self.shared.metrics.call_ended(self.key, self.recorded);
+        self.shared.metrics.call_ended(self.key(), self.recorded);
     }
 }
 
 impl Call {
+    #[inline]
+    fn key(&self) -> CallKey {
+        CallKey {
+            side: self.shared.side,
+            op: usize::from(self.op),
+            model: self.model(),
+        }
+    }
+
+    #[inline]
+    fn model(&self) -> usize {
+        usize::from(self.model)
+    }
+
     fn genai(&self) -> bool {
         self.shared.side == Side::Client
     }
@@ -343,12 +363,11 @@ impl Call {
     fn finish(mut self, outcome: Outcome, seen: Option<&Seen>) {
         let elapsed = self.start.elapsed();
         let metrics = &self.shared.metrics;
-        metrics.request(self.key, &outcome, elapsed);
+        let key = self.key();
+        metrics.request(key, &outcome, elapsed);
         self.recorded = true;
         if self.genai() {
-            let response_model = seen
-                .and_then(Seen::response_model)
-                .unwrap_or(self.key.model);
+            let response_model = seen.and_then(Seen::response_model).unwrap_or(key.model);
             let record = GenAiRecord {
                 error: (!outcome.is_success()).then(|| outcome_index(&outcome)),
                 elapsed,
@@ -367,7 +386,7 @@ impl Call {
                     .and_then(|seen| seen.first_chunk)
                     .map(|first| first.duration_since(self.start).as_secs_f64()),
             };
-            metrics.genai(self.key, response_model, &record);
+            metrics.genai(key, response_model, &record);
         }
     }
 }
@@ -440,17 +459,19 @@ fn observe<B: http_body::Body>(call: Call, response: Response<B>) -> Response<Me
 /// on its way to the reader.
 #[derive(Debug, Default)]
 struct Seen {
-    /// The response model's label index (label tables hold at most a few hundred).
-    response_model: Option<u32>,
-    /// Input, output, cached input, reasoning.
-    tokens: [Option<u64>; 4],
+    /// Input, output, cached input, reasoning: each a count if bit `i` of `tokens_present`
+    /// is set (four `Option<u64>`s would take twice the room).
+    tokens: [u64; 4],
     /// When the first chunk came.
     first_chunk: Option<Stamp>,
+    /// The response model's label index (label tables hold at most a few hundred).
+    response_model: Option<u16>,
+    tokens_present: u8,
 }
 
 impl Seen {
     fn response_model(&self) -> Option<usize> {
-        self.response_model.map(|index| index as usize)
+        self.response_model.map(usize::from)
     }
 
     fn has_response_model(&self) -> bool {
@@ -459,29 +480,35 @@ impl Seen {
 
     fn set_response_model(&mut self, index: usize) {
         // Always true: a label index is under `MAX_TABLE + 1`.
-        if let Ok(index) = u32::try_from(index) {
+        if let Ok(index) = u16::try_from(index) {
             self.response_model = Some(index);
         }
     }
 
     #[inline]
     fn tokens(&self) -> [Option<u64>; 4] {
-        self.tokens
+        std::array::from_fn(|i| (self.tokens_present & (1 << i) != 0).then_some(self.tokens[i]))
     }
 
     #[inline]
     fn set_tokens(&mut self, tokens: [Option<u64>; 4]) {
-        self.tokens = tokens;
+        self.tokens_present = 0;
+        for (i, count) in tokens.into_iter().enumerate() {
+            self.tokens[i] = count.unwrap_or(0);
+            self.tokens_present |= u8::from(count.is_some()) << i;
+        }
     }
 }
 
 /// The JSON scan's progress (non-streaming bodies).
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum JsonScan {
     /// Nothing seen: the first frame is scanned in place, without state, as it is usually
     /// the whole body.
     Start,
-    /// A field was not complete in the first frame: follow the frames.
-    Fields(Box<[FieldCapture; 2]>),
+    /// A field was not complete in the first frame: follow the frames with the observer's
+    /// field captures.
+    Fields,
     /// Both fields found (or given up).
     Done,
 }
@@ -491,13 +518,16 @@ enum JsonScan {
 /// observers through [`crate::body`]'s tuple impls.
 pub struct MetricsObserver {
     call: Option<Call>,
-    /// Bytes still to come of a body of known length (a server may drop a body once its
-    /// `content-length` is sent, without polling it to its end).
-    remaining: Option<u64>,
-    sse: bool,
+    /// Bytes still to come of a body of known length, if `sized` (a server may drop a body
+    /// once its `content-length` is sent, without polling it to its end).
+    remaining: u64,
     seen: Seen,
     last_chunk: Option<Stamp>,
+    /// The captures of `model` and `usage` while `json` is `Fields`.
+    fields: Option<Box<[FieldCapture; 2]>>,
     json: JsonScan,
+    sized: bool,
+    sse: bool,
 }
 
 impl fmt::Debug for MetricsObserver {
@@ -514,26 +544,30 @@ impl MetricsObserver {
         let genai = call.genai();
         MetricsObserver {
             call: Some(call),
-            remaining: length,
-            sse: format == BodyFormat::Sse,
+            remaining: length.unwrap_or(0),
             seen: Seen::default(),
             last_chunk: None,
+            fields: None,
             json: if genai {
                 JsonScan::Start
             } else {
                 JsonScan::Done
             },
+            sized: length.is_some(),
+            sse: format == BodyFormat::Sse,
         }
     }
 
     fn idle() -> MetricsObserver {
         MetricsObserver {
             call: None,
-            remaining: None,
-            sse: false,
+            remaining: 0,
             seen: Seen::default(),
             last_chunk: None,
+            fields: None,
             json: JsonScan::Done,
+            sized: false,
+            sse: false,
         }
     }
 
@@ -550,8 +584,8 @@ impl MetricsObserver {
         };
         let metrics = &call.shared.metrics;
         // Usually the model asked for: its index is known, no table lookup.
-        if call.key.model != 0 && metrics.model_name(call.key.model).as_bytes() == call_model {
-            self.seen.set_response_model(call.key.model);
+        if call.model != 0 && metrics.model_name(call.model()).as_bytes() == call_model {
+            self.seen.set_response_model(call.model());
         } else if let Ok(model) = std::str::from_utf8(call_model) {
             self.seen
                 .set_response_model(metrics.model_index(Some(model)));
@@ -564,11 +598,11 @@ impl MetricsObserver {
         // Usually the model asked for: its name (a label, so without quotes or escapes)
         // followed by the closing quote, checked in place without a search for the quote.
         if let Some(call) = &self.call
-            && call.key.model != 0
+            && call.model != 0
         {
-            let name = call.shared.metrics.model_name(call.key.model).as_bytes();
+            let name = call.shared.metrics.model_name(call.model()).as_bytes();
             if value.get(name.len()) == Some(&b'"') && value.starts_with(name) {
-                self.seen.set_response_model(call.key.model);
+                self.seen.set_response_model(call.model());
                 return true;
             }
         }
@@ -589,15 +623,15 @@ impl MetricsObserver {
             self.set_model(model);
         }
         if let (Some(last), Some(call)) = (self.last_chunk, &self.call) {
-            let model = self.seen.response_model().unwrap_or(call.key.model);
+            let model = self.seen.response_model().unwrap_or(call.model());
             let gap = now.duration_since(last).as_secs_f64();
-            call.shared.metrics.chunk_gap(call.key, model, gap);
+            call.shared.metrics.chunk_gap(call.key(), model, gap);
         }
         self.last_chunk = Some(now);
     }
 
     fn json_frame(&mut self, frame: &[u8]) {
-        match &mut self.json {
+        match self.json {
             JsonScan::Done => {}
             JsonScan::Start => {
                 let model = find_model_value(frame).is_some_and(|value| self.model_at(value));
@@ -605,8 +639,8 @@ impl MetricsObserver {
                 if let Some(tokens) = usage {
                     self.seen.set_tokens(tokens);
                 }
-                self.json = if model && usage.is_some() {
-                    JsonScan::Done
+                if model && usage.is_some() {
+                    self.json = JsonScan::Done;
                 } else {
                     // Follow the next frames; replay this one into the captures of the fields
                     // not found (only the body's first frame ever takes this path).
@@ -620,10 +654,15 @@ impl MetricsObserver {
                     if usage.is_none() {
                         let _ = fields[1].feed(frame);
                     }
-                    JsonScan::Fields(fields)
-                };
+                    self.fields = Some(fields);
+                    self.json = JsonScan::Fields;
+                }
             }
-            JsonScan::Fields(fields) => {
+            JsonScan::Fields => {
+                let Some(fields) = &mut self.fields else {
+                    self.json = JsonScan::Done;
+                    return;
+                };
                 let [model_field, usage_field] = &mut **fields;
                 let mut model = None;
                 if !self.seen.has_response_model()
@@ -640,6 +679,7 @@ impl MetricsObserver {
                     self.set_model(&model);
                 }
                 if done {
+                    self.fields = None;
                     self.json = JsonScan::Done;
                 }
             }
@@ -653,9 +693,7 @@ impl MetricsObserver {
         let Some(call) = &self.call else {
             return;
         };
-        if let Some(remaining) = &mut self.remaining {
-            *remaining = remaining.saturating_sub(data.len() as u64);
-        }
+        self.remaining = self.remaining.saturating_sub(data.len() as u64);
         if !call.genai() {
             return;
         }
@@ -673,7 +711,7 @@ impl MetricsObserver {
 
     #[inline(never)]
     fn dropped(&mut self, end: &BodyEnd<'_>) {
-        let complete = self.remaining == Some(0);
+        let complete = self.sized && self.remaining == 0;
         self.finish(|classifier| {
             if end.is_conclusive() || complete {
                 end.outcome(classifier)

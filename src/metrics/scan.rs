@@ -212,6 +212,9 @@ fn skip_ws(bytes: &[u8], mut i: usize) -> usize {
 /// Anything else (a string value, an escape, an array) goes to the general scan. `None` if the
 /// object does not end in `object`.
 fn read_usage(object: &[u8]) -> Option<[Option<u64>; 4]> {
+    if let Some(tokens) = read_usage_deepseek(object) {
+        return Some(tokens);
+    }
     if let Some(tokens) = read_usage_compact(object) {
         return Some(tokens);
     }
@@ -223,6 +226,83 @@ fn read_usage(object: &[u8]) -> Option<[Option<u64>; 4]> {
             _ => None,
         },
     }
+}
+
+/// Whether `bytes[at..]` starts with `text` (at least 8 bytes), compared a word at a time
+/// (the last word overlapping the one before it): once inlined with `text` a constant, a
+/// load and a compare per word, no loop.
+#[inline(always)]
+fn text_at(bytes: &[u8], at: usize, text: &'static [u8]) -> bool {
+    let Some(here) = bytes.get(at..at.wrapping_add(text.len())) else {
+        return false;
+    };
+    let mut offset = 0;
+    loop {
+        let offset_word = offset.min(text.len() - 8);
+        if word_at(here, offset_word) != word_at(text, offset_word) {
+            return false;
+        }
+        offset += 8;
+        if offset >= text.len() {
+            return true;
+        }
+    }
+}
+
+/// After `text` at `*at`, the unsigned number of 1 to 7 digits that follows it: its value
+/// if `read` (else 0, for a key only skipped), with `*at` moved past its digits.
+#[inline(always)]
+fn number_after(object: &[u8], at: &mut usize, text: &'static [u8], read: bool) -> Option<u64> {
+    if !text_at(object, *at, text) {
+        return None;
+    }
+    let start = *at + text.len();
+    let (digits_word, digits) = swar_digits(padded_word_at(object, start))?;
+    *at = start + digits;
+    Some(if read {
+        swar_value(digits_word, digits)
+    } else {
+        0
+    })
+}
+
+/// DeepSeek's usage object exactly as it sends it: compact, with its keys in its order
+/// (`prompt_tokens`, `completion_tokens`, `total_tokens`, maybe `prompt_tokens_details` with
+/// `cached_tokens`, `prompt_cache_hit_tokens`, `prompt_cache_miss_tokens`, maybe
+/// `completion_tokens_details` with `reasoning_tokens`), each number of at most 7 digits.
+/// Each expected key is compared as whole words, quotes, comma and colon included: no
+/// search, no key dispatch. `None` as soon as the text differs (the compact reader, which
+/// takes the same keys in any order, then decides).
+fn read_usage_deepseek(object: &[u8]) -> Option<[Option<u64>; 4]> {
+    let mut at = 0;
+    let input = number_after(object, &mut at, b"{\"prompt_tokens\":", true)?;
+    let output = number_after(object, &mut at, b",\"completion_tokens\":", true)?;
+    number_after(object, &mut at, b",\"total_tokens\":", false)?;
+    // `cached_tokens` is checked, not read: `prompt_cache_hit_tokens` (always there in this
+    // form) comes first, as in the general scan.
+    let details = b",\"prompt_tokens_details\":{\"cached_tokens\":";
+    if text_at(object, at, details) {
+        number_after(object, &mut at, details, false)?;
+        if object.get(at) != Some(&b'}') {
+            return None;
+        }
+        at += 1;
+    }
+    let cached = number_after(object, &mut at, b",\"prompt_cache_hit_tokens\":", true)?;
+    number_after(object, &mut at, b",\"prompt_cache_miss_tokens\":", false)?;
+    let mut reasoning = None;
+    let details = b",\"completion_tokens_details\":{\"reasoning_tokens\":";
+    if text_at(object, at, details) {
+        reasoning = Some(number_after(object, &mut at, details, true)?);
+        if object.get(at) != Some(&b'}') {
+            return None;
+        }
+        at += 1;
+    }
+    if object.get(at) != Some(&b'}') {
+        return None;
+    }
+    Some([Some(input), Some(output), Some(cached), reasoning])
 }
 
 enum Fast {
@@ -339,7 +419,7 @@ fn read_usage_compact(object: &[u8]) -> Option<[Option<u64>; 4]> {
             return None;
         }
         let start = colon + 1;
-        let Some((value, digits)) = swar_number(padded_word_at(object, start)) else {
+        let Some((digits_word, digits)) = swar_digits(padded_word_at(object, start)) else {
             if object.get(start) == Some(&b'{') {
                 // A nested object: its keys next.
                 depth += 1;
@@ -348,7 +428,10 @@ fn read_usage_compact(object: &[u8]) -> Option<[Option<u64>; 4]> {
             }
             return None;
         };
-        slots[slot & 7] = Some(value);
+        // The keys not read (totals, cache misses) are only skipped: no need for their value.
+        if slot != NOWHERE {
+            slots[slot & 7] = Some(swar_value(digits_word, digits));
+        }
         i = start + digits;
         // After a value: `,` and the next key, or the `}` of one or more objects.
         loop {
@@ -391,8 +474,16 @@ fn padded_word_at(bytes: &[u8], at: usize) -> u64 {
 /// The unsigned integer that starts `word` (eight bytes, the first in the low byte) and how
 /// many digits it has: 1 to 7, with a non-digit after them. `None` for no digit or 8 digits
 /// in a row (a longer number is read byte by byte).
-#[inline(always)]
+#[cfg(test)]
 fn swar_number(word: u64) -> Option<(u64, usize)> {
+    swar_digits(word).map(|(digits_word, digits)| (swar_value(digits_word, digits), digits))
+}
+
+/// How many digits start `word` (1 to 7, with a non-digit after them; `None` for none or
+/// 8), with the word their value is read from ([`swar_value`]): a number only skipped is
+/// not combined.
+#[inline(always)]
+fn swar_digits(word: u64) -> Option<(u64, usize)> {
     // Digits become 0 to 9; a byte is not a digit when it is 10 or more (the sum's high bit,
     // as no byte under 0x80 carries) or already has its high bit. A byte at 0x8a or more
     // carries into the next one, but only the lowest flagged byte is used.
@@ -402,13 +493,19 @@ fn swar_number(word: u64) -> Option<(u64, usize)> {
     if digits == 0 || digits == 8 {
         return None;
     }
+    Some((x, digits))
+}
+
+/// The value of the `digits` (1 to 7) digits that start `x`, the word [`swar_digits`] gave.
+#[inline(always)]
+fn swar_value(x: u64, digits: usize) -> u64 {
     // The digits moved to the top bytes, under zeros: a number of 8 digits, first in the low
     // byte, combined in pairs, then fours, then eights.
     let mut v = x << (64 - 8 * digits as u32);
     v = ((v & 0x0f0f_0f0f_0f0f_0f0f).wrapping_mul(10 << 8 | 1)) >> 8;
     v = ((v & 0x00ff_00ff_00ff_00ff).wrapping_mul(100 << 16 | 1)) >> 16;
     v = ((v & 0x0000_ffff_0000_ffff).wrapping_mul(10000 << 32 | 1)) >> 32;
-    Some((v, digits))
+    v
 }
 
 /// The first byte at or after `i` that is not whitespace, with its index (compact JSON has
@@ -764,6 +861,61 @@ mod tests {
             text.resize(8, b'}');
             let digits = format!("{value}").len();
             assert_eq!(read(&text.try_into().unwrap()), Some((value, digits)));
+        }
+    }
+
+    /// DeepSeek's own form is read by the word-compare reader, in agreement with the general
+    /// scan; any other form or order is declined (for the compact reader), however close.
+    #[test]
+    fn deepseek_usage_agrees_with_the_general_scan_or_declines() {
+        let accepted: [&[u8]; 5] = [
+            br#"{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":12}}"#,
+            br#"{"prompt_tokens":11,"completion_tokens":22,"total_tokens":33,"prompt_tokens_details":{"cached_tokens":4},"prompt_cache_hit_tokens":5,"prompt_cache_miss_tokens":6,"completion_tokens_details":{"reasoning_tokens":7}}"#,
+            br#"{"prompt_tokens":1234567,"completion_tokens":0,"total_tokens":1234567,"prompt_tokens_details":{"cached_tokens":0},"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":1234567}"#,
+            br#"{"prompt_tokens":3,"completion_tokens":9,"total_tokens":12,"prompt_cache_hit_tokens":2,"prompt_cache_miss_tokens":1,"completion_tokens_details":{"reasoning_tokens":8}},"x":1}"#,
+            br#"{"prompt_tokens":0009,"completion_tokens":1,"total_tokens":1,"prompt_cache_hit_tokens":1,"prompt_cache_miss_tokens":0}"#,
+        ];
+        for object in accepted {
+            let general = match value_end_object(object) {
+                ValueEnd::Complete(range) => parse_usage(&object[range]),
+                other => panic!("{other:?}"),
+            };
+            let text = String::from_utf8_lossy(object);
+            assert_eq!(read_usage_deepseek(object), Some(general), "{text}");
+            assert_eq!(read_usage(object), Some(general), "{text}");
+        }
+        let declined: [&[u8]; 10] = [
+            // Another order (the compact reader reads it).
+            br#"{"completion_tokens":5,"prompt_tokens":12,"total_tokens":17,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":12}"#,
+            // OpenAI's form: no cache-hit key.
+            br#"{"prompt_tokens":3,"completion_tokens":1,"total_tokens":4,"prompt_tokens_details":{"cached_tokens":2}}"#,
+            br#"{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17}"#,
+            br#"{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":12"#,
+            br#"{"prompt_tokens":12345678,"completion_tokens":5,"total_tokens":17,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":12}"#,
+            br#"{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17.5,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":12}"#,
+            br#"{"prompt_tokens": 12,"completion_tokens":5,"total_tokens":17,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":12}"#,
+            br#"{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":12,"extra":1}"#,
+            br#"{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_tokens_details":{"cached_tokens":4,"x":1},"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":12}"#,
+            br#"{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":1,"completion_tokens_details":{"reasoning_tokens":1,"y":2}}"#,
+        ];
+        for object in declined {
+            let text = String::from_utf8_lossy(object);
+            assert_eq!(read_usage_deepseek(object), None, "{text}");
+            // Still read right by the next reader, where the object is complete.
+            if let ValueEnd::Complete(range) = value_end_object(object) {
+                assert_eq!(
+                    read_usage(object),
+                    Some(parse_usage(&object[range])),
+                    "{text}"
+                );
+            }
+        }
+        // Cut anywhere, the form is never misread: declined, or read by the next reader as
+        // the general scan reads the same bytes.
+        let whole = accepted[1];
+        for end in 0..whole.len() {
+            let cut = &whole[..end];
+            assert_eq!(read_usage_deepseek(cut), None, "cut at {end}");
         }
     }
 

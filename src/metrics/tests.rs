@@ -467,3 +467,205 @@ async fn the_response_model_is_the_request_model_only_when_the_names_are_equal()
     assert_eq!(input("deepseek-chat-2"), Some(1.0));
     assert_eq!(input("deepseek-cha"), Some(1.0));
 }
+
+/// Records `calls` finished server calls and as many client calls (GenAI duration and
+/// tokens: 3 input, 2 output each) under `key`s of model `m`.
+#[cfg(feature = "prometheus")]
+fn record_calls(metrics: &Metrics, calls: u64) {
+    use super::instruments::{CallKey, GenAiRecord};
+    let model = metrics.model_index(Some("m"));
+    let op = metrics.operation_index("chat");
+    for side in [Side::Server, Side::Client] {
+        let key = CallKey { side, op, model };
+        for _ in 0..calls {
+            metrics.call_started(key);
+            let elapsed = Duration::from_millis(20);
+            metrics.request(key, &crate::classify::Outcome::Success, elapsed);
+            if side == Side::Client {
+                let record = GenAiRecord {
+                    elapsed,
+                    tokens: [Some(3), Some(2), None, None],
+                    ..GenAiRecord::default()
+                };
+                metrics.genai(key, model, &record);
+            }
+            metrics.call_ended(key, true);
+        }
+    }
+}
+
+/// The exact totals of `calls` calls per side recorded by [`record_calls`].
+#[cfg(feature = "prometheus")]
+fn assert_recorded(metrics: &Metrics, calls: u64) {
+    let calls = calls as f64;
+    for side in ["server", "client"] {
+        let labels = format!(r#"{{model="m",operation="chat",outcome="success",side="{side}"}}"#);
+        assert_eq!(
+            sample(metrics, &format!("deepseek_requests_total{labels}")),
+            Some(calls),
+            "{side}"
+        );
+        let sum = sample(
+            metrics,
+            &format!("deepseek_request_duration_seconds_sum{labels}"),
+        )
+        .unwrap_or_default();
+        assert!((sum - calls * 0.02).abs() < 1e-6, "{side}: {sum}");
+        assert_eq!(
+            sample(
+                metrics,
+                &format!(
+                    r#"deepseek_requests_in_flight{{model="m",operation="chat",side="{side}"}}"#
+                )
+            ),
+            Some(0.0),
+            "{side}"
+        );
+    }
+    let genai = r#"gen_ai_operation_name="chat",gen_ai_provider_name="deepseek",gen_ai_request_model="m",gen_ai_response_model="m""#;
+    for (kind, tokens) in [("input", 3.0), ("output", 2.0)] {
+        let labels = format!(r#"{{{genai},gen_ai_token_type="{kind}"}}"#);
+        assert_eq!(
+            sample(metrics, &format!("gen_ai_client_token_usage_count{labels}")),
+            Some(calls),
+            "{kind}"
+        );
+        assert_eq!(
+            sample(metrics, &format!("gen_ai_client_token_usage_sum{labels}")),
+            Some(calls * tokens),
+            "{kind}"
+        );
+    }
+}
+
+#[cfg(feature = "prometheus")]
+fn metrics_with_model_m() -> Metrics {
+    Metrics::builder()
+        .models(["m"])
+        .prometheus(::prometheus::Registry::new())
+        .build()
+        .expect("metrics")
+}
+
+/// Each thread records into cells of its own (a plain load and store); threads beyond the
+/// owned slots share one copy with atomic adds. With more threads recording at once than
+/// there are owned slots, both kinds are used, and a scrape's totals are still exact.
+#[cfg(feature = "prometheus")]
+#[test]
+fn more_threads_than_owned_cells_record_exact_totals() {
+    const CALLS: u64 = 2_000;
+    let metrics = metrics_with_model_m();
+    let threads = super::cells::OWNED_SHARDS + 16;
+    let barrier = std::sync::Barrier::new(threads);
+    std::thread::scope(|scope| {
+        for _ in 0..threads {
+            scope.spawn(|| {
+                // All threads hold their slots at once while they record.
+                barrier.wait();
+                record_calls(&metrics, CALLS);
+                barrier.wait();
+            });
+        }
+    });
+    assert_recorded(&metrics, CALLS * threads as u64);
+}
+
+/// A thread's slot passes to a later thread when it ends: what the first recorded stays
+/// counted, and the next one adds to it.
+#[cfg(feature = "prometheus")]
+#[test]
+fn cells_of_ended_threads_stay_counted_when_their_slots_are_reused() {
+    let metrics = metrics_with_model_m();
+    for _ in 0..200 {
+        std::thread::scope(|scope| {
+            scope.spawn(|| record_calls(&metrics, 5));
+        });
+    }
+    record_calls(&metrics, 5);
+    assert_recorded(&metrics, 201 * 5);
+}
+
+/// A call started on one thread and recorded on another (a future moved between a
+/// runtime's workers) leaves nothing in flight.
+#[cfg(feature = "prometheus")]
+#[test]
+fn a_call_started_and_ended_on_different_threads_leaves_nothing_in_flight() {
+    use super::instruments::CallKey;
+    let metrics = metrics_with_model_m();
+    let key = CallKey {
+        side: Side::Server,
+        op: metrics.operation_index("chat"),
+        model: metrics.model_index(Some("m")),
+    };
+    let flight = r#"deepseek_requests_in_flight{model="m",operation="chat",side="server"}"#;
+    std::thread::scope(|scope| {
+        scope.spawn(|| (0..10).for_each(|_| metrics.call_started(key)));
+    });
+    assert_eq!(sample(&metrics, flight), Some(10.0));
+    std::thread::scope(|scope| {
+        scope.spawn(|| {
+            for call in 0..10 {
+                if call < 7 {
+                    metrics.request(key, &crate::classify::Outcome::Success, Duration::ZERO);
+                }
+                metrics.call_ended(key, call < 7);
+            }
+        });
+    });
+    assert_eq!(sample(&metrics, flight), Some(0.0));
+    let total =
+        r#"deepseek_requests_total{model="m",operation="chat",outcome="success",side="server"}"#;
+    assert_eq!(sample(&metrics, total), Some(7.0));
+}
+
+/// A body of known length dropped once all its bytes were read (as a server does after
+/// `content-length` bytes, without polling the end) is a success; dropped before that, or
+/// a body of unknown length dropped before its end, is a `stream_error`.
+#[cfg(feature = "prometheus")]
+#[tokio::test]
+async fn a_body_dropped_after_its_known_length_is_a_success_and_before_it_a_stream_error() {
+    use http_body::Body;
+    let metrics = Metrics::builder()
+        .prometheus(::prometheus::Registry::new())
+        .build()
+        .expect("metrics");
+    let service = ServiceBuilder::new()
+        .layer(MetricsLayer::server(&metrics, "chat"))
+        .service_fn(|request: Request<()>| async move {
+            let body = if request.uri().path() == "/stream" {
+                let frames = futures_util::stream::iter([Ok::<_, Infallible>(
+                    http_body::Frame::data(Bytes::from_static(b"{}")),
+                )]);
+                StreamBody::new(frames).boxed_unsync()
+            } else {
+                Full::new(Bytes::from_static(b"{}")).boxed_unsync()
+            };
+            Ok::<_, Infallible>(Response::new(body))
+        });
+    let outcome = |outcome: &str| {
+        let key = format!(
+            r#"deepseek_requests_total{{model="unknown",operation="chat",outcome="{outcome}",side="server"}}"#
+        );
+        sample(&metrics, &key).unwrap_or_default()
+    };
+    let call = |path: &'static str| {
+        service
+            .clone()
+            .oneshot(Request::get(path).body(()).expect("request"))
+    };
+    // Read whole (one frame of the two bytes), then dropped without its end.
+    let mut body = Box::pin(call("/full").await.expect("response").into_body());
+    let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+    assert!(frame.is_some_and(|frame| frame.is_ok()));
+    drop(body);
+    assert_eq!((outcome("success"), outcome("stream_error")), (1.0, 0.0));
+    // Dropped unread.
+    drop(call("/full").await.expect("response"));
+    assert_eq!((outcome("success"), outcome("stream_error")), (1.0, 1.0));
+    // Unknown length: every byte read, but not the end.
+    let mut body = Box::pin(call("/stream").await.expect("response").into_body());
+    let frame = std::future::poll_fn(|cx| body.as_mut().poll_frame(cx)).await;
+    assert!(frame.is_some_and(|frame| frame.is_ok()));
+    drop(body);
+    assert_eq!((outcome("success"), outcome("stream_error")), (1.0, 2.0));
+}
