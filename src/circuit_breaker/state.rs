@@ -695,10 +695,11 @@ impl Core {
     /// Settles a closed-state success that is not slow, when that changes nothing: the permit
     /// is stale (the generation rule drops its outcome), or the count window is full of fast
     /// successes and no failure run is counting, where [`record_closed`](Self::record_closed)
-    /// would write nothing either. `false`: the general path must record it.
+    /// would write nothing either. `false`: the general path must record it. `admitted`: the
+    /// state word the call was admitted under (closed), possibly with the permit's armed bit.
     #[inline]
-    fn settle_fast_success(&self, generation: u64) -> bool {
-        if self.word.load(Ordering::Acquire) != (generation << STATE_BITS) | CLOSED {
+    fn settle_fast_success(&self, admitted: u64) -> bool {
+        if self.word.load(Ordering::Acquire) != (admitted & !STATE_MASK) | CLOSED {
             return true;
         }
         let ClosedWindow::Count(window) = &self.window else {
@@ -871,18 +872,22 @@ impl Core {
 #[must_use = "a permit must be recorded; dropping it counts as a cancelled call"]
 pub struct Permit {
     core: Arc<Core>,
-    generation: u64,
-    kind: PermitKind,
+    /// `generation << 3 | kind << 1 | armed`: the generation bits sit where the state word
+    /// keeps them, so the word the permit was admitted under is `tag & !STATE_MASK` plus the
+    /// state's code, and the permit stays three words (it is moved with every call's future).
+    tag: u64,
     start: Option<Stamp>,
-    armed: bool,
 }
+
+/// The `armed` bit of a permit's tag: set until the outcome is recorded.
+const ARMED: u64 = 1;
 
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("breaker", &self.core.config.name)
-            .field("generation", &self.generation)
-            .field("kind", &self.kind)
+            .field("generation", &self.generation())
+            .field("kind", &self.kind())
             .finish()
     }
 }
@@ -893,13 +898,38 @@ impl Permit {
     #[inline]
     fn new(core: &Arc<Core>, word: u64, kind: PermitKind) -> Permit {
         let timed = core.timed && kind != PermitKind::Disabled;
+        let kind_bits = match kind {
+            PermitKind::Closed => 0,
+            PermitKind::MetricsOnly => 1,
+            PermitKind::HalfOpen => 2,
+            PermitKind::Disabled => 3,
+        };
         Permit {
             core: Arc::clone(core),
-            generation: word >> STATE_BITS,
-            kind,
+            tag: (word & !STATE_MASK) | (kind_bits << 1) | ARMED,
             start: if timed { Some(Stamp::now()) } else { None },
-            armed: true,
         }
+    }
+
+    #[inline]
+    fn generation(&self) -> u64 {
+        self.tag >> STATE_BITS
+    }
+
+    #[inline]
+    fn kind(&self) -> PermitKind {
+        match (self.tag >> 1) & 0b11 {
+            0 => PermitKind::Closed,
+            1 => PermitKind::MetricsOnly,
+            2 => PermitKind::HalfOpen,
+            _ => PermitKind::Disabled,
+        }
+    }
+
+    /// Marks the permit recorded (its drop then does nothing).
+    #[inline]
+    fn disarm(&mut self) {
+        self.tag &= !ARMED;
     }
 
     /// Records the call's outcome, timing it from when the permit was taken.
@@ -910,15 +940,15 @@ impl Permit {
 
     /// Records the call's outcome with a duration measured by the caller (`None`: not timed).
     pub fn record_with_duration(mut self, outcome: Outcome, duration: Option<Duration>) {
-        self.armed = false;
+        self.disarm();
         let verdict = self.core.verdict(outcome);
         self.core
-            .complete(self.generation, self.kind, verdict, duration);
+            .complete(self.generation(), self.kind(), verdict, duration);
     }
 
     /// Whether this is a half-open trial call.
     pub fn is_trial(&self) -> bool {
-        self.kind == PermitKind::HalfOpen
+        self.kind() == PermitKind::HalfOpen
     }
 
     /// Time since the permit was taken, when the breaker times calls.
@@ -941,9 +971,9 @@ impl Permit {
     }
 
     pub(crate) fn complete_verdict(mut self, verdict: Verdict, duration: Option<Duration>) {
-        self.armed = false;
+        self.disarm();
         self.core
-            .complete(self.generation, self.kind, verdict, duration);
+            .complete(self.generation(), self.kind(), verdict, duration);
     }
 
     /// Records a success whose measured moment is `at` (`None`: now). The closed state's common
@@ -951,21 +981,22 @@ impl Permit {
     /// inline without writing shared memory; anything else goes through the general path.
     #[inline]
     pub(crate) fn complete_success(mut self, at: Option<Stamp>) {
-        self.armed = false;
+        self.disarm();
         let nanos = self
             .start
             .map(|start| at.unwrap_or_else(Stamp::now).nanos_since(start));
         let core = &*self.core;
-        if self.kind == PermitKind::Closed
+        // Kind bits 0: a closed permit.
+        if self.tag & (0b11 << 1) == 0
             && nanos.is_none_or(|nanos| nanos <= core.slow_after_nanos)
             && core.config.listener.is_none()
-            && core.settle_fast_success(self.generation)
+            && core.settle_fast_success(self.tag)
         {
             return;
         }
         core.complete(
-            self.generation,
-            self.kind,
+            self.generation(),
+            self.kind(),
             Verdict::Success,
             nanos.map(Duration::from_nanos),
         );
@@ -979,7 +1010,7 @@ impl Permit {
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
-        if self.armed {
+        if self.tag & ARMED != 0 {
             self.cancel();
         }
     }
@@ -990,16 +1021,16 @@ impl Permit {
     #[cold]
     #[inline(never)]
     fn cancel(&mut self) {
-        self.armed = false;
+        self.disarm();
         match self.core.config.cancel_policy {
             CancelPolicy::Failure => {
                 let duration = self.elapsed();
                 self.core
-                    .complete(self.generation, self.kind, Verdict::Failure, duration);
+                    .complete(self.generation(), self.kind(), Verdict::Failure, duration);
             }
             CancelPolicy::Release => {
-                if self.kind == PermitKind::HalfOpen {
-                    self.core.release(self.generation);
+                if self.kind() == PermitKind::HalfOpen {
+                    self.core.release(self.generation());
                 }
             }
         }
