@@ -132,8 +132,11 @@ pub(crate) struct Core {
     slow: Mutex<Slow>,
     /// Whether calls are timed (the slow-call rule is on): resolved once from the config.
     timed: bool,
-    /// A timed call strictly longer than this many nanoseconds is slow (`u64::MAX`: never).
-    slow_after_nanos: u64,
+    /// A timed call measuring strictly more than this many of the clock's ticks is slow
+    /// (`u64::MAX`: never): the slow-call duration converted once with
+    /// [`crate::clock::ticks_within`], so the common success compares a raw difference and
+    /// scales nothing.
+    slow_after_ticks: u64,
 }
 
 /// A circuit breaker: the shared state behind [`CircuitBreakerLayer`](super::CircuitBreakerLayer)
@@ -216,7 +219,11 @@ impl CircuitBreaker {
                 published_slow_rate: false,
             }),
             timed,
-            slow_after_nanos,
+            slow_after_ticks: if slow_after_nanos == u64::MAX {
+                u64::MAX
+            } else {
+                crate::clock::ticks_within(slow_after_nanos)
+            },
             config,
         };
         let breaker = CircuitBreaker {
@@ -982,13 +989,13 @@ impl Permit {
     #[inline]
     pub(crate) fn complete_success(mut self, at: Option<Stamp>) {
         self.disarm();
-        let nanos = self
+        let span = self
             .start
-            .map(|start| at.unwrap_or_else(Stamp::now).nanos_since(start));
+            .map(|start| (start, at.unwrap_or_else(Stamp::now)));
         let core = &*self.core;
         // Kind bits 0: a closed permit.
         if self.tag & (0b11 << 1) == 0
-            && nanos.is_none_or(|nanos| nanos <= core.slow_after_nanos)
+            && span.is_none_or(|(start, end)| end.ticks_since(start) <= core.slow_after_ticks)
             && core.config.listener.is_none()
             && core.settle_fast_success(self.tag)
         {
@@ -998,7 +1005,7 @@ impl Permit {
             self.generation(),
             self.kind(),
             Verdict::Success,
-            nanos.map(Duration::from_nanos),
+            span.map(|(start, end)| end.duration_since(start)),
         );
     }
 
