@@ -417,6 +417,22 @@ impl<B, O: BodyObserver> ObservedBody<B, O> {
         }
     }
 
+    /// Wraps `inner` for an observer that has already heard everything it needs, terminal
+    /// events included (a layer that judged the call before its body): the body only passes
+    /// frames on, and its end or drop reports nothing.
+    pub(crate) fn finished(inner: B, observer: O) -> ObservedBody<B, O> {
+        ObservedBody {
+            inner,
+            observer,
+            format: BodyFormat::Json,
+            decoder: None,
+            scan: ScanState {
+                terminated: true,
+                ..ScanState::default()
+            },
+        }
+    }
+
     /// The observer.
     pub fn observer(&self) -> &O {
         &self.observer

@@ -24,129 +24,9 @@ use crate::classify::{Classify, Observation, Outcome, classify_status};
 use crate::clock::Stamp;
 use crate::error::{BoxError, Error, ErrorKind};
 
-pin_project! {
-    /// The response body of a [`CircuitBreakerService`]. A call judged at its head (an error
-    /// status, a success without a body, a refused call's fallback) passes its body through
-    /// untouched; a success whose body is still to come is observed (see [`crate::body`]), so
-    /// that a stream that fails after a `200` head counts as a failure.
-    ///
-    /// ```
-    /// use bytes::Bytes;
-    /// use http::{Request, Response};
-    /// use http_body_util::{BodyExt, Full};
-    /// use tower::{ServiceBuilder, ServiceExt};
-    /// use tower_deepseek::circuit_breaker::{CircuitBreakerBody, CircuitBreakerLayer};
-    ///
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> Result<(), tower_deepseek::Error> {
-    /// let service = ServiceBuilder::new()
-    ///     .layer(CircuitBreakerLayer::builder().build()?)
-    ///     .service_fn(|_req: Request<()>| async {
-    ///         Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::from("hi"))))
-    ///     });
-    /// let response: Response<CircuitBreakerBody<Full<Bytes>>> =
-    ///     service.oneshot(Request::new(())).await?;
-    /// let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    /// assert_eq!(bytes, "hi");
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub struct CircuitBreakerBody<B> {
-        #[pin]
-        state: BodyState<B>,
-    }
-}
-
-pin_project! {
-    #[project = BodyStateProj]
-    enum BodyState<B> {
-        // Judged before its body: nothing in it matters to the breaker (no scan, no drop
-        // glue beyond the inner body's).
-        Passed {
-            #[pin]
-            inner: B,
-        },
-        // A success whose body decides: the observer holds the permit until the body ends.
-        Observed {
-            #[pin]
-            inner: ObservedBody<B, BreakerObserver>,
-        },
-    }
-}
-
-impl<B> CircuitBreakerBody<B> {
-    #[inline]
-    fn passed(inner: B) -> CircuitBreakerBody<B> {
-        CircuitBreakerBody {
-            state: BodyState::Passed { inner },
-        }
-    }
-
-    fn observed(inner: ObservedBody<B, BreakerObserver>) -> CircuitBreakerBody<B> {
-        CircuitBreakerBody {
-            state: BodyState::Observed { inner },
-        }
-    }
-
-    /// The wrapped body.
-    pub fn get_ref(&self) -> &B {
-        match &self.state {
-            BodyState::Passed { inner } => inner,
-            BodyState::Observed { inner } => inner.get_ref(),
-        }
-    }
-
-    /// Whether the breaker still waits for this body to say how the call ended.
-    pub fn is_observed(&self) -> bool {
-        match &self.state {
-            BodyState::Passed { .. } => false,
-            BodyState::Observed { inner } => !inner.observer().is_done(),
-        }
-    }
-}
-
-impl<B> fmt::Debug for CircuitBreakerBody<B> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CircuitBreakerBody")
-            .field("observed", &self.is_observed())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<B> http_body::Body for CircuitBreakerBody<B>
-where
-    B: http_body::Body,
-    B::Data: 'static,
-    B::Error: std::error::Error + 'static,
-{
-    type Data = B::Data;
-    type Error = B::Error;
-
-    #[inline]
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        match self.project().state.project() {
-            BodyStateProj::Passed { inner } => inner.poll_frame(cx),
-            BodyStateProj::Observed { inner } => inner.poll_frame(cx),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match &self.state {
-            BodyState::Passed { inner } => inner.is_end_stream(),
-            BodyState::Observed { inner } => inner.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        match &self.state {
-            BodyState::Passed { inner } => inner.size_hint(),
-            BodyState::Observed { inner } => inner.size_hint(),
-        }
-    }
-}
+/// The response body of a [`CircuitBreakerService`]: the inner body, observed so that a stream
+/// that fails after a `200` head counts as a failure (see [`crate::body`]).
+pub type CircuitBreakerBody<B> = ObservedBody<B, BreakerObserver>;
 
 /// Protects a service with a [`CircuitBreaker`]; all services made by one layer (and their
 /// clones) share it. See the [module docs](super) for the semantics.
@@ -542,7 +422,7 @@ where
         parts.extensions.insert(marker);
     }
     // A refused call has no permit: nothing in its body matters to the breaker.
-    Response::from_parts(parts, CircuitBreakerBody::passed(body))
+    Response::from_parts(parts, ObservedBody::finished(body, BreakerObserver::done()))
 }
 
 /// Judges the response head; a success whose body is still to come is judged by its body.
@@ -575,8 +455,7 @@ where
             permit: Some(permit),
             measured_at,
         };
-        return response
-            .map(|body| CircuitBreakerBody::observed(ObservedBody::new(body, format, observer)));
+        return response.map(|body| ObservedBody::new(body, format, observer));
     }
     if verdict == Verdict::Success {
         permit.complete_success(None);
@@ -585,7 +464,7 @@ where
         permit.complete_verdict(verdict, duration);
     }
     // Judged at the head: the body only passes through.
-    response.map(CircuitBreakerBody::passed)
+    response.map(|body| ObservedBody::finished(body, BreakerObserver::done()))
 }
 
 /// The breaker's [`BodyObserver`]: holds the call's permit until the body says how the call
@@ -608,6 +487,13 @@ impl fmt::Debug for BreakerObserver {
 }
 
 impl BreakerObserver {
+    fn done() -> BreakerObserver {
+        BreakerObserver {
+            permit: None,
+            measured_at: None,
+        }
+    }
+
     fn finish(&mut self, outcome: Outcome) {
         if let Some(permit) = self.permit.take() {
             let verdict = permit.verdict_of(outcome);
