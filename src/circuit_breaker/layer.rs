@@ -416,9 +416,8 @@ fn failed(permit: Permit, error: BoxError) -> Error {
     error
 }
 
-/// The fallback's answer to a refused call, marked.
-#[cold]
-#[inline(never)]
+/// The fallback's answer to a refused call, marked. Inline for the reason [`refuse`] is.
+#[inline(always)]
 fn refused<B>(
     response: Response<B>,
     marker: Option<FallbackResponse>,
@@ -428,10 +427,16 @@ where
 {
     let (mut parts, body) = response.into_parts();
     if let Some(marker) = marker {
-        parts.extensions.insert(marker);
+        mark(&mut parts.extensions, marker);
     }
     // A refused call has no permit: nothing in its body matters to the breaker.
     Response::from_parts(parts, ObservedBody::finished(body, BreakerObserver::done()))
+}
+
+#[cold]
+#[inline(never)]
+fn mark(extensions: &mut http::Extensions, marker: FallbackResponse) {
+    extensions.insert(marker);
 }
 
 /// Judges the response head; a success whose body is still to come is judged by its body.
