@@ -311,7 +311,7 @@ where
 fn fallback_marker(breaker: &CircuitBreaker, rejection: &Error) -> Option<FallbackResponse> {
     match rejection.kind() {
         ErrorKind::CircuitOpen(reason) => Some(FallbackResponse {
-            breaker: Arc::clone(&breaker.core.config.name),
+            breaker: Arc::clone(&breaker.core().config.name),
             reason,
             retry_after: rejection.retry_after(),
         }),
