@@ -10,6 +10,11 @@
 //! ```
 //!
 //! (instructions of the second minus the first, over 10,000, is the per-call cost.)
+//!
+//! Other modes: `time N` (wall clock, fastest of 200 rounds of N calls, bare and both
+//! breakers in turn), `threads N` (N calls on one shared breaker from 1 and from 2 threads,
+//! each thread timing itself), `threads-own N` (the same with a breaker per thread) and
+//! `sizes` (the response future's and the response's sizes).
 
 use std::convert::Infallible;
 use std::hint::black_box;
