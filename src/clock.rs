@@ -55,9 +55,10 @@ impl Stamp {
 
 /// The largest tick count that measures at most `nanos` nanoseconds, so that
 /// `later.ticks_since(earlier) <= ticks_within(n)` exactly when
-/// `later.duration_since(earlier) <= Duration::from_nanos(n)`: the scaling is monotonic, so the ticks that measure at
-/// most `n` are a prefix, found once here by bisection (for a threshold resolved once, e.g. a
-/// breaker's slow-call duration) instead of scaling every reading.
+/// `later.duration_since(earlier) <= Duration::from_nanos(n)`. The scaling is monotonic, so
+/// the tick counts that measure at most `n` are a prefix, found once here by bisection (for
+/// a threshold resolved once, e.g. a breaker's slow-call duration) instead of scaling every
+/// reading.
 pub(crate) fn ticks_within(nanos: u64) -> u64 {
     bound_within(nanos, |ticks| source::nanos_between(0, ticks))
 }
