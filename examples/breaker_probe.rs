@@ -10,6 +10,11 @@
 //! ```
 //!
 //! (instructions of the second minus the first, over 10,000, is the per-call cost.)
+//!
+//! Other modes: `time N` (wall clock, fastest of 200 rounds of N calls, bare and both
+//! breakers in turn), `threads N` (N calls on one shared breaker from 1 and from 2 threads,
+//! each thread timing itself), `threads-own N` (the same with a breaker per thread) and
+//! `sizes` (the response future's and the response's sizes).
 
 use std::convert::Infallible;
 use std::hint::black_box;
@@ -49,6 +54,42 @@ where
     for _ in 0..calls {
         runtime.block_on(drive(&mut service, 1));
     }
+}
+
+/// `calls` calls split over `threads` threads, each with its own runtime and service clone:
+/// from the first thread's start to the last one's end, as each thread reads them (a clock
+/// in the spawning thread could start late on a busy machine).
+fn threaded<S>(service: &S, threads: u64, calls: u64) -> std::time::Duration
+where
+    S: Service<Request<()>> + Clone + Send,
+    S::Error: std::fmt::Debug,
+{
+    let barrier = std::sync::Barrier::new(threads as usize);
+    let spans: Vec<(std::time::Instant, std::time::Instant)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let mut service = service.clone();
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .expect("runtime");
+                    barrier.wait();
+                    let start = std::time::Instant::now();
+                    runtime.block_on(drive(&mut service, calls / threads));
+                    (start, std::time::Instant::now())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("thread"))
+            .collect()
+    });
+    let first = spans.iter().map(|span| span.0).min().expect("a thread");
+    let last = spans.iter().map(|span| span.1).max().expect("a thread");
+    last - first
 }
 
 fn main() {
@@ -117,6 +158,84 @@ fn main() {
                 best[2] - best[0]
             );
         }
+        "threads" => {
+            // One shared breaker on 1 and 2 threads (each thread its own runtime and service
+            // clone, as `circuit_breaker_throughput` runs them): fastest round of each, in ns
+            // per call of total wall time, and the 2-thread speed-up.
+            let bare = tower::service_fn(ready_service);
+            let ours = ServiceBuilder::new()
+                .layer(CircuitBreakerLayer::builder().build().expect("layer"))
+                .service_fn(ready_service);
+            let mut best = [f64::MAX; 4];
+            for _ in 0..30 {
+                for (index, best) in best.iter_mut().enumerate() {
+                    let threads = 1 + (index as u64 % 2);
+                    let elapsed = if index < 2 {
+                        threaded(&bare, threads, calls)
+                    } else {
+                        threaded(&ours, threads, calls)
+                    };
+                    *best = best.min(elapsed.as_nanos() as f64 / calls as f64);
+                }
+            }
+            println!(
+                "fastest round, ns per call: bare 1 thread {:.1}, 2 threads {:.1} ({:.2}x); ours 1 thread {:.1}, 2 threads {:.1} ({:.2}x)",
+                best[0],
+                best[1],
+                best[0] / best[1],
+                best[2],
+                best[3],
+                best[2] / best[3]
+            );
+        }
+        "threads-own" => {
+            // The same, but every service (every thread) with its own breaker: what two
+            // threads give when they share nothing.
+            let make = || {
+                ServiceBuilder::new()
+                    .layer(CircuitBreakerLayer::builder().build().expect("layer"))
+                    .service_fn(ready_service)
+            };
+            let mut best = [f64::MAX; 2];
+            for _ in 0..30 {
+                for (index, best) in best.iter_mut().enumerate() {
+                    let threads = 1 + index as u64;
+                    let barrier = std::sync::Barrier::new(threads as usize);
+                    let spans: Vec<(std::time::Instant, std::time::Instant)> =
+                        std::thread::scope(|scope| {
+                            let handles: Vec<_> = (0..threads)
+                                .map(|_| {
+                                    let mut service = make();
+                                    let barrier = &barrier;
+                                    scope.spawn(move || {
+                                        let runtime = tokio::runtime::Builder::new_current_thread()
+                                            .enable_all()
+                                            .build()
+                                            .expect("runtime");
+                                        barrier.wait();
+                                        let start = std::time::Instant::now();
+                                        runtime.block_on(drive(&mut service, calls / threads));
+                                        (start, std::time::Instant::now())
+                                    })
+                                })
+                                .collect();
+                            handles
+                                .into_iter()
+                                .map(|handle| handle.join().expect("thread"))
+                                .collect()
+                        });
+                    let first = spans.iter().map(|span| span.0).min().expect("a thread");
+                    let last = spans.iter().map(|span| span.1).max().expect("a thread");
+                    *best = best.min((last - first).as_nanos() as f64 / calls as f64);
+                }
+            }
+            println!(
+                "own breakers, fastest round, ns per call: 1 thread {:.1}, 2 threads {:.1} ({:.2}x)",
+                best[0],
+                best[1],
+                best[0] / best[1]
+            );
+        }
         "sizes" => {
             let mut service = ServiceBuilder::new()
                 .layer(CircuitBreakerLayer::builder().build().expect("layer"))
@@ -141,6 +260,6 @@ fn main() {
             );
             drop(future);
         }
-        other => panic!("unknown mode {other}: bare, ours or untimed"),
+        other => panic!("unknown mode {other}: bare, ours, untimed, time, threads or sizes"),
     }
 }

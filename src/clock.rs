@@ -44,13 +44,47 @@ impl Stamp {
         Stamp::now().duration_since(self)
     }
 
-    /// Nanoseconds from `earlier` to `self`; zero if `earlier` is later. The same measure as
-    /// [`duration_since`](Self::duration_since) without building a `Duration` (for a compare
-    /// against a threshold already in nanoseconds).
+    /// The clock's own units from `earlier` to `self`, unscaled; zero if `earlier` is later.
+    /// Compared with a bound from [`ticks_within`], it answers "at most so many nanoseconds?"
+    /// exactly as [`duration_since`](Self::duration_since) would, without the scaling.
     #[inline]
-    pub(crate) fn nanos_since(self, earlier: Stamp) -> u64 {
-        source::nanos_between(earlier.0.get(), self.0.get())
+    pub(crate) fn ticks_since(self, earlier: Stamp) -> u64 {
+        self.0.get().saturating_sub(earlier.0.get())
     }
+}
+
+/// The largest tick count that measures at most `nanos` nanoseconds, so that
+/// `later.ticks_since(earlier) <= ticks_within(n)` exactly when
+/// `later.duration_since(earlier) <= Duration::from_nanos(n)`. The scaling is monotonic, so
+/// the tick counts that measure at most `n` are a prefix, found once here by bisection (for
+/// a threshold resolved once, e.g. a breaker's slow-call duration) instead of scaling every
+/// reading.
+pub(crate) fn ticks_within(nanos: u64) -> u64 {
+    bound_within(nanos, |ticks| source::nanos_between(0, ticks))
+}
+
+/// The largest `ticks` with `measures(ticks) <= nanos`, for a non-decreasing `measures`.
+fn bound_within(nanos: u64, measures: impl Fn(u64) -> u64) -> u64 {
+    // Grow an upper bound by doubling, then bisect below it.
+    let mut low = 0u64;
+    let mut high = 1u64;
+    while measures(high) <= nanos {
+        low = high;
+        if high == u64::MAX {
+            return u64::MAX;
+        }
+        high = high.saturating_mul(2);
+    }
+    // measures(low) <= nanos < measures(high)
+    while high - low > 1 {
+        let middle = low + (high - low) / 2;
+        if measures(middle) <= nanos {
+            low = middle;
+        } else {
+            high = middle;
+        }
+    }
+    low
 }
 
 /// Reads the clock once so that its one-time set-up (`quanta` calibrates the counter against
@@ -137,6 +171,32 @@ mod tests {
             "{measured:?} > {bound:?}"
         );
         assert_eq!(fast::between(end, start), Duration::ZERO);
+    }
+
+    /// The tick bound answers "at most n nanoseconds?" as the scaled measure does, on either
+    /// side of the bound: for the counter clock, the test clock and scales above and below one.
+    #[test]
+    fn ticks_within_is_the_exact_bound_of_the_scaled_measure() {
+        let scales: [&dyn Fn(u64) -> u64; 4] = [
+            &|ticks| fast::nanos_between(0, ticks),
+            &|ticks| tokio_clock::nanos_between(0, ticks),
+            &|ticks| (u128::from(ticks) * 5 / 17) as u64,
+            &|ticks| (u128::from(ticks) * 10 / 3) as u64,
+        ];
+        for measures in scales {
+            for nanos in [0, 1, 2, 999, 1_000_000, 1_234_567_891, 60_000_000_000] {
+                let bound = bound_within(nanos, measures);
+                assert!(measures(bound) <= nanos, "{nanos}");
+                assert!(measures(bound + 1) > nanos, "{nanos}");
+            }
+        }
+        let bound = ticks_within(1_000);
+        let start = Stamp::now();
+        let within = Stamp(start.0.saturating_add(bound));
+        let beyond = Stamp(start.0.saturating_add(bound + 1));
+        let limit = Duration::from_nanos(1_000);
+        assert!(within.duration_since(start) <= limit && within.ticks_since(start) <= bound);
+        assert!(beyond.duration_since(start) > limit && beyond.ticks_since(start) > bound);
     }
 
     #[tokio::test(start_paused = true)]

@@ -73,14 +73,21 @@
 //!
 //! # Hot path
 //!
-//! While closed, a call costs one atomic load to admit, an `Arc` clone for its permit, and
-//! one compare-and-swap on the window word to record (none at all while the window is full
-//! of fast successes). No lock, no allocation. Timing a call (for the slow-call rate) reads
-//! the CPU's time-stamp counter at `call` and at the head (or first token), about 10 ns a
-//! read, not the OS clock (26 ns on our VM); with the crate feature `test-util` it reads
-//! tokio's clock instead, so tests that pause time see slow calls. Turn the slow-call rule
-//! off with [`no_slow_calls`](CircuitBreakerBuilder::no_slow_calls) and a count-window breaker
-//! reads no clock at all. Locks are taken only on transitions and in half-open.
+//! While closed, a call costs one atomic load to admit, an `Arc` clone and drop for its permit
+//! (the response future may outlive the service, so it owns a reference), and one
+//! compare-and-swap on the window word to record (none at all while the window is full of
+//! fast successes). No lock, no allocation. The permit's reference is counted on one of a few
+//! cache-line-sized lanes, one per thread as far as they go, so threads sharing a breaker do
+//! not hand one count's line back and forth on every call. Timing a call (for the slow-call rate) reads the
+//! CPU's time-stamp counter twice, at `call` and at the head (or first token), about 10 ns a
+//! read, not the OS clock (26 ns on our VM), and compares the raw difference with the
+//! threshold converted to counter ticks once. Two reads, not one: a call is slow only when
+//! *strictly* longer than the threshold, and only its own start and end can say that of a
+//! call near the threshold (a start borrowed from a coarse or shared clock would misjudge
+//! it). With the crate feature `test-util` the reads are tokio's clock instead, so tests that
+//! pause time see slow calls. Turn the slow-call rule off with
+//! [`no_slow_calls`](CircuitBreakerBuilder::no_slow_calls) and a count-window breaker reads no
+//! clock at all. Locks are taken only on transitions and in half-open.
 //!
 //! # Profiles
 //!

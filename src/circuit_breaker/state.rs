@@ -1,9 +1,10 @@
 //! The state machine: one atomic state word, the windows, and a lock taken only on
 //! transitions and in half-open.
 
+use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -114,10 +115,9 @@ struct Slow {
     published_slow_rate: bool,
 }
 
-/// Aligned to a cache line so that the `Arc` counts in front of it, which every call writes
-/// (the permit's clone and drop), share no line with the state word, the window and the
-/// settings that every call reads: threads sharing a breaker do not invalidate each other's
-/// reads.
+/// Aligned to a cache line so that the `Arc` counts in front of it share no line with the
+/// state word, the window and the settings that every call reads. Calls do not write those
+/// counts (their permits count on a [`Lane`]), but handles and lanes do when made or dropped.
 #[repr(align(64))]
 pub(crate) struct Core {
     pub(crate) config: Config,
@@ -132,8 +132,11 @@ pub(crate) struct Core {
     slow: Mutex<Slow>,
     /// Whether calls are timed (the slow-call rule is on): resolved once from the config.
     timed: bool,
-    /// A timed call strictly longer than this many nanoseconds is slow (`u64::MAX`: never).
-    slow_after_nanos: u64,
+    /// A timed call measuring strictly more than this many of the clock's ticks is slow
+    /// (`u64::MAX`: never): the slow-call duration converted once with
+    /// [`crate::clock::ticks_within`], so the common success compares a raw difference and
+    /// scales nothing.
+    slow_after_ticks: u64,
 }
 
 /// A circuit breaker: the shared state behind [`CircuitBreakerLayer`](super::CircuitBreakerLayer)
@@ -162,13 +165,65 @@ pub(crate) struct Core {
 /// ```
 #[derive(Clone)]
 pub struct CircuitBreaker {
-    pub(crate) core: Arc<Core>,
+    shared: Arc<Shared>,
+}
+
+/// What the handles of one breaker share: the state, and the lanes its permits count on.
+struct Shared {
+    core: Arc<Core>,
+    /// Lane 0, also `lanes[0]`: the answer should an index ever fall outside `lanes`.
+    home: Arc<Lane>,
+    /// A power of two of them; a thread takes `lanes[thread_lane() & mask]`.
+    lanes: Box<[Arc<Lane>]>,
+    mask: usize,
+}
+
+/// A reference to the shared state that permits clone and drop, one per lane, each on its own
+/// cache line: every call writes a reference count twice (its permit's clone and drop), and
+/// threads that share one count pass its line back and forth on every call, which is what
+/// kept two threads on one breaker from running faster than one. Threads spread over the
+/// lanes (see [`thread_lane`]), so each mostly writes a line of its own.
+#[repr(align(64))]
+pub(crate) struct Lane {
+    core: Arc<Core>,
+}
+
+/// How many lanes a breaker gets: the machine's parallelism, rounded up to a power of two and
+/// at most 16 (a lane costs 128 bytes; a keyed breaker has one set per key). Read once.
+fn lane_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .clamp(1, 16)
+            .next_power_of_two()
+    })
+}
+
+/// This thread's lane number: handed out in turn to threads as they first ask, so threads
+/// running at the same time (a runtime's workers, the bench's threads) take different lanes.
+#[inline]
+fn thread_lane() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    thread_local! {
+        static LANE: Cell<usize> = const { Cell::new(usize::MAX) };
+    }
+    LANE.try_with(|lane| {
+        let number = lane.get();
+        if number != usize::MAX {
+            return number;
+        }
+        let number = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
+        lane.set(number);
+        number
+    })
+    .unwrap_or(0)
 }
 
 impl fmt::Debug for CircuitBreaker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
-            .field("name", &self.core.config.name)
+            .field("name", &self.shared.core.config.name)
             .field("state", &self.state())
             .finish_non_exhaustive()
     }
@@ -181,6 +236,20 @@ fn lock(slow: &Mutex<Slow>) -> MutexGuard<'_, Slow> {
 }
 
 impl CircuitBreaker {
+    pub(crate) fn core(&self) -> &Core {
+        &self.shared.core
+    }
+
+    /// The lane this thread's permits count on.
+    #[inline]
+    fn lane(&self) -> &Arc<Lane> {
+        let shared = &*self.shared;
+        shared
+            .lanes
+            .get(thread_lane() & shared.mask)
+            .unwrap_or(&shared.home)
+    }
+
     /// A builder with resilience4j's defaults (see [`CircuitBreakerBuilder`]).
     pub fn builder() -> CircuitBreakerBuilder {
         CircuitBreakerBuilder::new()
@@ -216,37 +285,61 @@ impl CircuitBreaker {
                 published_slow_rate: false,
             }),
             timed,
-            slow_after_nanos,
+            slow_after_ticks: if slow_after_nanos == u64::MAX {
+                u64::MAX
+            } else {
+                crate::clock::ticks_within(slow_after_nanos)
+            },
             config,
         };
+        let core = Arc::new(core);
+        let lane = || {
+            Arc::new(Lane {
+                core: Arc::clone(&core),
+            })
+        };
+        let home = lane();
+        let lanes: Box<[Arc<Lane>]> = std::iter::once(Arc::clone(&home))
+            .chain((1..lane_count()).map(|_| lane()))
+            .collect();
         let breaker = CircuitBreaker {
-            core: Arc::new(core),
+            shared: Arc::new(Shared {
+                mask: lanes.len().saturating_sub(1),
+                core,
+                home,
+                lanes,
+            }),
         };
         if initial != CircuitState::Closed {
-            let mut slow = lock(&breaker.core.slow);
+            let mut slow = lock(&breaker.shared.core.slow);
             if initial == CircuitState::Open {
                 slow.attempts = 1;
             }
-            breaker.core.set_state(&mut slow, initial, Instant::now());
+            breaker
+                .shared
+                .core
+                .set_state(&mut slow, initial, Instant::now());
         }
         breaker
     }
 
     /// The breaker's name (its key, for a keyed breaker).
     pub fn name(&self) -> &str {
-        &self.core.config.name
+        &self.shared.core.config.name
     }
 
     /// The state. Half-open's maximum wait is applied here too, so an idle half-open breaker
     /// reads as open (or closed) once it has passed; open turns half-open only when a call
     /// asks (resilience4j's lazy transition).
     pub fn state(&self) -> CircuitState {
-        let word = self.core.word.load(Ordering::Acquire);
+        let word = self.shared.core.word.load(Ordering::Acquire);
         let state = decode(word);
-        if state == CircuitState::HalfOpen && self.core.config.max_wait_in_half_open.is_some() {
-            let mut slow = lock(&self.core.slow);
-            self.core.expire_half_open(&mut slow, Instant::now());
-            return decode(self.core.word.load(Ordering::Acquire));
+        if state == CircuitState::HalfOpen
+            && self.shared.core.config.max_wait_in_half_open.is_some()
+        {
+            let mut slow = lock(&self.shared.core.slow);
+            self.shared.core.expire_half_open(&mut slow, Instant::now());
+            return decode(self.shared.core.word.load(Ordering::Acquire));
         }
         state
     }
@@ -254,18 +347,20 @@ impl CircuitBreaker {
     /// The metrics of the current state.
     pub fn metrics(&self) -> CircuitMetrics {
         let state = self.state();
-        let slow = lock(&self.core.slow);
+        let slow = lock(&self.shared.core.slow);
         let (counts, minimum) = match state {
-            CircuitState::HalfOpen => (slow.half_open, self.core.config.half_open_minimum()),
-            CircuitState::Open | CircuitState::Fatal => slow
-                .carried
-                .unwrap_or((WindowCounts::default(), self.core.config.closed_minimum())),
-            CircuitState::Disabled | CircuitState::ForcedOpen => {
-                (WindowCounts::default(), self.core.config.closed_minimum())
-            }
+            CircuitState::HalfOpen => (slow.half_open, self.shared.core.config.half_open_minimum()),
+            CircuitState::Open | CircuitState::Fatal => slow.carried.unwrap_or((
+                WindowCounts::default(),
+                self.shared.core.config.closed_minimum(),
+            )),
+            CircuitState::Disabled | CircuitState::ForcedOpen => (
+                WindowCounts::default(),
+                self.shared.core.config.closed_minimum(),
+            ),
             CircuitState::Closed | CircuitState::MetricsOnly => (
-                self.core.closed_snapshot(),
-                self.core.config.closed_minimum(),
+                self.shared.core.closed_snapshot(),
+                self.shared.core.config.closed_minimum(),
             ),
         };
         let below = counts.calls == 0 || counts.calls < minimum;
@@ -276,7 +371,7 @@ impl CircuitBreaker {
             buffered_calls: counts.calls,
             failed_calls: counts.failed,
             slow_calls: counts.slow,
-            not_permitted_calls: self.core.not_permitted.load(Ordering::Relaxed),
+            not_permitted_calls: self.shared.core.not_permitted.load(Ordering::Relaxed),
         }
     }
 
@@ -287,8 +382,9 @@ impl CircuitBreaker {
     /// strictly after the open wait, which turns the breaker half-open; half-open: admitted
     /// while trial permits last.
     pub fn try_acquire(&self) -> Result<Permit, Error> {
-        self.core.acquire(&self.core).map_err(|rejection| {
-            self.core
+        self.shared.core.acquire(self.lane()).map_err(|rejection| {
+            self.shared
+                .core
                 .reject(rejection.state, rejection.retry_after, rejection.reason)
         })
     }
@@ -298,9 +394,9 @@ impl CircuitBreaker {
     /// way.
     #[inline]
     pub(crate) fn acquire(&self) -> Result<Permit, Error> {
-        let word = self.core.word.load(Ordering::Acquire);
+        let word = self.shared.core.word.load(Ordering::Acquire);
         if word & STATE_MASK == CLOSED {
-            return Ok(Permit::new(&self.core, word, PermitKind::Closed));
+            return Ok(Permit::new(self.lane(), word, PermitKind::Closed));
         }
         self.try_acquire()
     }
@@ -312,8 +408,8 @@ impl CircuitBreaker {
     /// half-open are refused with [`ErrorKind::Config`]; the fatal state is only entered on a
     /// 401/402.
     pub fn transition_to(&self, state: CircuitState) -> Result<(), Error> {
-        let mut slow = lock(&self.core.slow);
-        let from = decode(self.core.word.load(Ordering::Acquire));
+        let mut slow = lock(&self.shared.core.slow);
+        let from = decode(self.shared.core.word.load(Ordering::Acquire));
         let legal = match (from, state) {
             (_, CircuitState::Fatal) => from == CircuitState::Fatal,
             (a, b) if a == b => true,
@@ -338,14 +434,14 @@ impl CircuitBreaker {
                 ErrorKind::Config,
                 format!(
                     "circuit breaker {:?} tried an illegal state transition from {from} to {state}",
-                    self.core.config.name
+                    self.shared.core.config.name
                 ),
             ));
         }
         if state == CircuitState::Open {
             slow.attempts += 1;
         }
-        self.core.set_state(&mut slow, state, Instant::now());
+        self.shared.core.set_state(&mut slow, state, Instant::now());
         Ok(())
     }
 
@@ -356,30 +452,37 @@ impl CircuitBreaker {
 
     /// Opens until `deadline`: calls are refused until strictly after it.
     pub fn open_until(&self, deadline: Instant) {
-        let mut slow = lock(&self.core.slow);
+        let mut slow = lock(&self.shared.core.slow);
         let now = Instant::now();
-        self.core.set_state(&mut slow, CircuitState::Open, now);
-        self.core
-            .open_until
-            .store(self.core.nanos_since_base(deadline), Ordering::Release);
+        self.shared
+            .core
+            .set_state(&mut slow, CircuitState::Open, now);
+        self.shared.core.open_until.store(
+            self.shared.core.nanos_since_base(deadline),
+            Ordering::Release,
+        );
     }
 
     /// Forces the breaker open: every call is refused until another transition.
     pub fn force_open(&self) {
-        let mut slow = lock(&self.core.slow);
-        self.core
+        let mut slow = lock(&self.shared.core.slow);
+        self.shared
+            .core
             .set_state(&mut slow, CircuitState::ForcedOpen, Instant::now());
     }
 
     /// Back to closed with empty metrics, whatever the state (e.g. after topping up the balance
     /// that put the breaker in its fatal state). Publishes a reset event.
     pub fn reset(&self) {
-        let mut slow = lock(&self.core.slow);
-        self.core
+        let mut slow = lock(&self.shared.core.slow);
+        self.shared
+            .core
             .set_state(&mut slow, CircuitState::Closed, Instant::now());
-        let name = &*self.core.config.name;
+        let name = &*self.shared.core.config.name;
         tracing::info!(breaker = name, "circuit breaker reset");
-        self.core.publish(&CircuitEvent::Reset { name }, true);
+        self.shared
+            .core
+            .publish(&CircuitEvent::Reset { name }, true);
     }
 }
 
@@ -409,12 +512,12 @@ impl Core {
         }
     }
 
-    fn acquire(&self, core: &Arc<Core>) -> Result<Permit, Rejection> {
+    fn acquire(&self, lane: &Arc<Lane>) -> Result<Permit, Rejection> {
         let word = self.word.load(Ordering::Acquire);
         match decode(word) {
-            CircuitState::Closed => Ok(Permit::new(core, word, PermitKind::Closed)),
-            CircuitState::MetricsOnly => Ok(Permit::new(core, word, PermitKind::MetricsOnly)),
-            CircuitState::Disabled => Ok(Permit::new(core, word, PermitKind::Disabled)),
+            CircuitState::Closed => Ok(Permit::new(lane, word, PermitKind::Closed)),
+            CircuitState::MetricsOnly => Ok(Permit::new(lane, word, PermitKind::MetricsOnly)),
+            CircuitState::Disabled => Ok(Permit::new(lane, word, PermitKind::Disabled)),
             CircuitState::ForcedOpen => Err(Rejection {
                 state: CircuitState::ForcedOpen,
                 retry_after: None,
@@ -424,7 +527,7 @@ impl Core {
                 let now = Instant::now();
                 let deadline = self.open_deadline();
                 if now > deadline {
-                    return self.acquire_slow(core, now);
+                    return self.acquire_slow(lane, now);
                 }
                 let state = decode(word);
                 let reason = match state {
@@ -441,12 +544,12 @@ impl Core {
                     reason,
                 })
             }
-            CircuitState::HalfOpen => self.acquire_slow(core, Instant::now()),
+            CircuitState::HalfOpen => self.acquire_slow(lane, Instant::now()),
         }
     }
 
     /// Open past its wait, or half-open: under the lock.
-    fn acquire_slow(&self, core: &Arc<Core>, now: Instant) -> Result<Permit, Rejection> {
+    fn acquire_slow(&self, lane: &Arc<Lane>, now: Instant) -> Result<Permit, Rejection> {
         let mut slow = lock(&self.slow);
         let mut state = decode(self.word.load(Ordering::Acquire));
         if matches!(state, CircuitState::Open | CircuitState::Fatal) && now > self.open_deadline() {
@@ -461,14 +564,14 @@ impl Core {
         match state {
             CircuitState::HalfOpen if slow.half_open_permits > 0 => {
                 slow.half_open_permits -= 1;
-                Ok(Permit::new(core, word, PermitKind::HalfOpen))
+                Ok(Permit::new(lane, word, PermitKind::HalfOpen))
             }
             CircuitState::HalfOpen => Err(Rejection {
                 state,
                 retry_after: None,
                 reason: CircuitOpenReason::Unhealthy,
             }),
-            CircuitState::Closed => Ok(Permit::new(core, word, PermitKind::Closed)),
+            CircuitState::Closed => Ok(Permit::new(lane, word, PermitKind::Closed)),
             CircuitState::Open | CircuitState::Fatal => Err(Rejection {
                 state,
                 retry_after: Some(self.open_deadline().saturating_duration_since(now)),
@@ -483,7 +586,7 @@ impl Core {
                 // A concurrent operator transition: start over on the new state.
                 drop(slow);
                 let _ = other;
-                self.acquire(core)
+                self.acquire(lane)
             }
         }
     }
@@ -695,10 +798,11 @@ impl Core {
     /// Settles a closed-state success that is not slow, when that changes nothing: the permit
     /// is stale (the generation rule drops its outcome), or the count window is full of fast
     /// successes and no failure run is counting, where [`record_closed`](Self::record_closed)
-    /// would write nothing either. `false`: the general path must record it.
+    /// would write nothing either. `false`: the general path must record it. `admitted`: the
+    /// state word the call was admitted under (closed), possibly with the permit's armed bit.
     #[inline]
-    fn settle_fast_success(&self, generation: u64) -> bool {
-        if self.word.load(Ordering::Acquire) != (generation << STATE_BITS) | CLOSED {
+    fn settle_fast_success(&self, admitted: u64) -> bool {
+        if self.word.load(Ordering::Acquire) != (admitted & !STATE_MASK) | CLOSED {
             return true;
         }
         let ClosedWindow::Count(window) = &self.window else {
@@ -870,19 +974,25 @@ impl Core {
 /// generation rule, see the [module docs](super)).
 #[must_use = "a permit must be recorded; dropping it counts as a cancelled call"]
 pub struct Permit {
-    core: Arc<Core>,
-    generation: u64,
-    kind: PermitKind,
+    /// The lane of the thread that took it: its count is what the permit's clone and drop
+    /// write (see [`Lane`]).
+    lane: Arc<Lane>,
+    /// `generation << 3 | kind << 1 | armed`: the generation bits sit where the state word
+    /// keeps them, so the word the permit was admitted under is `tag & !STATE_MASK` plus the
+    /// state's code, and the permit stays three words (it is moved with every call's future).
+    tag: u64,
     start: Option<Stamp>,
-    armed: bool,
 }
+
+/// The `armed` bit of a permit's tag: set until the outcome is recorded.
+const ARMED: u64 = 1;
 
 impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
-            .field("breaker", &self.core.config.name)
-            .field("generation", &self.generation)
-            .field("kind", &self.kind)
+            .field("breaker", &self.lane.core.config.name)
+            .field("generation", &self.generation())
+            .field("kind", &self.kind())
             .finish()
     }
 }
@@ -891,15 +1001,40 @@ impl Permit {
     /// A permit for a call admitted in `kind` under state word `word`, stamped when the breaker
     /// times calls (never in the disabled state, which records nothing).
     #[inline]
-    fn new(core: &Arc<Core>, word: u64, kind: PermitKind) -> Permit {
-        let timed = core.timed && kind != PermitKind::Disabled;
+    fn new(lane: &Arc<Lane>, word: u64, kind: PermitKind) -> Permit {
+        let timed = lane.core.timed && kind != PermitKind::Disabled;
+        let kind_bits = match kind {
+            PermitKind::Closed => 0,
+            PermitKind::MetricsOnly => 1,
+            PermitKind::HalfOpen => 2,
+            PermitKind::Disabled => 3,
+        };
         Permit {
-            core: Arc::clone(core),
-            generation: word >> STATE_BITS,
-            kind,
+            lane: Arc::clone(lane),
+            tag: (word & !STATE_MASK) | (kind_bits << 1) | ARMED,
             start: if timed { Some(Stamp::now()) } else { None },
-            armed: true,
         }
+    }
+
+    #[inline]
+    fn generation(&self) -> u64 {
+        self.tag >> STATE_BITS
+    }
+
+    #[inline]
+    fn kind(&self) -> PermitKind {
+        match (self.tag >> 1) & 0b11 {
+            0 => PermitKind::Closed,
+            1 => PermitKind::MetricsOnly,
+            2 => PermitKind::HalfOpen,
+            _ => PermitKind::Disabled,
+        }
+    }
+
+    /// Marks the permit recorded (its drop then does nothing).
+    #[inline]
+    fn disarm(&mut self) {
+        self.tag &= !ARMED;
     }
 
     /// Records the call's outcome, timing it from when the permit was taken.
@@ -910,15 +1045,16 @@ impl Permit {
 
     /// Records the call's outcome with a duration measured by the caller (`None`: not timed).
     pub fn record_with_duration(mut self, outcome: Outcome, duration: Option<Duration>) {
-        self.armed = false;
-        let verdict = self.core.verdict(outcome);
-        self.core
-            .complete(self.generation, self.kind, verdict, duration);
+        self.disarm();
+        let verdict = self.lane.core.verdict(outcome);
+        self.lane
+            .core
+            .complete(self.generation(), self.kind(), verdict, duration);
     }
 
     /// Whether this is a half-open trial call.
     pub fn is_trial(&self) -> bool {
-        self.kind == PermitKind::HalfOpen
+        self.kind() == PermitKind::HalfOpen
     }
 
     /// Time since the permit was taken, when the breaker times calls.
@@ -937,13 +1073,14 @@ impl Permit {
     }
 
     pub(crate) fn core(&self) -> &Core {
-        &self.core
+        &self.lane.core
     }
 
     pub(crate) fn complete_verdict(mut self, verdict: Verdict, duration: Option<Duration>) {
-        self.armed = false;
-        self.core
-            .complete(self.generation, self.kind, verdict, duration);
+        self.disarm();
+        self.lane
+            .core
+            .complete(self.generation(), self.kind(), verdict, duration);
     }
 
     /// Records a success whose measured moment is `at` (`None`: now). The closed state's common
@@ -951,35 +1088,36 @@ impl Permit {
     /// inline without writing shared memory; anything else goes through the general path.
     #[inline]
     pub(crate) fn complete_success(mut self, at: Option<Stamp>) {
-        self.armed = false;
-        let nanos = self
+        self.disarm();
+        let span = self
             .start
-            .map(|start| at.unwrap_or_else(Stamp::now).nanos_since(start));
-        let core = &*self.core;
-        if self.kind == PermitKind::Closed
-            && nanos.is_none_or(|nanos| nanos <= core.slow_after_nanos)
+            .map(|start| (start, at.unwrap_or_else(Stamp::now)));
+        let core = &*self.lane.core;
+        // Kind bits 0: a closed permit.
+        if self.tag & (0b11 << 1) == 0
+            && span.is_none_or(|(start, end)| end.ticks_since(start) <= core.slow_after_ticks)
             && core.config.listener.is_none()
-            && core.settle_fast_success(self.generation)
+            && core.settle_fast_success(self.tag)
         {
             return;
         }
         core.complete(
-            self.generation,
-            self.kind,
+            self.generation(),
+            self.kind(),
             Verdict::Success,
-            nanos.map(Duration::from_nanos),
+            span.map(|(start, end)| end.duration_since(start)),
         );
     }
 
     pub(crate) fn verdict_of(&self, outcome: Outcome) -> Verdict {
-        self.core.verdict(outcome)
+        self.lane.core.verdict(outcome)
     }
 }
 
 impl Drop for Permit {
     #[inline]
     fn drop(&mut self) {
-        if self.armed {
+        if self.tag & ARMED != 0 {
             self.cancel();
         }
     }
@@ -990,18 +1128,54 @@ impl Permit {
     #[cold]
     #[inline(never)]
     fn cancel(&mut self) {
-        self.armed = false;
-        match self.core.config.cancel_policy {
+        self.disarm();
+        match self.lane.core.config.cancel_policy {
             CancelPolicy::Failure => {
                 let duration = self.elapsed();
-                self.core
-                    .complete(self.generation, self.kind, Verdict::Failure, duration);
+                self.lane
+                    .core
+                    .complete(self.generation(), self.kind(), Verdict::Failure, duration);
             }
             CancelPolicy::Release => {
-                if self.kind == PermitKind::HalfOpen {
-                    self.core.release(self.generation);
+                if self.kind() == PermitKind::HalfOpen {
+                    self.lane.core.release(self.generation());
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A permit counts on its thread's lane, not on the shared state's count, so threads on
+    /// one breaker do not write one line on every call; a permit keeps the state alive after
+    /// the last handle is gone.
+    #[test]
+    fn permits_count_on_the_lanes_and_outlive_the_handles() {
+        let breaker = CircuitBreaker::builder().build().unwrap();
+        let core_count = Arc::strong_count(&breaker.shared.core);
+        let lane_count = Arc::strong_count(breaker.lane());
+        let permits: Vec<Permit> = (0..3).map(|_| breaker.try_acquire().unwrap()).collect();
+        assert_eq!(Arc::strong_count(&breaker.shared.core), core_count);
+        assert_eq!(Arc::strong_count(breaker.lane()), lane_count + 3);
+        assert!(breaker.shared.lanes.len().is_power_of_two());
+        assert_eq!(breaker.shared.mask, breaker.shared.lanes.len() - 1);
+        drop(breaker);
+        for permit in permits {
+            permit.record(Outcome::Success);
+        }
+    }
+
+    /// A thread keeps its lane number.
+    #[test]
+    fn a_thread_keeps_its_lane() {
+        let first = thread_lane();
+        assert_eq!(thread_lane(), first);
+        let other = std::thread::spawn(|| (thread_lane(), thread_lane()))
+            .join()
+            .unwrap();
+        assert_eq!(other.0, other.1);
     }
 }

@@ -1352,3 +1352,41 @@ async fn a_window_full_of_fast_successes_still_records_what_matters() {
     in_flight.await.unwrap();
     assert_eq!(breaker.metrics().buffered_calls, 0);
 }
+
+/// Reference case 4 on the layer's inline success path ([`Permit::complete_success`]), which
+/// compares raw clock ticks with the slow-call duration converted once: with the window full
+/// of fast successes, a call of exactly the threshold is settled inline as fast, and one a
+/// nanosecond longer is recorded as slow.
+#[tokio::test(start_paused = true)]
+async fn case_04_the_inline_success_path_is_strict_at_the_threshold() {
+    let threshold = Duration::from_secs(5);
+    let breaker = CircuitBreaker::builder()
+        .sliding_window(SlidingWindow::Count { calls: 3 })
+        .minimum_calls(3)
+        .slow_call_duration(threshold)
+        .slow_call_rate_threshold(100.0)
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        breaker.acquire().unwrap().complete_success(None);
+    }
+    let permit = breaker.acquire().unwrap();
+    advance(threshold).await;
+    permit.complete_success(None);
+    assert_eq!(breaker.metrics().slow_calls, 0, "exactly 5 s is not slow");
+    // Measured to an earlier moment (a head before the body's end): the same rule.
+    let permit = breaker.acquire().unwrap();
+    advance(threshold).await;
+    let head = crate::clock::Stamp::now();
+    advance(Duration::from_secs(60)).await;
+    permit.complete_success(Some(head));
+    assert_eq!(
+        breaker.metrics().slow_calls,
+        0,
+        "a 5 s head, then a long body"
+    );
+    let permit = breaker.acquire().unwrap();
+    advance(threshold + Duration::from_nanos(1)).await;
+    permit.complete_success(None);
+    assert_eq!(breaker.metrics().slow_calls, 1, "5 s + 1 ns is slow");
+}
