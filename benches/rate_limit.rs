@@ -83,33 +83,51 @@ where
     }
 }
 
+/// Runs `work(thread, service)` on `threads` threads, each with its own clone of `service`
+/// and its own current-thread runtime. The time is from the first thread's start to the last
+/// thread's end, read by the threads themselves: a clock started by the spawning thread after
+/// the barrier could start late on a busy machine (two cores, three threads) and make the
+/// threads look faster than they are.
+fn timed_threads<S, F>(service: &S, threads: u64, work: F) -> Duration
+where
+    S: Clone + Send,
+    F: Fn(&tokio::runtime::Runtime, u64, &mut S) + Sync,
+{
+    let barrier = Barrier::new(threads as usize);
+    let spans: Vec<(Instant, Instant)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|thread| {
+                let mut service = service.clone();
+                let (barrier, work) = (&barrier, &work);
+                scope.spawn(move || {
+                    let runtime = runtime();
+                    barrier.wait();
+                    let start = Instant::now();
+                    work(&runtime, thread, &mut service);
+                    (start, Instant::now())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|handle| handle.join().expect("thread"))
+            .collect()
+    });
+    let first = spans.iter().map(|span| span.0).min().expect("a thread");
+    let last = spans.iter().map(|span| span.1).max().expect("a thread");
+    last - first
+}
+
 /// Like [`throughput`], each thread calling as its own caller (a key of its own).
 fn throughput_per_caller<S>(service: &S, threads: u64, calls: u64) -> Duration
 where
     S: Service<Request<()>> + Clone + Send,
     S::Error: std::fmt::Debug,
 {
-    let barrier = Barrier::new(threads as usize + 1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|thread| {
-                let mut service = service.clone();
-                let barrier = &barrier;
-                let caller = http::HeaderValue::from_str(&format!("Bearer sk-caller-{thread}"))
-                    .expect("header");
-                scope.spawn(move || {
-                    let runtime = runtime();
-                    barrier.wait();
-                    runtime.block_on(drive_as(&mut service, calls / threads, &caller));
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        for handle in handles {
-            handle.join().expect("thread");
-        }
-        start.elapsed()
+    timed_threads(service, threads, |runtime, thread, service| {
+        let caller =
+            http::HeaderValue::from_str(&format!("Bearer sk-caller-{thread}")).expect("header");
+        runtime.block_on(drive_as(service, calls / threads, &caller));
     })
 }
 
@@ -119,25 +137,8 @@ where
     S: Service<Request<()>> + Clone + Send,
     S::Error: std::fmt::Debug,
 {
-    let barrier = Barrier::new(threads as usize + 1);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                let mut service = service.clone();
-                let barrier = &barrier;
-                scope.spawn(move || {
-                    let runtime = runtime();
-                    barrier.wait();
-                    runtime.block_on(drive(&mut service, calls / threads));
-                })
-            })
-            .collect();
-        barrier.wait();
-        let start = Instant::now();
-        for handle in handles {
-            handle.join().expect("thread");
-        }
-        start.elapsed()
+    timed_threads(service, threads, |runtime, _, service| {
+        runtime.block_on(drive(service, calls / threads));
     })
 }
 
