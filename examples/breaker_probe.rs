@@ -59,16 +59,16 @@ where
 /// `calls` calls split over `threads` threads, each with its own runtime and service clone:
 /// from the first thread's start to the last one's end, as each thread reads them (a clock
 /// in the spawning thread could start late on a busy machine).
-fn threaded<S>(service: &S, threads: u64, calls: u64) -> std::time::Duration
+fn threaded<S>(make: impl Fn() -> S + Sync, threads: u64, calls: u64) -> std::time::Duration
 where
-    S: Service<Request<()>> + Clone + Send,
+    S: Service<Request<()>> + Send,
     S::Error: std::fmt::Debug,
 {
     let barrier = std::sync::Barrier::new(threads as usize);
     let spans: Vec<(std::time::Instant, std::time::Instant)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
-                let mut service = service.clone();
+                let mut service = make();
                 let barrier = &barrier;
                 scope.spawn(move || {
                     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -171,9 +171,9 @@ fn main() {
                 for (index, best) in best.iter_mut().enumerate() {
                     let threads = 1 + (index as u64 % 2);
                     let elapsed = if index < 2 {
-                        threaded(&bare, threads, calls)
+                        threaded(|| bare.clone(), threads, calls)
                     } else {
-                        threaded(&ours, threads, calls)
+                        threaded(|| ours.clone(), threads, calls)
                     };
                     *best = best.min(elapsed.as_nanos() as f64 / calls as f64);
                 }
@@ -200,33 +200,8 @@ fn main() {
             for _ in 0..30 {
                 for (index, best) in best.iter_mut().enumerate() {
                     let threads = 1 + index as u64;
-                    let barrier = std::sync::Barrier::new(threads as usize);
-                    let spans: Vec<(std::time::Instant, std::time::Instant)> =
-                        std::thread::scope(|scope| {
-                            let handles: Vec<_> = (0..threads)
-                                .map(|_| {
-                                    let mut service = make();
-                                    let barrier = &barrier;
-                                    scope.spawn(move || {
-                                        let runtime = tokio::runtime::Builder::new_current_thread()
-                                            .enable_all()
-                                            .build()
-                                            .expect("runtime");
-                                        barrier.wait();
-                                        let start = std::time::Instant::now();
-                                        runtime.block_on(drive(&mut service, calls / threads));
-                                        (start, std::time::Instant::now())
-                                    })
-                                })
-                                .collect();
-                            handles
-                                .into_iter()
-                                .map(|handle| handle.join().expect("thread"))
-                                .collect()
-                        });
-                    let first = spans.iter().map(|span| span.0).min().expect("a thread");
-                    let last = spans.iter().map(|span| span.1).max().expect("a thread");
-                    *best = best.min((last - first).as_nanos() as f64 / calls as f64);
+                    let elapsed = threaded(make, threads, calls);
+                    *best = best.min(elapsed.as_nanos() as f64 / calls as f64);
                 }
             }
             println!(
