@@ -56,7 +56,7 @@ where
     }
 }
 
-/// `calls` calls split over `threads` threads, each with its own runtime and service clone:
+/// `calls` calls split over `threads` threads, each with its own runtime and a service from `make`:
 /// from the first thread's start to the last one's end, as each thread reads them (a clock
 /// in the spawning thread could start late on a busy machine).
 fn threaded<S>(make: impl Fn() -> S + Sync, threads: u64, calls: u64) -> std::time::Duration
