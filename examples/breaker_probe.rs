@@ -171,7 +171,7 @@ fn main() {
                 for (index, best) in best.iter_mut().enumerate() {
                     let threads = 1 + (index as u64 % 2);
                     let elapsed = if index < 2 {
-                        threaded(|| bare.clone(), threads, calls)
+                        threaded(|| bare, threads, calls)
                     } else {
                         threaded(|| ours.clone(), threads, calls)
                     };
