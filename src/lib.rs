@@ -81,6 +81,7 @@ pub mod deepseek;
 pub mod error;
 pub mod failover;
 pub mod hedge;
+mod lanes;
 pub mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;

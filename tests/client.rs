@@ -1,6 +1,7 @@
 //! The typed client against the embedded mock DeepSeek over real sockets.
 #![cfg(all(feature = "mock", feature = "upstream"))]
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -381,7 +382,7 @@ async fn bad_configuration_is_a_config_error() {
 
 #[tokio::test]
 async fn chat_requests_carry_their_model_for_the_layers_below() {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
     use tower_deepseek::deepseek::{RequestBody, RequestModel};
 
     let mock = mock().await;
@@ -427,7 +428,7 @@ async fn chat_requests_carry_their_model_for_the_layers_below() {
 /// instructions a request in the gateway.
 #[tokio::test]
 async fn a_traced_request_fits_its_header_map_without_growing() {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Mutex;
     use tower_deepseek::deepseek::RequestBody;
     use tower_deepseek::trace_id::PropagateTraceIdLayer;
 
@@ -461,4 +462,97 @@ async fn a_traced_request_fits_its_header_map_without_growing() {
         "accept, user-agent, content-type, authorization, two trace headers, host, tracestate: {len}"
     );
     assert_eq!(before, after, "the header map grew");
+}
+
+/// The upstream, counting its clones; its `poll_ready` fails while `fail_ready` is set.
+#[derive(Clone)]
+struct CountedUpstream {
+    inner: Upstream,
+    clones: Arc<std::sync::atomic::AtomicUsize>,
+    fail_ready: Arc<std::sync::atomic::AtomicBool>,
+    counted: bool,
+}
+
+impl CountedUpstream {
+    fn new() -> CountedUpstream {
+        CountedUpstream {
+            inner: Upstream::new().unwrap(),
+            clones: Arc::default(),
+            fail_ready: Arc::default(),
+            counted: false,
+        }
+    }
+
+    fn clones(&self) -> usize {
+        self.clones.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl tower::Service<http::Request<tower_deepseek::deepseek::RequestBody>> for CountedUpstream {
+    type Response = <Upstream as tower::Service<
+        http::Request<tower_deepseek::deepseek::RequestBody>,
+    >>::Response;
+    type Error = Error;
+    type Future =
+        <Upstream as tower::Service<http::Request<tower_deepseek::deepseek::RequestBody>>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Error>> {
+        // Counted here, not in `clone`: the test's own handle is cloned into the client.
+        if !self.counted {
+            self.counted = true;
+            self.clones
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        if self.fail_ready.load(std::sync::atomic::Ordering::SeqCst) {
+            return std::task::Poll::Ready(Err(Error::new(ErrorKind::Overloaded, "not ready")));
+        }
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(
+        &mut self,
+        request: http::Request<tower_deepseek::deepseek::RequestBody>,
+    ) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+/// Calls reuse the clone of the service an earlier call made (tower's contract: a service
+/// takes its next `poll_ready` after `call`), instead of cloning the whole stack per call; a
+/// clone whose `poll_ready` failed is dropped, and the next call makes a new one.
+#[tokio::test]
+async fn calls_reuse_one_clone_of_the_service_and_drop_one_that_failed() {
+    let mock = mock().await;
+    let upstream = CountedUpstream::new();
+    let client = DeepSeekClient::builder()
+        .base_url(mock.base_url())
+        .api_key(KEY)
+        .build(upstream.clone())
+        .unwrap();
+    for _ in 0..5 {
+        client.chat(hello()).await.unwrap();
+    }
+    assert_eq!(upstream.clones(), 1, "one clone served five calls");
+    // Two calls at once on this thread: the first gives its clone back once called.
+    let (a, b) = tokio::join!(client.chat(hello()), client.chat(hello()));
+    a.unwrap();
+    b.unwrap();
+    assert_eq!(upstream.clones(), 1);
+    upstream
+        .fail_ready
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let error = client.chat(hello()).await.unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Overloaded, "{error}");
+    upstream
+        .fail_ready
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    client.chat(hello()).await.unwrap();
+    client.chat(hello()).await.unwrap();
+    assert_eq!(upstream.clones(), 2, "the failed clone was replaced once");
+    // A clone of the client shares the spares: it reuses them too.
+    client.clone().chat(hello()).await.unwrap();
+    assert_eq!(upstream.clones(), 2);
 }

@@ -1,10 +1,9 @@
 //! The state machine: one atomic state word, the windows, and a lock taken only on
 //! transitions and in half-open.
 
-use std::cell::Cell;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -16,6 +15,7 @@ use super::window::{ClosedWindow, CountWindow, Sample, TimeWindow, WindowCounts}
 use crate::classify::{AuthFailure, Outcome};
 use crate::clock::Stamp;
 use crate::error::{CircuitOpenReason, Error, ErrorKind};
+use crate::lanes::{lane_count, thread_lane};
 
 const STATE_BITS: u32 = 3;
 const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
@@ -186,38 +186,6 @@ struct Shared {
 #[repr(align(64))]
 pub(crate) struct Lane {
     core: Arc<Core>,
-}
-
-/// How many lanes a breaker gets: the machine's parallelism, rounded up to a power of two and
-/// at most 16 (a lane costs 128 bytes; a keyed breaker has one set per key). Read once.
-fn lane_count() -> usize {
-    static COUNT: OnceLock<usize> = OnceLock::new();
-    *COUNT.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .clamp(1, 16)
-            .next_power_of_two()
-    })
-}
-
-/// This thread's lane number: handed out in turn to threads as they first ask, so threads
-/// running at the same time (a runtime's workers, the bench's threads) take different lanes.
-#[inline]
-fn thread_lane() -> usize {
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static LANE: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    LANE.try_with(|lane| {
-        let number = lane.get();
-        if number != usize::MAX {
-            return number;
-        }
-        let number = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
-        lane.set(number);
-        number
-    })
-    .unwrap_or(0)
 }
 
 impl fmt::Debug for CircuitBreaker {
@@ -1166,16 +1134,5 @@ mod tests {
         for permit in permits {
             permit.record(Outcome::Success);
         }
-    }
-
-    /// A thread keeps its lane number.
-    #[test]
-    fn a_thread_keeps_its_lane() {
-        let first = thread_lane();
-        assert_eq!(thread_lane(), first);
-        let other = std::thread::spawn(|| (thread_lane(), thread_lane()))
-            .join()
-            .unwrap();
-        assert_eq!(other.0, other.1);
     }
 }

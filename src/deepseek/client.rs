@@ -16,6 +16,7 @@ use crate::classify::{Classify, DeepSeekClassifier, Observation, StreamFailure};
 use crate::deepseek::sse::{ChatStream, DEFAULT_MAX_LINE_LEN, SseDecoder};
 use crate::deepseek::types::{ChatRequest, ChatResponse, ModelList};
 use crate::error::{BoxError, Error, ErrorKind};
+use crate::lanes::Spares;
 
 /// The base URL used when none is configured.
 pub const DEFAULT_BASE_URL: &str = "https://api.deepseek.com";
@@ -323,6 +324,7 @@ impl DeepSeekClientBuilder {
         }
         Ok(DeepSeekClient {
             service,
+            spares: Arc::new(Spares::new()),
             config: Arc::new(Config {
                 base_url: trimmed.to_owned(),
                 chat_uri,
@@ -344,6 +346,11 @@ impl DeepSeekClientBuilder {
 /// [`Upstream`](crate::upstream::Upstream), a `ServiceBuilder` stack of layers around it, or a
 /// test double. Cloning the client clones the service and shares the configuration.
 ///
+/// A call drives a clone of the service to ready and calls it, as tower's `oneshot` does,
+/// but the clone is kept for the next call made on the same thread (one per CPU, up to 16)
+/// rather than dropped: a service must be callable again after `call` returns, which tower's
+/// contract already asks of every service. A clone whose `poll_ready` failed is dropped.
+///
 /// ```no_run
 /// use tower_deepseek::deepseek::{ChatRequest, DeepSeekClient};
 /// use tower_deepseek::upstream::Upstream;
@@ -360,6 +367,9 @@ impl DeepSeekClientBuilder {
 /// ```
 pub struct DeepSeekClient<S> {
     service: S,
+    // Clones of `service` that earlier calls used, reused by the next calls on their lane
+    // instead of a clone per call; shared by the client's clones (all clones of one service).
+    spares: Arc<Spares<S>>,
     config: Arc<Config>,
 }
 
@@ -367,6 +377,7 @@ impl<S: Clone> Clone for DeepSeekClient<S> {
     fn clone(&self) -> Self {
         DeepSeekClient {
             service: self.service.clone(),
+            spares: Arc::clone(&self.spares),
             config: Arc::clone(&self.config),
         }
     }
@@ -564,9 +575,17 @@ where
 
     /// Drives the service and turns an unsuccessful status into an [`Error`].
     async fn send(&self, request: Request<RequestBody>) -> Result<Response<RB>, Error> {
-        let service = self.service.clone();
-        let response = service
-            .oneshot(request)
+        // A clone an earlier call on this thread's lane used, or a new one: a deep stack's
+        // clone and drop are a few dozen shared-counter writes, every call (see `Spares`).
+        let mut service = self.spares.take().unwrap_or_else(|| self.service.clone());
+        let future = match service.ready().await {
+            Ok(ready) => ready.call(request),
+            // A service that failed to get ready is not kept for the next call.
+            Err(e) => return Err(self.redact(Error::from_boxed(e.into()))),
+        };
+        // Called, the clone is free for the next call's `poll_ready` while this one runs.
+        self.spares.give_back(service);
+        let response = future
             .await
             .map_err(|e| self.redact(Error::from_boxed(e.into())))?;
         let status = response.status();

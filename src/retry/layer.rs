@@ -4,7 +4,7 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -93,11 +93,12 @@ impl RetryLayer {
     }
 }
 
-impl<S> Layer<S> for RetryLayer {
+impl<S: Clone> Layer<S> for RetryLayer {
     type Service = RetryService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
         RetryService {
+            fresh: Arc::new(Mutex::new(inner.clone())),
             inner,
             config: Arc::clone(&self.config),
         }
@@ -105,10 +106,19 @@ impl<S> Layer<S> for RetryLayer {
 }
 
 /// The service made by [`RetryLayer`].
+///
+/// The first attempt goes to this service's inner service; a retry goes to a new clone of
+/// the service the layer wrapped (cloned when a retry is needed, then driven to ready), so a
+/// call that succeeds at once clones nothing. For the usual tower service, whose clones share
+/// their state, that is the same as tower's `Retry`, which clones the inner service for every
+/// call.
 #[derive(Clone)]
 pub struct RetryService<S> {
     inner: S,
     config: Arc<RetryConfig>,
+    // What retries clone from. Behind a mutex so that the futures holding it stay `Send` for
+    // a service that is `Send` but not `Sync` (a `BoxService`); locked only to clone.
+    fresh: Arc<Mutex<S>>,
 }
 
 impl<S> fmt::Debug for RetryService<S> {
@@ -153,10 +163,6 @@ where
     // Inlined into the caller, the inner service's future is moved once less.
     #[inline]
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        // The ready service goes into the future; a fresh clone stays for the next poll_ready
-        // (tower's `Retry` does the same). Retries drive this one to ready again.
-        let clone = self.inner.clone();
-        let mut service = std::mem::replace(&mut self.inner, clone);
         let config = Arc::clone(&self.config);
         if let Some(budget) = &config.budget {
             budget.on_call();
@@ -172,9 +178,10 @@ where
             .then(|| Timer::start(&config));
         ResponseFuture {
             state: State::Calling {
-                future: service.call(request),
+                future: self.inner.call(request),
             },
-            service,
+            service: None,
+            fresh: Arc::clone(&self.fresh),
             config,
             attempt: 1,
             template,
@@ -220,7 +227,9 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        service: S,
+        // The clone that retries go through, made by the first retry.
+        service: Option<S>,
+        fresh: Arc<Mutex<S>>,
         config: Arc<RetryConfig>,
         attempt: u32,
         // The copy to send again, its head in an allocation of its own (the future is copied
@@ -285,6 +294,15 @@ impl Timer {
         set_timer(this.sleep.as_mut(), at);
         *this.kind = kind;
     }
+}
+
+/// A new clone of the service a layer wrapped, for a retry.
+fn fresh_clone<S: Clone>(fresh: &Mutex<S>) -> S {
+    // Only `clone` runs under the lock: a panic in it leaves the service as it was.
+    fresh
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
 }
 
 /// Whether the call's timer fired (a call without one never times out).
@@ -404,7 +422,7 @@ fn decide(
 
 impl<S, ReqB, RB> Future for ResponseFuture<S, ReqB, RB>
 where
-    S: Service<Request<ReqB>, Response = Response<RB>>,
+    S: Service<Request<ReqB>, Response = Response<RB>> + Clone,
     S::Error: Into<BoxError>,
     ReqB: ReplayBody,
     RB: Body,
@@ -509,14 +527,21 @@ where
                     this.state.set(State::Readying);
                     continue;
                 }
-                StateProj::Readying => match this.service.poll_ready(cx) {
+                StateProj::Readying => match this
+                    .service
+                    .get_or_insert_with(|| fresh_clone(this.fresh))
+                    .poll_ready(cx)
+                {
                     Poll::Ready(Ok(())) => {
                         let keep = *this.attempt + 1 < config.max_attempts;
                         let Some(request) = Replay::request(this.template, keep) else {
                             return Poll::Ready(Err(internal("no request to replay")));
                         };
                         *this.attempt += 1;
-                        let future = this.service.call(request);
+                        let Some(service) = this.service.as_mut() else {
+                            return Poll::Ready(Err(internal("no service to retry through")));
+                        };
+                        let future = service.call(request);
                         this.state.set(State::Calling { future });
                         continue;
                     }

@@ -1073,3 +1073,69 @@ async fn a_retry_after_a_success_on_the_same_thread_sends_its_own_request() {
         assert_eq!(headers["x-second"], "2");
     }
 }
+
+/// The scripted upstream, counting its clones.
+struct CountClones {
+    inner: Upstream,
+    clones: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Clone for CountClones {
+    fn clone(&self) -> Self {
+        self.clones
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        CountClones {
+            inner: self.inner.clone(),
+            clones: Arc::clone(&self.clones),
+        }
+    }
+}
+
+impl Service<Request<Full<Bytes>>> for CountClones {
+    type Response = Response<Body>;
+    type Error = io::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, io::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+/// A call answered at once clones nothing (the first attempt goes to the ready service
+/// itself); a retry goes through one new clone, driven to ready first (the scripted upstream
+/// panics on a call without `poll_ready`).
+#[tokio::test(start_paused = true)]
+async fn only_a_retry_clones_the_inner_service() {
+    let upstream = Upstream::new([Step::Json("{}"), Step::Status(503, NONE), Step::Json("{}")]);
+    let counted = CountClones {
+        inner: upstream.clone(),
+        clones: Arc::default(),
+    };
+    let clones = Arc::clone(&counted.clones);
+    let layer = quick().build().unwrap();
+    let mut service = layer.layer(counted);
+    let made = clones.load(std::sync::atomic::Ordering::SeqCst);
+    let response = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(clones.load(std::sync::atomic::Ordering::SeqCst), made);
+    let response = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(upstream.calls(), 3, "one call, then a 503 and its retry");
+    assert_eq!(clones.load(std::sync::atomic::Ordering::SeqCst), made + 1);
+}
