@@ -54,11 +54,29 @@ struct Entry {
     last_used: AtomicU64,
 }
 
+impl Entry {
+    /// Marks the entry used now. The order of uses only changes when another key was used
+    /// since this one: then (and only then) the shared tick moves. A set serving one key
+    /// (the usual case) writes nothing shared per call.
+    #[inline]
+    fn touch(&self, tick: &AtomicU64) {
+        if self.last_used.load(Ordering::Relaxed) != tick.load(Ordering::Relaxed) {
+            self.last_used
+                .store(tick.fetch_add(1, Ordering::Relaxed) + 1, Ordering::Relaxed);
+        }
+    }
+}
+
 struct Shared<K> {
     template: CircuitBreakerBuilder,
     max_keys: usize,
-    map: RwLock<HashMap<K, Entry>>,
+    // foldhash, seeded per set: keys (model names) come from requests, so the seed keeps
+    // them from choosing collisions, at a fraction of std's SipHash per lookup.
+    map: RwLock<HashMap<K, Arc<Entry>, foldhash::fast::RandomState>>,
     tick: AtomicU64,
+    /// Moves whenever a breaker leaves the set: a service's remembered breaker (see
+    /// [`KeyedCircuitBreakerService`]) is good while it has not moved.
+    removals: AtomicU64,
 }
 
 /// A bounded set of breakers, one per key, all built from one configuration.
@@ -114,15 +132,22 @@ where
             shared: Arc::new(Shared {
                 template,
                 max_keys,
-                map: RwLock::new(HashMap::new()),
+                map: RwLock::new(HashMap::default()),
                 tick: AtomicU64::new(0),
+                removals: AtomicU64::new(0),
             }),
         })
     }
 
     /// The breaker of `key`, created if needed.
     pub fn get(&self, key: &K) -> Result<CircuitBreaker, Error> {
-        let tick = self.shared.tick.fetch_add(1, Ordering::Relaxed);
+        self.entry(key).map(|(entry, _)| entry.breaker.clone())
+    }
+
+    /// The entry of `key`, created if needed, with the removal count read before the lookup
+    /// (an entry found is in the set at least until that count moves).
+    fn entry(&self, key: &K) -> Result<(Arc<Entry>, u64), Error> {
+        let removals = self.shared.removals.load(Ordering::Acquire);
         {
             let map = self
                 .shared
@@ -130,8 +155,8 @@ where
                 .read()
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             if let Some(entry) = map.get(key) {
-                entry.last_used.store(tick, Ordering::Relaxed);
-                return Ok(entry.breaker.clone());
+                entry.touch(&self.shared.tick);
+                return Ok((Arc::clone(entry), removals));
             }
         }
         let mut map = self
@@ -140,7 +165,8 @@ where
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(entry) = map.get(key) {
-            return Ok(entry.breaker.clone());
+            entry.touch(&self.shared.tick);
+            return Ok((Arc::clone(entry), removals));
         }
         if map.len() >= self.shared.max_keys {
             let victim = map
@@ -152,6 +178,7 @@ where
                 .map(|(key, _)| key.clone());
             if let Some(victim) = victim {
                 map.remove(&victim);
+                self.shared.removals.fetch_add(1, Ordering::Release);
             }
         }
         // Keys are user data: the name is escaped and capped when the breaker is built.
@@ -160,14 +187,19 @@ where
             name.push_str("(empty key)");
         }
         let breaker = self.shared.template.clone().name(name).build()?;
-        map.insert(
-            key.clone(),
-            Entry {
-                breaker: breaker.clone(),
-                last_used: AtomicU64::new(tick),
-            },
-        );
-        Ok(breaker)
+        let tick = self.shared.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        let entry = Arc::new(Entry {
+            breaker,
+            last_used: AtomicU64::new(tick),
+        });
+        map.insert(key.clone(), Arc::clone(&entry));
+        Ok((entry, self.shared.removals.load(Ordering::Relaxed)))
+    }
+
+    /// Whether an entry found when the removal count was `removals` is still in the set.
+    #[inline]
+    fn still_holds(&self, removals: u64) -> bool {
+        self.shared.removals.load(Ordering::Acquire) == removals
     }
 
     /// The breaker of `key`, if it exists.
@@ -187,7 +219,11 @@ where
             .map
             .write()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let before = map.len();
         map.retain(|key, entry| keep(key, &entry.breaker));
+        if map.len() != before {
+            self.shared.removals.fetch_add(1, Ordering::Release);
+        }
     }
 
     /// How many keys have a breaker.
@@ -292,16 +328,30 @@ impl<S, E, K, F: Clone> Layer<S> for KeyedCircuitBreakerLayer<E, K, F> {
             extractor: Arc::clone(&self.extractor),
             breakers: self.breakers.clone(),
             fallback: self.fallback.clone(),
+            last: None,
         }
     }
 }
 
 /// The service made by [`KeyedCircuitBreakerLayer`].
+///
+/// It remembers the breaker of the last key it called with: a service called again and
+/// again (a client's reused clone) for the same key (one model) goes straight to that breaker,
+/// with no lookup in the shared set, until a breaker leaves the set (evicted or
+/// [`retain`](KeyedCircuitBreaker::retain)ed away). A clone starts with nothing remembered.
 pub struct KeyedCircuitBreakerService<S, E, K, F = NoFallback> {
     inner: S,
     extractor: Arc<E>,
     breakers: KeyedCircuitBreaker<K>,
     fallback: F,
+    last: Option<Remembered<K>>,
+}
+
+/// A key's entry as a service last found it, with the set's removal count before the lookup.
+struct Remembered<K> {
+    key: K,
+    entry: Arc<Entry>,
+    removals: u64,
 }
 
 impl<S: Clone, E, K, F: Clone> Clone for KeyedCircuitBreakerService<S, E, K, F> {
@@ -311,6 +361,9 @@ impl<S: Clone, E, K, F: Clone> Clone for KeyedCircuitBreakerService<S, E, K, F> 
             extractor: Arc::clone(&self.extractor),
             breakers: self.breakers.clone(),
             fallback: self.fallback.clone(),
+            // Cloned per call by tower's usual pattern: remembering would cost that clone a
+            // key and an entry to copy, and its one call would not use them.
+            last: None,
         }
     }
 }
@@ -344,15 +397,33 @@ where
 
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
         let key = self.extractor.extract(&request);
-        match self.breakers.get(&key) {
-            Ok(breaker) => KeyedResponseFuture {
-                inner: KeyedInner::Breaker {
-                    future: dispatch(&breaker, &mut self.inner, &mut self.fallback, request),
+        let remembered = match self.last.take() {
+            Some(last) if last.key == key && self.breakers.still_holds(last.removals) => {
+                last.entry.touch(&self.breakers.shared.tick);
+                last
+            }
+            _ => match self.breakers.entry(&key) {
+                Ok((entry, removals)) => Remembered {
+                    key,
+                    entry,
+                    removals,
                 },
+                Err(error) => {
+                    return KeyedResponseFuture {
+                        inner: KeyedInner::Failed { error: Some(error) },
+                    };
+                }
             },
-            Err(error) => KeyedResponseFuture {
-                inner: KeyedInner::Failed { error: Some(error) },
-            },
+        };
+        let future = dispatch(
+            &remembered.entry.breaker,
+            &mut self.inner,
+            &mut self.fallback,
+            request,
+        );
+        self.last = Some(remembered);
+        KeyedResponseFuture {
+            inner: KeyedInner::Breaker { future },
         }
     }
 }

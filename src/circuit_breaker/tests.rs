@@ -1125,6 +1125,65 @@ async fn keyed_breakers_isolate_models() {
     );
 }
 
+/// A service called again and again (a reused clone) goes straight to the breaker of its
+/// last key, yet that breaker still counts as used for the set's eviction, and a breaker that
+/// left the set (retained away) is never called through again.
+#[tokio::test(start_paused = true)]
+async fn a_remembered_breaker_counts_as_used_and_is_forgotten_once_removed() {
+    let layer = KeyedCircuitBreakerLayer::new(
+        |request: &Request<(&'static str, u16)>| request.body().0.to_owned(),
+        CircuitBreaker::builder().minimum_calls(2),
+        2,
+    )
+    .unwrap();
+    let breakers = layer.breakers().clone();
+    let upstream = service_fn(|request: Request<(&'static str, u16)>| async move {
+        let mut response = Response::new(Full::new(Bytes::new()));
+        *response.status_mut() = StatusCode::from_u16(request.body().1).unwrap();
+        Ok::<_, Infallible>(response)
+    });
+    let mut first = ServiceBuilder::new().layer(layer.clone()).service(upstream);
+    let mut second = ServiceBuilder::new().layer(layer).service(upstream);
+    async fn call<S>(service: &mut S, key: &'static str) -> Result<StatusCode, crate::Error>
+    where
+        S: Service<
+                Request<(&'static str, u16)>,
+                Response = Response<CircuitBreakerBody<Full<Bytes>>>,
+                Error = crate::Error,
+            >,
+    {
+        let response = service
+            .ready()
+            .await?
+            .call(Request::new((key, 200)))
+            .await?;
+        Ok(response.status())
+    }
+    call(&mut first, "a").await.unwrap();
+    call(&mut second, "b").await.unwrap();
+    // `first` still remembers `a`: this use must make `a` the most recent.
+    call(&mut first, "a").await.unwrap();
+    call(&mut second, "c").await.unwrap();
+    assert!(
+        breakers.existing(&"b".to_owned()).is_none(),
+        "b was the least recently used"
+    );
+    assert!(breakers.existing(&"a".to_owned()).is_some());
+    // `a`'s breaker opens, then leaves the set: `first`, which remembers it, must take the
+    // new one (closed) rather than be refused by the old.
+    breakers.get(&"a".to_owned()).unwrap().force_open();
+    assert!(
+        call(&mut first, "a").await.is_err(),
+        "refused while forced open"
+    );
+    breakers.retain(|key, _| key != "a");
+    assert_eq!(call(&mut first, "a").await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        breakers.existing(&"a".to_owned()).unwrap().state(),
+        CircuitState::Closed
+    );
+}
+
 /// The circuit-open error of a keyed breaker names the key and the time until the next trial;
 /// a key is user data, so it is escaped and capped in the message.
 #[tokio::test(start_paused = true)]

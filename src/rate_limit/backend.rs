@@ -474,7 +474,14 @@ impl RateLimitBackend<()> for DirectLimiter {
     }
 }
 
-type Keyed<K> = RateLimiter<K, DashMapStateStore<K>, TokioClock, NoOpMiddleware<TokioReference>>;
+// foldhash, seeded per limiter: keys may come from callers (addresses), so the seed keeps
+// them from choosing collisions, at a fraction of std's SipHash per lookup.
+type Keyed<K> = RateLimiter<
+    K,
+    DashMapStateStore<K, foldhash::fast::RandomState>,
+    TokioClock,
+    NoOpMiddleware<TokioReference>,
+>;
 
 struct KeyedInner<K: Hash + Eq + Clone> {
     limiter: Keyed<K>,
@@ -573,7 +580,11 @@ where
         Ok(KeyedLimiter {
             inner: Arc::new(KeyedInner {
                 burst: quota.burst_size().get(),
-                limiter: RateLimiter::dashmap_with_clock(quota, TokioClock),
+                limiter: RateLimiter::dashmap_with_clock_and_hasher(
+                    quota,
+                    TokioClock,
+                    foldhash::fast::RandomState::default(),
+                ),
                 evict_every,
                 sweeper_started: AtomicBool::new(false),
             }),
