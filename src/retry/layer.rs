@@ -227,8 +227,10 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future>,
-        // The clone that retries go through, made by the first retry.
-        service: Option<S>,
+        // The clone that retries go through, made by the first retry; boxed, since inline it
+        // would make every call's future (and every future around it) the size of a whole
+        // stack of services larger, for the rare call that retries.
+        service: Option<Box<S>>,
         fresh: Arc<Mutex<S>>,
         config: Arc<RetryConfig>,
         attempt: u32,
@@ -529,7 +531,7 @@ where
                 }
                 StateProj::Readying => match this
                     .service
-                    .get_or_insert_with(|| fresh_clone(this.fresh))
+                    .get_or_insert_with(|| Box::new(fresh_clone(this.fresh)))
                     .poll_ready(cx)
                 {
                     Poll::Ready(Ok(())) => {

@@ -1139,3 +1139,32 @@ async fn only_a_retry_clones_the_inner_service() {
     assert_eq!(upstream.calls(), 3, "one call, then a 503 and its retry");
     assert_eq!(clones.load(std::sync::atomic::Ordering::SeqCst), made + 1);
 }
+
+/// The scripted upstream with a kilobyte of state, as a deep stack of services is.
+#[derive(Clone)]
+struct Heavy {
+    inner: Upstream,
+    _state: [u8; 1024],
+}
+
+impl Service<Request<Full<Bytes>>> for Heavy {
+    type Response = Response<Body>;
+    type Error = io::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, io::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
+        self.inner.call(request)
+    }
+}
+
+/// A call's future does not carry a copy of the service inline (only a retry makes one, in
+/// an allocation of its own): every layer around it moves that future whole.
+#[test]
+fn the_future_does_not_grow_with_the_service() {
+    let size = std::mem::size_of::<ResponseFuture<Heavy, Full<Bytes>, Body>>();
+    assert!(size < 512, "{size} bytes");
+}
