@@ -4,9 +4,12 @@
 # DeepSeek running as its own process (examples/mock_deepseek.rs), loaded with wrk.
 #
 #   1. throughput and latency at E2E_CONNECTIONS (1,000) connections for E2E_DURATION (20) s,
-#      non-streaming and streaming (wrk times a stream to its last byte, `data: [DONE]`). wrk
-#      is a closed loop: at saturation latency is about connections / throughput, so the same
-#      cases also run at E2E_LATENCY_CONNECTIONS (10), where latency is the per-call cost;
+#      non-streaming and streaming (wrk times a stream to its last byte, `data: [DONE]`), in
+#      E2E_ROUNDS (3) rounds that alternate which gateway goes first (a machine that speeds up
+#      or slows down during the run favours neither), with each gateway's CPU time per request
+#      (user + system, from /proc/<pid>/stat); the figure is the median round. wrk is a closed
+#      loop: at saturation latency is about connections / throughput, so the same cases also
+#      run once at E2E_LATENCY_CONNECTIONS (10), where latency is the per-call cost;
 #   2. E2E_STREAMS (10,000) streams held open at once (the mock sends one chunk a second), and
 #      the gateway's memory per open stream: (VmRSS with them open - VmRSS idle) / open streams,
 #      on a freshly started gateway, VmRSS read from /proc/<pid>/status. The gateway speaks
@@ -16,7 +19,7 @@
 #
 # Needs wrk (`apt-get install -y wrk`), curl and ss. Usage: bench/e2e.sh
 # Environment (defaults in brackets): E2E_DURATION [20] seconds per wrk run, E2E_WARMUP [2]
-# seconds of warm-up per gateway and case, E2E_CONNECTIONS [1000], E2E_THREADS [2] wrk
+# seconds of warm-up per gateway and case, E2E_ROUNDS [3], E2E_CONNECTIONS [1000], E2E_THREADS [2] wrk
 # threads, E2E_LATENCY_CONNECTIONS [10] (the unsaturated latency rows), E2E_STREAMS [10000],
 # E2E_RAMP [60] longest wait for all streams to be open, E2E_UPSTREAM_HTTP2 [1] (0: phase 2's
 # upstream is HTTP/1.1, two descriptors per stream),
@@ -26,6 +29,8 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 DURATION=${E2E_DURATION:-20}
 WARMUP=${E2E_WARMUP:-2}
+ROUNDS=${E2E_ROUNDS:-3}
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "e2e: E2E_ROUNDS must be a positive whole number" >&2; exit 1; }
 CONNECTIONS=${E2E_CONNECTIONS:-1000}
 LATENCY_CONNECTIONS=${E2E_LATENCY_CONNECTIONS:-10}
 THREADS=${E2E_THREADS:-2}
@@ -120,17 +125,26 @@ field() { # field NAME LINE: the value of NAME=value in an E2E_RESULT line
     sed -n "s/.*\b$1=\([^ ]*\).*/\1/p" <<<"$2"
 }
 
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; } # user + system, in clock ticks
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
+
 declare -A RESULT
-run_wrk() { # run_wrk stack|bare PORT plain|stream CONNECTIONS
-    local mode=$1 port=$2 kind=$3 conns=$4 threads=$THREADS out line
+run_wrk() { # run_wrk stack|bare PORT PID plain|stream CONNECTIONS [ROUND]
+    local mode=$1 port=$2 pid=$3 kind=$4 conns=$5 round=${6:-1} threads=$THREADS out line before requests cpu
     ((threads <= conns)) || threads=$conns
     wrk -t"$threads" -c"$conns" -d"${WARMUP}s" --timeout 30s -s "$LUA" \
         "http://127.0.0.1:$port/v1/chat/completions" -- "$kind" >/dev/null
+    before=$(cpu_ticks "$pid")
     out=$(wrk -t"$threads" -c"$conns" -d"${DURATION}s" --timeout 30s -s "$LUA" \
         "http://127.0.0.1:$port/v1/chat/completions" -- "$kind")
     line=$(grep '^E2E_RESULT' <<<"$out")
-    echo "   $mode $kind, $conns connections: $line"
-    RESULT[$mode.$kind.$conns]=$line
+    requests=$(field requests "$line")
+    cpu=n/a
+    ((requests > 0)) && cpu=$(awk -v t=$(($(cpu_ticks "$pid") - before)) -v us="$TICK_US" -v n="$requests" \
+        'BEGIN { printf "%.1f", t * us / n }')
+    line="$line cpu_us_per_request=$cpu"
+    echo "   round $round: $mode $kind, $conns connections: $line"
+    RESULT[$mode.$kind.$conns.$round]=$line
 }
 
 echo "== logs in $LOGS"
@@ -144,11 +158,21 @@ start_gateway stack "$STACK_PORT"
 STACK_PID=$GATEWAY_PID
 start_gateway bare "$BARE_PORT"
 BARE_PID=$GATEWAY_PID
-for conns in "$CONNECTIONS" "$LATENCY_CONNECTIONS"; do
+for round in $(seq 1 "$ROUNDS"); do
     for kind in plain stream; do
-        run_wrk stack "$STACK_PORT" "$kind" "$conns"
-        run_wrk bare "$BARE_PORT" "$kind" "$conns"
+        # Odd rounds run the stack first, even rounds the bare gateway.
+        if ((round % 2)); then
+            run_wrk stack "$STACK_PORT" "$STACK_PID" "$kind" "$CONNECTIONS" "$round"
+            run_wrk bare "$BARE_PORT" "$BARE_PID" "$kind" "$CONNECTIONS" "$round"
+        else
+            run_wrk bare "$BARE_PORT" "$BARE_PID" "$kind" "$CONNECTIONS" "$round"
+            run_wrk stack "$STACK_PORT" "$STACK_PID" "$kind" "$CONNECTIONS" "$round"
+        fi
     done
+done
+for kind in plain stream; do
+    run_wrk stack "$STACK_PORT" "$STACK_PID" "$kind" "$LATENCY_CONNECTIONS"
+    run_wrk bare "$BARE_PORT" "$BARE_PID" "$kind" "$LATENCY_CONNECTIONS"
 done
 stop "$STACK_PID"
 stop "$BARE_PID"
@@ -209,14 +233,41 @@ errors() { # errors LINE: the sum of wrk's error counts (non-2xx answers include
     echo $(($(field connect "$l") + $(field read "$l") + $(field write "$l") + $(field status "$l") + $(field timeout "$l")))
 }
 
+label_of() { [[ $1 == stream ]] && echo "streaming (to [DONE])" || echo "non-streaming"; }
+
+# The round whose stack/bare throughput ratio is the median, per case.
+declare -A MEDIAN
+for kind in plain stream; do
+    MEDIAN[$kind]=$(for round in $(seq 1 "$ROUNDS"); do
+        echo "$(ratio "$(field rps "${RESULT[stack.$kind.$CONNECTIONS.$round]}")" "$(field rps "${RESULT[bare.$kind.$CONNECTIONS.$round]}")") $round"
+    done | sort -n | awk -v n="$ROUNDS" 'NR == int((n + 1) / 2) { print $2 }')
+done
+
 echo
-echo "### End to end: the gateway with the full stack vs bare, ${DURATION}s per run, wrk -t$THREADS"
+echo "### Saturated: $CONNECTIONS connections, $ROUNDS rounds of ${DURATION}s per gateway and case (odd rounds stack first), wrk -t$THREADS"
+echo
+echo "| case | round | stack req/s | bare req/s | stack/bare | stack CPU µs/request | bare CPU µs/request | CPU added µs/request |"
+echo "|---|---|---|---|---|---|---|---|"
+for kind in plain stream; do for round in $(seq 1 "$ROUNDS"); do
+    s=${RESULT[stack.$kind.$CONNECTIONS.$round]}
+    b=${RESULT[bare.$kind.$CONNECTIONS.$round]}
+    mark=
+    [[ $round == "${MEDIAN[$kind]}" ]] && mark=" (median)"
+    echo "| $(label_of "$kind") | $round$mark | $(field rps "$s") | $(field rps "$b") | $(ratio "$(field rps "$s")" "$(field rps "$b")") |" \
+        "$(field cpu_us_per_request "$s") | $(field cpu_us_per_request "$b") |" \
+        "$(awk -v a="$(field cpu_us_per_request "$s")" -v b="$(field cpu_us_per_request "$b")" 'BEGIN { printf "%+.1f", a - b }') |"
+done; done
+
+echo
+echo "### End to end: the gateway with the full stack vs bare, ${DURATION}s per run, wrk -t$THREADS ($CONNECTIONS connections: the median round)"
 echo
 echo "| case | connections | stack req/s | bare req/s | stack/bare | p50 stack ms | p50 bare ms | p50 added ms | p99 stack ms | p99 bare ms | p99 added ms | errors stack/bare |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
 for conns in "$CONNECTIONS" "$LATENCY_CONNECTIONS"; do for kind in plain stream; do
-    s=${RESULT[stack.$kind.$conns]}
-    b=${RESULT[bare.$kind.$conns]}
+    round=1
+    [[ $conns == "$CONNECTIONS" ]] && round=${MEDIAN[$kind]}
+    s=${RESULT[stack.$kind.$conns.$round]}
+    b=${RESULT[bare.$kind.$conns.$round]}
     label="non-streaming"
     [[ $kind == stream ]] && label="streaming (to [DONE])"
     echo "| $label | $conns | $(field rps "$s") | $(field rps "$b") | $(ratio "$(field rps "$s")" "$(field rps "$b")") |" \
