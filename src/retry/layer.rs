@@ -98,9 +98,11 @@ impl<S: Clone> Layer<S> for RetryLayer {
 
     fn layer(&self, inner: S) -> Self::Service {
         RetryService {
-            fresh: Arc::new(Mutex::new(inner.clone())),
+            shared: Arc::new(ServiceShared {
+                config: Arc::clone(&self.config),
+                fresh: Mutex::new(inner.clone()),
+            }),
             inner,
-            config: Arc::clone(&self.config),
         }
     }
 }
@@ -115,16 +117,21 @@ impl<S: Clone> Layer<S> for RetryLayer {
 #[derive(Clone)]
 pub struct RetryService<S> {
     inner: S,
+    shared: Arc<ServiceShared<S>>,
+}
+
+/// What a service's calls share: one `Arc` for a call's future to hold.
+struct ServiceShared<S> {
     config: Arc<RetryConfig>,
     // What retries clone from. Behind a mutex so that the futures holding it stay `Send` for
     // a service that is `Send` but not `Sync` (a `BoxService`); locked only to clone.
-    fresh: Arc<Mutex<S>>,
+    fresh: Mutex<S>,
 }
 
 impl<S> fmt::Debug for RetryService<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RetryService")
-            .field("config", &self.config)
+            .field("config", &self.shared.config)
             .finish_non_exhaustive()
     }
 }
@@ -137,7 +144,7 @@ impl<S> RetryService<S> {
 
     /// The call counts of every service made by this layer.
     pub fn metrics(&self) -> RetryMetrics {
-        self.config.counters.snapshot()
+        self.shared.config.counters.snapshot()
     }
 }
 
@@ -163,7 +170,8 @@ where
     // Inlined into the caller, the inner service's future is moved once less.
     #[inline]
     fn call(&mut self, request: Request<ReqB>) -> Self::Future {
-        let config = Arc::clone(&self.config);
+        let shared = Arc::clone(&self.shared);
+        let config = &*shared.config;
         if let Some(budget) = &config.budget {
             budget.on_call();
         }
@@ -175,14 +183,13 @@ where
         };
         // A timer only for a deadline or a per-attempt timeout; a back-off makes its own.
         let timer = (config.deadline.is_some() || config.attempt_timeout.is_some())
-            .then(|| Timer::start(&config));
+            .then(|| Timer::start(config));
         ResponseFuture {
             state: State::Calling {
                 future: self.inner.call(request),
             },
             service: None,
-            fresh: Arc::clone(&self.fresh),
-            config,
+            shared,
             attempt: 1,
             template,
             timer,
@@ -231,8 +238,7 @@ pin_project! {
         // would make every call's future (and every future around it) the size of a whole
         // stack of services larger, for the rare call that retries.
         service: Option<Box<S>>,
-        fresh: Arc<Mutex<S>>,
-        config: Arc<RetryConfig>,
+        shared: Arc<ServiceShared<S>>,
         attempt: u32,
         // The copy to send again, its head in an allocation of its own (the future is copied
         // whole every time it moves, and the head is a few hundred bytes): `None` when the
@@ -435,7 +441,8 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        let config = &**this.config;
+        let shared = &**this.shared;
+        let config = &*shared.config;
         loop {
             // Set when an attempt failed: how, and the response headers if there was a head.
             let failed: (Outcome, Option<Response<RB>>, Option<Error>);
@@ -531,7 +538,7 @@ where
                 }
                 StateProj::Readying => match this
                     .service
-                    .get_or_insert_with(|| Box::new(fresh_clone(this.fresh)))
+                    .get_or_insert_with(|| Box::new(fresh_clone(&shared.fresh)))
                     .poll_ready(cx)
                 {
                     Poll::Ready(Ok(())) => {
