@@ -709,18 +709,48 @@ impl<'de: 'a, 'a> Deserialize<'de> for LastFinishReason<'a> {
 /// until a first token, the hedge layer while its attempts raced), and how that read ended:
 /// handed out before the rest of the body, unchanged.
 pub(crate) struct ReadAhead<D, E> {
-    pub(crate) frames: VecDeque<Frame<D>>,
+    // The first frame inline: a JSON answer is usually one or two frames, and a held one
+    // then needs no allocation for its queue.
+    first: Option<Frame<D>>,
+    rest: VecDeque<Frame<D>>,
     pub(crate) error: Option<E>,
     pub(crate) ended: bool,
 }
 
 impl<D, E> ReadAhead<D, E> {
-    pub(crate) fn new(frames: VecDeque<Frame<D>>) -> ReadAhead<D, E> {
+    /// These frames, in order, ahead of the rest of the body.
+    pub(crate) fn new(mut frames: VecDeque<Frame<D>>) -> ReadAhead<D, E> {
         ReadAhead {
-            frames,
+            first: frames.pop_front(),
+            rest: frames,
             error: None,
             ended: false,
         }
+    }
+
+    /// The same frames, then `error` (if any), then the end if `ended`.
+    pub(crate) fn ending(mut self, error: Option<E>, ended: bool) -> ReadAhead<D, E> {
+        self.error = error;
+        self.ended = ended;
+        self
+    }
+
+    /// One more frame read ahead, after the others.
+    pub(crate) fn push(&mut self, frame: Frame<D>) {
+        if self.first.is_none() && self.rest.is_empty() {
+            self.first = Some(frame);
+        } else {
+            self.rest.push_back(frame);
+        }
+    }
+
+    /// How many frames are waiting.
+    pub(crate) fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.rest.len()
+    }
+
+    fn pop(&mut self) -> Option<Frame<D>> {
+        self.first.take().or_else(|| self.rest.pop_front())
     }
 
     /// The next frame: the ones read ahead, then the read's error or end, then `body`'s.
@@ -732,7 +762,7 @@ impl<D, E> ReadAhead<D, E> {
     where
         B: Body<Data = D, Error = E> + ?Sized,
     {
-        if let Some(frame) = self.frames.pop_front() {
+        if let Some(frame) = self.pop() {
             return Poll::Ready(Some(Ok(frame)));
         }
         if let Some(error) = self.error.take() {
@@ -745,11 +775,11 @@ impl<D, E> ReadAhead<D, E> {
     }
 
     pub(crate) fn is_end_stream<B: Body + ?Sized>(&self, body: &B) -> bool {
-        self.frames.is_empty() && self.error.is_none() && (self.ended || body.is_end_stream())
+        self.len() == 0 && self.error.is_none() && (self.ended || body.is_end_stream())
     }
 
     pub(crate) fn size_hint<B: Body + ?Sized>(&self, body: &B) -> SizeHint {
-        if self.frames.is_empty() && !self.ended {
+        if self.len() == 0 && !self.ended {
             body.size_hint()
         } else {
             SizeHint::default()
@@ -762,6 +792,45 @@ mod tests {
     use super::*;
     use crate::classify::DeepSeekClassifier;
     use http_body_util::{BodyExt, Full, StreamBody};
+
+    /// Frames read ahead come out in the order read (the first one is kept apart from the
+    /// rest), then the read's error, then the end; the body is polled only after them.
+    #[test]
+    fn read_ahead_frames_come_out_in_order_then_the_error_then_the_end() {
+        let frame = |text: &'static str| Frame::data(Bytes::from_static(text.as_bytes()));
+        let mut ahead: ReadAhead<Bytes, std::io::Error> =
+            ReadAhead::new(VecDeque::from([frame("a")]));
+        ahead.push(frame("b"));
+        ahead.push(frame("c"));
+        assert_eq!(ahead.len(), 3);
+        let mut ahead = ahead.ending(Some(std::io::Error::other("cut")), true);
+        let mut body = std::pin::pin!(
+            Full::new(Bytes::from_static(b"never read")).map_err(|never| match never {})
+        );
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut seen = Vec::new();
+        loop {
+            match ahead.poll_frame(body.as_mut(), &mut cx) {
+                Poll::Ready(Some(Ok(frame))) => seen.push(frame.into_data().unwrap()),
+                Poll::Ready(Some(Err(error))) => seen.push(Bytes::from(error.to_string())),
+                Poll::Ready(None) => break,
+                Poll::Pending => unreachable!("everything is here"),
+            }
+        }
+        assert_eq!(seen, ["a", "b", "c", "cut"]);
+        assert!(ahead.is_end_stream(&*body));
+        // Empty, it is the body.
+        let mut empty: ReadAhead<Bytes, std::convert::Infallible> = ReadAhead::new(VecDeque::new());
+        empty.push(frame("x"));
+        let mut body = std::pin::pin!(Full::new(Bytes::from_static(b"y")));
+        let mut next = || match empty.poll_frame(body.as_mut(), &mut cx) {
+            Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap(),
+            _ => unreachable!("two data frames"),
+        };
+        assert_eq!(next(), "x");
+        assert_eq!(next(), "y");
+    }
 
     fn events_of(format: BodyFormat, frames: &[&'static [u8]]) -> Vec<String> {
         let mut seen = Vec::new();

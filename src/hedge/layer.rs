@@ -263,11 +263,7 @@ impl<B: Body> Held<B> {
             HedgeBody {
                 kind: Kind::Held {
                     body: self.body,
-                    ahead: ReadAhead {
-                        frames: self.frames,
-                        error,
-                        ended,
-                    },
+                    ahead: ReadAhead::new(self.frames).ending(error, ended),
                 },
             },
         )
@@ -609,7 +605,7 @@ impl<B: Body> fmt::Debug for HedgeBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let held = match &self.kind {
             Kind::Direct { .. } => None,
-            Kind::Held { ahead, .. } => Some(ahead.frames.len()),
+            Kind::Held { ahead, .. } => Some(ahead.len()),
         };
         f.debug_struct("HedgeBody")
             .field("held_frames", &held)

@@ -92,7 +92,7 @@ where
         loop {
             match this.body.as_mut().poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    this.ahead.frames.push_back(frame);
+                    this.ahead.push(frame);
                     let observer = this.body.as_ref().get_ref().observer();
                     if observer.first_token && !observer.whole_body {
                         return Poll::Ready(HeldRead::Deliver);
@@ -168,7 +168,7 @@ impl<B: Body> fmt::Debug for RetryBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let held = match &self.kind {
             Kind::Direct { .. } => None,
-            Kind::Held { held } => Some(held.ahead.frames.len()),
+            Kind::Held { held } => Some(held.ahead.len()),
         };
         f.debug_struct("RetryBody")
             .field("held_frames", &held)
