@@ -545,7 +545,10 @@ fn scan_frame<D: Buf + 'static, O: BodyObserver>(
             }
             scan.chunks += 1;
             observer.observe(BodyEvent::Chunk(bytes));
-            if mentions_insufficient(bytes) {
+            // An observer done with the body at its first token (a timeout, a retry that
+            // holds only to it) needs no search of the frame that holds it: as for the frames
+            // after, its end then reports what it scanned.
+            if !observer.is_done() && mentions_insufficient(bytes) {
                 scan.finish_reason = Some(INSUFFICIENT.into());
             }
         }
@@ -879,6 +882,60 @@ mod tests {
                 "Chunk(62 bytes)",
                 "end stream_error"
             ]
+        );
+    }
+
+    /// An observer done at the first token is not searched for (nor told of) a mention in
+    /// the frame holding that token, as for the frames after it: when every observer is done
+    /// the body only passes frames on. One still watching gets it.
+    #[test]
+    fn a_frame_is_not_searched_for_an_observer_done_at_its_first_token() {
+        let body = || {
+            Full::new(Bytes::from_static(
+                b"{\"choices\":[{\"finish_reason\":\"insufficient_system_resource\"}]}",
+            ))
+        };
+        struct UntilFirstToken<'a> {
+            seen: bool,
+            end: &'a std::cell::RefCell<Option<Outcome>>,
+        }
+        impl BodyObserver for UntilFirstToken<'_> {
+            fn observe(&mut self, event: BodyEvent<'_>) {
+                match event {
+                    BodyEvent::FirstToken => self.seen = true,
+                    BodyEvent::End(end) => {
+                        *self.end.borrow_mut() = Some(end.outcome(&DeepSeekClassifier));
+                    }
+                    _ => {}
+                }
+            }
+            fn is_done(&self) -> bool {
+                self.seen
+            }
+        }
+        let end = std::cell::RefCell::new(None);
+        let done_early = UntilFirstToken {
+            seen: false,
+            end: &end,
+        };
+        futures_executor(ObservedBody::new(body(), BodyFormat::Json, done_early));
+        assert_eq!(
+            end.borrow().as_ref().map(ToString::to_string),
+            Some("success".to_owned())
+        );
+        let mut watching = None;
+        futures_executor(ObservedBody::new(
+            body(),
+            BodyFormat::Json,
+            |event: BodyEvent<'_>| {
+                if let BodyEvent::End(end) = event {
+                    watching = Some(end.outcome(&DeepSeekClassifier));
+                }
+            },
+        ));
+        assert_eq!(
+            watching.map(|outcome| outcome.to_string()),
+            Some("stream_error".to_owned())
         );
     }
 
