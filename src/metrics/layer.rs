@@ -62,6 +62,15 @@ pub fn operation_from_path(_method: &http::Method, uri: &http::Uri) -> &'static 
 enum Operation {
     Fixed(usize),
     By(OperationFn),
+    /// [`operation_from_path`], which reads only the path: its answer is kept by path.
+    Path,
+}
+
+/// The address and length of a URI's path and query as stored (`Uri::path` would slice it).
+#[inline]
+fn path_id(uri: &http::Uri) -> Option<(usize, usize)> {
+    uri.path_and_query()
+        .map(|path| (path.as_str().as_ptr() as usize, path.as_str().len()))
 }
 
 /// What every call of one layer shares (one `Arc` clone per call).
@@ -74,6 +83,11 @@ struct Shared {
     /// a name is `&'static`, so its address and length identify it for good, and a label's
     /// index never changes once given.
     operations: [OnceLock<(usize, usize, usize)>; 4],
+    /// Paths [`operation_from_path`] named, with their label index: the client clones one
+    /// prebuilt URI per endpoint, so its path's bytes stay at one address (the clone held
+    /// here keeps that address from being reused for another path). Keyed by the address and
+    /// length of the path and query as stored, which (unlike `Uri::path`) needs no slicing.
+    paths: [OnceLock<(usize, usize, usize, http::Uri)>; 4],
     /// Request models seen, with their label index: the client shares one allocation of its
     /// configured model name across requests, so its address identifies it (the clone held
     /// here keeps that address from being reused for another name).
@@ -95,6 +109,35 @@ impl Shared {
             }
         }
         self.metrics.operation_index(name)
+    }
+
+    /// [`operation_from_path`]'s label index for `uri`, looked up by the path's address.
+    #[inline]
+    fn path_operation(&self, method: &http::Method, uri: &http::Uri) -> usize {
+        if let Some(id) = path_id(uri) {
+            for slot in &self.paths {
+                match slot.get() {
+                    Some(&(address, len, index, _)) if (address, len) == id => return index,
+                    Some(_) => continue,
+                    None => break,
+                }
+            }
+        }
+        self.path_operation_slow(method, uri)
+    }
+
+    /// A path not kept yet: named, and kept if there is room.
+    #[cold]
+    #[inline(never)]
+    fn path_operation_slow(&self, method: &http::Method, uri: &http::Uri) -> usize {
+        let index = self.operation_index(operation_from_path(method, uri));
+        if let Some(id) = path_id(uri)
+            && let Some(slot) = self.paths.iter().find(|slot| slot.get().is_none())
+        {
+            // Another thread may fill the slot first: this call's index is right either way.
+            let _ = slot.set((id.0, id.1, index, uri.clone()));
+        }
+        index
     }
 
     fn model_index(&self, model: Option<&RequestModel>) -> usize {
@@ -180,7 +223,7 @@ impl fmt::Debug for MetricsLayer {
 impl MetricsLayer {
     /// The outbound layer: goes under the DeepSeek client, records request and GenAI metrics.
     pub fn client(metrics: &Metrics) -> MetricsLayer {
-        MetricsLayer::new(metrics, Side::Client, Operation::By(operation_from_path))
+        MetricsLayer::new(metrics, Side::Client, Operation::Path)
     }
 
     /// The inbound layer: goes in the server stack, records request metrics under the fixed
@@ -199,6 +242,7 @@ impl MetricsLayer {
                 operation,
                 classifier: Arc::new(DeepSeekClassifier),
                 operations: Default::default(),
+                paths: Default::default(),
                 models: Default::default(),
             }),
         }
@@ -212,6 +256,7 @@ impl MetricsLayer {
             operation: shared.operation,
             classifier: Arc::clone(&shared.classifier),
             operations: Default::default(),
+            paths: Default::default(),
             models: Default::default(),
         };
         change(&mut next);
@@ -297,6 +342,7 @@ where
         let op = match shared.operation {
             Operation::Fixed(index) => index,
             Operation::By(name) => shared.operation_index(name(request.method(), request.uri())),
+            Operation::Path => shared.path_operation(request.method(), request.uri()),
         };
         let model = shared.model_index(request.extensions().get::<RequestModel>());
         // Label indices are under `MAX_TABLE + 1`, so they always fit (a value that did not

@@ -130,6 +130,7 @@ pub(crate) fn find_model(json: &[u8]) -> Option<&[u8]> {
 /// JSON text (near its start in a DeepSeek answer), if that value is a string: its `m` found
 /// a word at a time, cheaper than a search call at that distance. The caller can compare the
 /// name it expects there before looking for the closing quote ([`string_contents`]).
+#[inline]
 pub(crate) fn find_model_value(json: &[u8]) -> Option<&[u8]> {
     let mut from = 1;
     loop {

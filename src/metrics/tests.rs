@@ -468,6 +468,72 @@ async fn the_response_model_is_the_request_model_only_when_the_names_are_equal()
     assert_eq!(input("deepseek-cha"), Some(1.0));
 }
 
+/// The client's operation is kept by the path's address: the same prebuilt URI cloned, fresh
+/// URIs with the same or other paths (more of them than there are kept paths), and a path
+/// whose allocation was freed and reused for another path are all named right.
+#[cfg(feature = "prometheus")]
+#[tokio::test]
+async fn the_operation_kept_by_path_address_is_always_the_paths() {
+    use tower::Service;
+    let metrics = Metrics::builder()
+        .prometheus(::prometheus::Registry::new())
+        .build()
+        .expect("metrics");
+    let mut service = ServiceBuilder::new()
+        .layer(MetricsLayer::client(&metrics))
+        .service_fn(|_request: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+        });
+    let prebuilt: http::Uri = "https://api.deepseek.com/chat/completions"
+        .parse()
+        .expect("uri");
+    let mut expected = std::collections::HashMap::<&str, u32>::new();
+    let mut uris: Vec<(http::Uri, &str)> = Vec::new();
+    for _ in 0..3 {
+        uris.push((prebuilt.clone(), "chat"));
+    }
+    for round in 0..3 {
+        for (path, operation) in [
+            ("/v1/chat/completions", "chat"),
+            ("/models", "models"),
+            ("/other/thing", "other"),
+            ("/chat/completions/", "chat"),
+            ("/x/models", "models"),
+            ("/y", "other"),
+            // As long as a kept path, with another name.
+            ("/modelz", "other"),
+            ("/chat/completionz", "other"),
+        ] {
+            // A fresh allocation each time (its address may be one freed just before).
+            let text = format!("https://api.deepseek.com{path}?round={round}");
+            uris.push((text.parse().expect("uri"), operation));
+        }
+    }
+    for (uri, operation) in uris {
+        *expected.entry(operation).or_default() += 1;
+        let mut request = Request::new(());
+        *request.uri_mut() = uri;
+        let response = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(request)
+            .await
+            .expect("response");
+        response.into_body().collect().await.expect("body");
+    }
+    for (operation, calls) in expected {
+        let key = format!(
+            r#"deepseek_requests_total{{model="unknown",operation="{operation}",outcome="success",side="client"}}"#
+        );
+        assert_eq!(
+            sample(&metrics, &key),
+            Some(f64::from(calls)),
+            "{operation}"
+        );
+    }
+}
+
 /// Records `calls` finished server calls and as many client calls (GenAI duration and
 /// tokens: 3 input, 2 output each) under `key`s of model `m`.
 #[cfg(feature = "prometheus")]
