@@ -25,7 +25,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto;
 
 use super::instruments::{
-    DURATION_BUCKETS, OUTCOMES, PROVIDER, SIDES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables,
+    DURATION_BUCKETS, GenAiRecord, OUTCOMES, PROVIDER, SIDES, Side, TOKEN_BUCKETS, TOKEN_TYPES,
+    Tables,
 };
 use super::labels::Grid;
 
@@ -332,13 +333,7 @@ impl CallCells {
     }
 
     #[inline]
-    pub(crate) fn genai(
-        &self,
-        index: usize,
-        class: usize,
-        nanos: u64,
-        tokens: &[Option<u64>; TOKEN_TYPES.len()],
-    ) {
+    pub(crate) fn genai(&self, index: usize, class: usize, nanos: u64, record: &GenAiRecord) {
         let Some(cells) = self.genai.get(index, Box::default) else {
             return;
         };
@@ -346,8 +341,8 @@ impl CallCells {
         if let Some(duration) = cells.duration.get(class) {
             duration.observe(&self.duration_nanos, nanos, owned);
         }
-        for (histogram, tokens) in cells.tokens.iter().zip(tokens) {
-            if let Some(tokens) = *tokens {
+        for (kind, tokens) in record.tokens() {
+            if let Some(histogram) = cells.tokens.get(kind) {
                 histogram.observe_at(token_bucket(tokens), tokens, owned);
             }
         }

@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::instruments::{CallKey, GenAiRecord, Metrics, Side, outcome_index};
 use super::scan::{
     FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, find_model_value, find_usage,
-    parse_usage, string_contents,
+    parse_usage, starts_with_words, string_contents,
 };
 use crate::body::{BodyEnd, BodyEvent, BodyFormat, BodyObserver, ObservedBody};
 use crate::classify::{Classify, DeepSeekClassifier, Observation, Outcome, StreamFailure};
@@ -407,26 +407,22 @@ impl Call {
 
     /// Records the finished call (the in-flight count ends when `self` drops).
     fn finish(mut self, outcome: Outcome, seen: Option<&Seen>) {
-        let elapsed = self.start.elapsed();
+        let nanos = Stamp::now().nanos_since(self.start);
         let metrics = &self.shared.metrics;
         let key = self.key();
-        metrics.request(key, &outcome, elapsed);
+        metrics.request(key, &outcome, nanos);
         self.recorded = true;
         if self.genai() {
             let response_model = seen.and_then(Seen::response_model).unwrap_or(key.model);
             let record = GenAiRecord {
                 error: (!outcome.is_success()).then(|| outcome_index(&outcome)),
-                elapsed,
-                tokens: seen.map_or([None; 4], |seen| {
-                    // A breakdown that is zero (no cache hit, no reasoning) is not recorded,
-                    // so its `_count` is the number of calls that had one.
-                    let [input, output, cached, reasoning] = seen.tokens();
-                    [
-                        input,
-                        output,
-                        cached.filter(|n| *n > 0),
-                        reasoning.filter(|n| *n > 0),
-                    ]
+                nanos,
+                tokens: seen.map_or([0; 4], |seen| seen.tokens),
+                // A breakdown that is zero (no cache hit, no reasoning) is not recorded, so
+                // its `_count` is the number of calls that had one.
+                present: seen.map_or(0, |seen| {
+                    let zero = |i: usize| u8::from(seen.tokens[i] == 0) << i;
+                    seen.tokens_present & !(zero(2) | zero(3))
                 }),
                 first_chunk: seen
                     .and_then(|seen| seen.first_chunk)
@@ -529,11 +525,6 @@ impl Seen {
         if let Ok(index) = u16::try_from(index) {
             self.response_model = Some(index);
         }
-    }
-
-    #[inline]
-    fn tokens(&self) -> [Option<u64>; 4] {
-        std::array::from_fn(|i| (self.tokens_present & (1 << i) != 0).then_some(self.tokens[i]))
     }
 
     #[inline]
@@ -647,7 +638,7 @@ impl MetricsObserver {
             && call.model != 0
         {
             let name = call.shared.metrics.model_name(call.model()).as_bytes();
-            if value.get(name.len()) == Some(&b'"') && value.starts_with(name) {
+            if value.get(name.len()) == Some(&b'"') && starts_with_words(value, name) {
                 self.seen.set_response_model(call.model());
                 return true;
             }

@@ -135,7 +135,7 @@ pub(crate) fn find_model_value(json: &[u8]) -> Option<&[u8]> {
     let mut from = 1;
     loop {
         let m = from + find_byte(json.get(from..)?, b'm')?;
-        if json[m - 1..].starts_with(MODEL_KEY) {
+        if key_at(json, m - 1) {
             let rest = &json[m - 1 + MODEL_KEY.len()..];
             let mut i = skip_ws(rest, 0);
             if rest.get(i) != Some(&b':') {
@@ -153,6 +153,42 @@ pub(crate) fn find_model_value(json: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// Whether `"model"` starts at `json[at]`: one word compare of its seven bytes when eight are
+/// there (the eighth, the colon in compact JSON, masked off), no compare call.
+#[inline(always)]
+fn key_at(json: &[u8], at: usize) -> bool {
+    const KEY: u64 = word(b"\"model\"\0") & 0x00ff_ffff_ffff_ffff;
+    match word_at(json, at) {
+        Some(word) => word & 0x00ff_ffff_ffff_ffff == KEY,
+        None => json
+            .get(at..)
+            .is_some_and(|rest| rest.starts_with(MODEL_KEY)),
+    }
+}
+
+/// Whether `bytes` start with `prefix`, compared a word at a time (the last word overlapping
+/// the one before it) rather than through a compare call: for names of a few dozen bytes.
+#[inline]
+pub(crate) fn starts_with_words(bytes: &[u8], prefix: &[u8]) -> bool {
+    let Some(bytes) = bytes.get(..prefix.len()) else {
+        return false;
+    };
+    if prefix.len() < 8 {
+        return bytes == prefix;
+    }
+    let mut at = 0;
+    loop {
+        let at_word = at.min(prefix.len() - 8);
+        if word_at(bytes, at_word) != word_at(prefix, at_word) {
+            return false;
+        }
+        at += 8;
+        if at >= prefix.len() {
+            return true;
+        }
+    }
+}
+
 /// The contents of the string whose opening quote came just before `value`, up to its closing
 /// quote; `None` if it has an escape (an escaped model name is not a label anyway) or does
 /// not end in `value`.
@@ -164,8 +200,24 @@ pub(crate) fn string_contents(value: &[u8]) -> Option<&[u8]> {
 }
 
 /// The first `byte` in `bytes`, eight bytes at a time.
+#[inline]
 fn find_byte(bytes: &[u8], byte: u8) -> Option<usize> {
-    find_either(bytes, byte, byte)
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let found = zero_byte(u64::from_le_bytes(word) ^ (ONES * u64::from(byte)));
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == byte)
+        .map(|offset| at + offset)
 }
 
 /// The value of `key` (written with its quotes, e.g. `"model"`) in one complete JSON text.

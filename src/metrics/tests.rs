@@ -545,12 +545,13 @@ fn record_calls(metrics: &Metrics, calls: u64) {
         let key = CallKey { side, op, model };
         for _ in 0..calls {
             metrics.call_started(key);
-            let elapsed = Duration::from_millis(20);
-            metrics.request(key, &crate::classify::Outcome::Success, elapsed);
+            let nanos = 20_000_000;
+            metrics.request(key, &crate::classify::Outcome::Success, nanos);
             if side == Side::Client {
                 let record = GenAiRecord {
-                    elapsed,
-                    tokens: [Some(3), Some(2), None, None],
+                    nanos,
+                    tokens: [3, 2, 0, 0],
+                    present: 0b11,
                     ..GenAiRecord::default()
                 };
                 metrics.genai(key, model, &record);
@@ -672,7 +673,7 @@ fn a_call_started_and_ended_on_different_threads_leaves_nothing_in_flight() {
         scope.spawn(|| {
             for call in 0..10 {
                 if call < 7 {
-                    metrics.request(key, &crate::classify::Outcome::Success, Duration::ZERO);
+                    metrics.request(key, &crate::classify::Outcome::Success, 0);
                 }
                 metrics.call_ended(key, call < 7);
             }
