@@ -73,12 +73,30 @@ fn path_id(uri: &http::Uri) -> Option<(usize, usize)> {
         .map(|path| (path.as_str().as_ptr() as usize, path.as_str().len()))
 }
 
+/// The layer's classifier: the default one called directly (so it can be inlined: a head or
+/// an end judged in a few instructions), any other through its `Arc`.
+#[derive(Clone)]
+enum Classifier {
+    DeepSeek,
+    Custom(Arc<dyn Classify>),
+}
+
+impl Classify for Classifier {
+    #[inline]
+    fn classify(&self, observation: Observation<'_>) -> Outcome {
+        match self {
+            Classifier::DeepSeek => DeepSeekClassifier.classify(observation),
+            Classifier::Custom(classifier) => classifier.classify(observation),
+        }
+    }
+}
+
 /// What every call of one layer shares (one `Arc` clone per call).
 struct Shared {
     metrics: Metrics,
     side: Side,
     operation: Operation,
-    classifier: Arc<dyn Classify>,
+    classifier: Classifier,
     /// The operation names an [`OperationFn`] returned, by address, with their label index:
     /// a name is `&'static`, so its address and length identify it for good, and a label's
     /// index never changes once given.
@@ -240,7 +258,7 @@ impl MetricsLayer {
                 metrics: metrics.clone(),
                 side,
                 operation,
-                classifier: Arc::new(DeepSeekClassifier),
+                classifier: Classifier::DeepSeek,
                 operations: Default::default(),
                 paths: Default::default(),
                 models: Default::default(),
@@ -254,7 +272,7 @@ impl MetricsLayer {
             metrics: shared.metrics.clone(),
             side: shared.side,
             operation: shared.operation,
-            classifier: Arc::clone(&shared.classifier),
+            classifier: shared.classifier.clone(),
             operations: Default::default(),
             paths: Default::default(),
             models: Default::default(),
@@ -278,7 +296,8 @@ impl MetricsLayer {
 
     /// Classifies outcomes with `classifier` instead of [`DeepSeekClassifier`].
     pub fn classifier(self, classifier: impl Classify) -> MetricsLayer {
-        self.with(|shared| shared.classifier = Arc::new(classifier))
+        let classifier = Classifier::Custom(Arc::new(classifier));
+        self.with(|shared| shared.classifier = classifier)
     }
 
     /// The side this layer measures (the client side also records the GenAI metrics).
@@ -608,9 +627,9 @@ impl MetricsObserver {
         }
     }
 
-    fn finish(&mut self, outcome: impl FnOnce(&dyn Classify) -> Outcome) {
+    fn finish(&mut self, outcome: impl FnOnce(&Classifier) -> Outcome) {
         if let Some(call) = self.call.take() {
-            let outcome = outcome(&*call.shared.classifier);
+            let outcome = outcome(&call.shared.classifier);
             call.finish(outcome, Some(&self.seen));
         }
     }
