@@ -11,6 +11,8 @@ use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
 
+use crate::body::ByteSearch;
+
 /// The searchers for the two keys, built once (building one costs more than a short search).
 static MODEL_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(MODEL_KEY));
 static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(USAGE_KEY));
@@ -234,9 +236,17 @@ pub(crate) fn find_field<'a>(json: &'a [u8], key: &[u8], kind: ValueKind) -> Opt
 pub(crate) fn find_usage(json: &[u8]) -> Option<[Option<u64>; 4]> {
     // `usage` ends a DeepSeek answer: searching back from the end skips the content, however
     // long. Its keys have no `u`, so the first `u` back is usually the key's.
-    let key = memchr::memrchr_iter(b'u', json)
-        .find(|&u| u > 0 && json[u - 1..].starts_with(USAGE_KEY))
-        .map(|u| u - 1);
+    static U_SEARCH: LazyLock<ByteSearch> = LazyLock::new(|| ByteSearch::new(b'u'));
+    let search = &*U_SEARCH;
+    let mut end = json.len();
+    let mut key = None;
+    while let Some(u) = json.get(..end).and_then(|head| search.rfind(head)) {
+        if u > 0 && json[u - 1..].starts_with(USAGE_KEY) {
+            key = Some(u - 1);
+            break;
+        }
+        end = u;
+    }
     if let Some(key) = key {
         let rest = &json[key + USAGE_KEY.len()..];
         let mut i = skip_ws(rest, 0);
