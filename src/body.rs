@@ -891,9 +891,13 @@ mod tests {
     fn byte_search_agrees_with_a_plain_scan() {
         let search = ByteSearch::new(b'y');
         for len in 0..140 {
-            for (first, second) in [(None, None), (Some(0), None), (Some(len / 3), Some(len / 2))]
-                .into_iter()
-                .chain((0..len).map(|at| (Some(at), None)))
+            for (first, second) in [
+                (None, None),
+                (Some(0), None),
+                (Some(len / 3), Some(len / 2)),
+            ]
+            .into_iter()
+            .chain((0..len).map(|at| (Some(at), None)))
             {
                 let mut bytes = vec![b'x'; len];
                 for at in [first, second].into_iter().flatten() {

@@ -554,15 +554,17 @@ impl Metrics {
     /// The end of a call's in-flight time; `recorded` if [`request`](Self::request) counted
     /// it (only the Prometheus cells need to know).
     #[cfg_attr(not(feature = "prometheus"), allow(unused_variables))]
+    #[inline]
     pub(crate) fn call_ended(&self, key: CallKey, recorded: bool) {
-        let index = self.inner.tables.flight_index(key.side, key.op, key.model);
+        let index = || self.inner.tables.flight_index(key.side, key.op, key.model);
+        // A recorded call left the Prometheus gauge when its request was counted.
         #[cfg(feature = "prometheus")]
-        if let Some(sink) = &self.inner.prometheus {
-            sink.call_ended(index, recorded);
+        if !recorded && let Some(sink) = &self.inner.prometheus {
+            sink.call_ended(index(), recorded);
         }
         #[cfg(feature = "opentelemetry")]
         if let Some(sink) = &self.inner.otel {
-            sink.in_flight(&self.inner.tables, key, index, -1);
+            sink.in_flight(&self.inner.tables, key, index(), -1);
         }
     }
 

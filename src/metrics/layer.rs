@@ -158,6 +158,7 @@ impl Shared {
         index
     }
 
+    #[inline]
     fn model_index(&self, model: Option<&RequestModel>) -> usize {
         let Some(model) = model else {
             return self.metrics.model_index(None);
@@ -167,14 +168,22 @@ impl Shared {
             match slot.get() {
                 Some((known, index)) if std::ptr::eq(known.as_str(), name) => return *index,
                 Some(_) => continue,
-                None => {
-                    let index = self.metrics.model_index(Some(name));
-                    let _ = slot.set((model.clone(), index));
-                    return index;
-                }
+                None => break,
             }
         }
-        self.metrics.model_index(Some(name))
+        self.model_index_slow(model)
+    }
+
+    /// A request model not kept yet: looked up, and kept if there is room.
+    #[cold]
+    #[inline(never)]
+    fn model_index_slow(&self, model: &RequestModel) -> usize {
+        let index = self.metrics.model_index(Some(model.as_str()));
+        if let Some(slot) = self.models.iter().find(|slot| slot.get().is_none()) {
+            // Another thread may fill the slot first: this call's index is right either way.
+            let _ = slot.set((model.clone(), index));
+        }
+        index
     }
 }
 
