@@ -605,6 +605,7 @@ impl fmt::Debug for MetricsObserver {
 }
 
 impl MetricsObserver {
+    #[inline]
     fn new(call: Call, format: BodyFormat, length: Option<u64>) -> MetricsObserver {
         let genai = call.genai();
         MetricsObserver {
