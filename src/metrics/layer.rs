@@ -754,15 +754,20 @@ impl MetricsObserver {
 }
 
 impl MetricsObserver {
-    #[inline(never)]
+    /// Inlined: a server call only counts the bytes; the GenAI reading is out of line.
+    #[inline(always)]
     fn chunk(&mut self, data: &[u8]) {
         let Some(call) = &self.call else {
             return;
         };
         self.remaining = self.remaining.saturating_sub(data.len() as u64);
-        if !call.genai() {
-            return;
+        if call.genai() {
+            self.genai_chunk(data);
         }
+    }
+
+    #[inline(never)]
+    fn genai_chunk(&mut self, data: &[u8]) {
         if self.sse {
             self.sse_chunk(data);
         } else {
