@@ -191,7 +191,7 @@ impl<const N: usize> Hist<N> {
 /// The token bucket of `tokens` (the first bound it does not exceed), computed instead of
 /// searched: the bounds are the powers of four from 4^0 to 4^13, so a count above 4^(k-1)
 /// and at most 4^k (k ≥ 1) has `tokens - 1` of 2k-1 or 2k significant bits, and
-/// `(bits + 1) / 2` is k. Past the last bound it is the `+Inf` bucket.
+/// half of `bits`, rounded up, is k. Past the last bound it is the `+Inf` bucket.
 #[inline]
 fn token_bucket(tokens: u64) -> usize {
     const _: () = {
@@ -202,7 +202,7 @@ fn token_bucket(tokens: u64) -> usize {
         }
     };
     let bits = (u64::BITS - tokens.saturating_sub(1).leading_zeros()) as usize;
-    ((bits + 1) / 2).min(TOKEN_BUCKETS.len())
+    bits.div_ceil(2).min(TOKEN_BUCKETS.len())
 }
 
 /// Buckets and sum read from one or more [`Hist`]s.
