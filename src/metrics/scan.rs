@@ -316,11 +316,24 @@ fn text_at(bytes: &[u8], at: usize, text: &'static [u8]) -> bool {
 /// if `read` (else 0, for a key only skipped), with `*at` moved past its digits.
 #[inline(always)]
 fn number_after(object: &[u8], at: &mut usize, text: &'static [u8], read: bool) -> Option<u64> {
-    if !text_at(object, *at, text) {
-        return None;
-    }
+    // Usually the text and eight bytes after it are there: one bounds check for both, and the
+    // digits' word read from the same slice. Near the end, the word is padded with zeros.
+    let number_word = match object.get(*at..at.wrapping_add(text.len() + 8)) {
+        Some(here) => {
+            if !text_at(here, 0, text) {
+                return None;
+            }
+            word_at(here, text.len())?
+        }
+        None => {
+            if !text_at(object, *at, text) {
+                return None;
+            }
+            padded_word_at(object, *at + text.len())
+        }
+    };
     let start = *at + text.len();
-    let (digits_word, digits) = swar_digits(padded_word_at(object, start))?;
+    let (digits_word, digits) = swar_digits(number_word)?;
     *at = start + digits;
     Some(if read {
         swar_value(digits_word, digits)
@@ -971,6 +984,16 @@ mod tests {
                     Some(parse_usage(&object[range])),
                     "{text}"
                 );
+            }
+        }
+        // Whatever follows the object (nothing, a few bytes, more than a word), each number is
+        // read the same: from the bytes in place, or near the end from a padded word.
+        for object in accepted {
+            let expected = read_usage_deepseek(object);
+            for extra in 0..12 {
+                let mut followed = object.to_vec();
+                followed.extend(std::iter::repeat_n(b'}', extra));
+                assert_eq!(read_usage_deepseek(&followed), expected, "{extra}");
             }
         }
         // Cut anywhere, the form is never misread: declined, or read by the next reader as
