@@ -139,6 +139,10 @@ pub(crate) fn find_model_value(json: &[u8]) -> Option<&[u8]> {
         let m = from + find_byte(json.get(from..)?, b'm')?;
         if key_at(json, m - 1) {
             let rest = &json[m - 1 + MODEL_KEY.len()..];
+            // Compact JSON: the colon and the value's quote right after the key.
+            if let Some(value) = rest.strip_prefix(b":\"") {
+                return Some(value);
+            }
             let mut i = skip_ws(rest, 0);
             if rest.get(i) != Some(&b':') {
                 // `"model"` as a value: the key may come later.

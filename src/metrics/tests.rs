@@ -391,6 +391,54 @@ fn find_usage_and_find_model_match_the_forward_scan() {
     assert_eq!(find_model(json), Some(&b"deepseek-v4-pro"[..]));
 }
 
+/// The model's value is where a forward scan for the key finds it, whether the compact form
+/// (`"model":"`) is taken directly or spaces send it the long way, for values, nulls, a
+/// `"model"` that is a value, and texts cut anywhere.
+#[test]
+fn find_model_takes_the_compact_form_as_the_forward_scan_would() {
+    use super::scan::find_model;
+    // What the first `"model"` key followed by `:` and a string holds (no escapes).
+    fn reference(json: &[u8]) -> Option<&[u8]> {
+        let mut from = 0;
+        while let Some(at) = json
+            .get(from..)
+            .and_then(|rest| rest.windows(7).position(|w| w == b"\"model\""))
+        {
+            let rest = &json[from + at + 7..];
+            let rest = rest.trim_ascii_start();
+            let Some(rest) = rest.strip_prefix(b":") else {
+                from += at + 1;
+                continue;
+            };
+            let rest = rest.trim_ascii_start().strip_prefix(b"\"")?;
+            let end = rest.iter().position(|b| *b == b'"' || *b == b'\\')?;
+            return (rest[end] == b'"').then_some(&rest[..end]);
+        }
+        None
+    }
+    let texts: [&[u8]; 8] = [
+        br#"{"id":"a","object":"chat.completion","model":"deepseek-v4-flash","usage":{}}"#,
+        br#"{"id":"a","model" : "deepseek-v4-pro","x":1}"#,
+        br#"{"id":"a","model":"#,
+        br#"{"id":"a","model":null,"model":"b"}"#,
+        br#"{"a":"model","model":"m2"}"#,
+        br#"{"a":"model" ,"model":"m3"}"#,
+        br#"{"model":"esc"aped"}"#,
+        br#"{"model":	"tab"}"#,
+    ];
+    for text in texts {
+        for end in 0..=text.len() {
+            let cut = &text[..end];
+            assert_eq!(
+                find_model(cut),
+                reference(cut),
+                "{}",
+                String::from_utf8_lossy(cut)
+            );
+        }
+    }
+}
+
 /// The one-pass usage read agrees with the general scan on DeepSeek's shapes, OpenAI's, odd
 /// spacing, unknown keys, string values and escapes (the last two take the general path).
 #[test]
