@@ -280,6 +280,7 @@ where
 pub struct DeepSeekClassifier;
 
 impl Classify for DeepSeekClassifier {
+    #[inline]
     fn classify(&self, observation: Observation<'_>) -> Outcome {
         match observation {
             Observation::Head { status, headers } => classify_status(status, headers),
@@ -305,6 +306,7 @@ pub fn classify_status(status: StatusCode, headers: &HeaderMap) -> Outcome {
 }
 
 /// The outcome of a body that ended cleanly with the given last `finish_reason`.
+#[inline]
 pub fn classify_end(finish_reason: Option<&str>) -> Outcome {
     match finish_reason {
         Some("insufficient_system_resource") => {

@@ -38,6 +38,13 @@ impl Stamp {
         source::between(earlier.0.get(), self.0.get())
     }
 
+    /// Whole nanoseconds from `earlier` to `self` (what [`duration_since`](Self::duration_since)
+    /// measures, without building a `Duration`); zero if `earlier` is later.
+    #[inline]
+    pub(crate) fn nanos_since(self, earlier: Stamp) -> u64 {
+        source::nanos_between(earlier.0.get(), self.0.get())
+    }
+
     /// Time since this reading.
     #[inline]
     pub(crate) fn elapsed(self) -> Duration {

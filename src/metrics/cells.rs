@@ -25,7 +25,8 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto;
 
 use super::instruments::{
-    DURATION_BUCKETS, OUTCOMES, PROVIDER, SIDES, Side, TOKEN_BUCKETS, TOKEN_TYPES, Tables,
+    DURATION_BUCKETS, GenAiRecord, OUTCOMES, PROVIDER, SIDES, Side, TOKEN_BUCKETS, TOKEN_TYPES,
+    Tables,
 };
 use super::labels::Grid;
 
@@ -168,6 +169,16 @@ impl<const N: usize> Hist<N> {
         }
     }
 
+    /// Records `value` in the bucket at `index` (out of range: the sum only, never a
+    /// panic), for a caller that computed the bucket itself; `owned` as in [`add`].
+    #[inline]
+    fn observe_at(&self, index: usize, value: u64, owned: bool) {
+        add(&self.sum, value, owned);
+        if let Some(bucket) = self.buckets.get(index) {
+            add(bucket, 1, owned);
+        }
+    }
+
     /// Adds this histogram's buckets and sum into `total`.
     fn add_to(&self, total: &mut Snapshot<N>) {
         for (sum, bucket) in total.buckets.iter_mut().zip(&self.buckets) {
@@ -175,6 +186,23 @@ impl<const N: usize> Hist<N> {
         }
         total.sum = total.sum.wrapping_add(self.sum.load(Ordering::Acquire));
     }
+}
+
+/// The token bucket of `tokens` (the first bound it does not exceed), computed instead of
+/// searched: the bounds are the powers of four from 4^0 to 4^13, so a count above 4^(k-1)
+/// and at most 4^k (k ≥ 1) has `tokens - 1` of 2k-1 or 2k significant bits, and
+/// half of `bits`, rounded up, is k. Past the last bound it is the `+Inf` bucket.
+#[inline]
+fn token_bucket(tokens: u64) -> usize {
+    const _: () = {
+        let mut k = 0;
+        while k < TOKEN_BUCKETS.len() {
+            assert!(TOKEN_BUCKETS[k] == (1u64 << (2 * k)) as f64);
+            k += 1;
+        }
+    };
+    let bits = (u64::BITS - tokens.saturating_sub(1).leading_zeros()) as usize;
+    bits.div_ceil(2).min(TOKEN_BUCKETS.len())
 }
 
 /// Buckets and sum read from one or more [`Hist`]s.
@@ -266,7 +294,6 @@ pub(crate) struct CallCells {
     flights: Grid<Box<Sharded<Flight>>>,
     genai: Grid<Box<Sharded<GenAiCells>>>,
     duration_nanos: [u64; DURATION_BUCKETS.len()],
-    token_bounds: [u64; TOKEN_BUCKETS.len()],
 }
 
 impl CallCells {
@@ -275,9 +302,8 @@ impl CallCells {
             red: Grid::new(tables.red_size()),
             flights: Grid::new(tables.flight_size()),
             genai: Grid::new(tables.genai_size()),
-            // The bounds are round numbers of milliseconds and whole tokens: exact as integers.
+            // The bounds are round numbers of milliseconds: exact as integers.
             duration_nanos: DURATION_BUCKETS.map(|seconds| (seconds * 1e9).round() as u64),
-            token_bounds: TOKEN_BUCKETS.map(|tokens| tokens as u64),
             tables,
         }
     }
@@ -307,13 +333,7 @@ impl CallCells {
     }
 
     #[inline]
-    pub(crate) fn genai(
-        &self,
-        index: usize,
-        class: usize,
-        nanos: u64,
-        tokens: &[Option<u64>; TOKEN_TYPES.len()],
-    ) {
+    pub(crate) fn genai(&self, index: usize, class: usize, nanos: u64, record: &GenAiRecord) {
         let Some(cells) = self.genai.get(index, Box::default) else {
             return;
         };
@@ -321,9 +341,9 @@ impl CallCells {
         if let Some(duration) = cells.duration.get(class) {
             duration.observe(&self.duration_nanos, nanos, owned);
         }
-        for (histogram, tokens) in cells.tokens.iter().zip(tokens) {
-            if let Some(tokens) = *tokens {
-                histogram.observe(&self.token_bounds, tokens, owned);
+        for (kind, tokens) in record.tokens() {
+            if let Some(histogram) = cells.tokens.get(kind) {
+                histogram.observe_at(token_bucket(tokens), tokens, owned);
             }
         }
     }
@@ -529,5 +549,26 @@ impl Collector for CallCollector {
         flights.set_metric(in_flight);
 
         vec![requests, durations, flights, genai_duration, genai_tokens]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The computed token bucket is the one the search over the bounds finds, at every bound,
+    /// either side of it, and at the extremes.
+    #[test]
+    fn token_bucket_agrees_with_the_bucket_search() {
+        let bounds = TOKEN_BUCKETS.map(|tokens| tokens as u64);
+        let search = |tokens: u64| bounds.partition_point(|&bound| bound < tokens);
+        let mut values = vec![0, 1, 2, 3, u64::MAX - 1, u64::MAX, 1 << 62, (1 << 63) + 1];
+        for bound in bounds {
+            values.extend([bound - 1, bound, bound + 1, bound * 2, bound * 3]);
+        }
+        values.extend(0..5000);
+        for tokens in values {
+            assert_eq!(token_bucket(tokens), search(tokens), "{tokens}");
+        }
     }
 }

@@ -481,12 +481,6 @@ impl MetricsBuilder {
     }
 }
 
-/// A duration in whole nanoseconds (saturating: 584 years), as the Prometheus cells keep it.
-#[cfg_attr(not(feature = "prometheus"), allow(dead_code))]
-pub(crate) fn nanos(duration: Duration) -> u64 {
-    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
-}
-
 fn config(message: String) -> Error {
     Error::new(ErrorKind::Config, message)
 }
@@ -560,20 +554,22 @@ impl Metrics {
     /// The end of a call's in-flight time; `recorded` if [`request`](Self::request) counted
     /// it (only the Prometheus cells need to know).
     #[cfg_attr(not(feature = "prometheus"), allow(unused_variables))]
+    #[inline]
     pub(crate) fn call_ended(&self, key: CallKey, recorded: bool) {
-        let index = self.inner.tables.flight_index(key.side, key.op, key.model);
+        let index = || self.inner.tables.flight_index(key.side, key.op, key.model);
+        // A recorded call left the Prometheus gauge when its request was counted.
         #[cfg(feature = "prometheus")]
-        if let Some(sink) = &self.inner.prometheus {
-            sink.call_ended(index, recorded);
+        if !recorded && let Some(sink) = &self.inner.prometheus {
+            sink.call_ended(index(), recorded);
         }
         #[cfg(feature = "opentelemetry")]
         if let Some(sink) = &self.inner.otel {
-            sink.in_flight(&self.inner.tables, key, index, -1);
+            sink.in_flight(&self.inner.tables, key, index(), -1);
         }
     }
 
     #[inline]
-    pub(crate) fn request(&self, key: CallKey, outcome: &Outcome, elapsed: Duration) {
+    pub(crate) fn request(&self, key: CallKey, outcome: &Outcome, nanos: u64) {
         let class = outcome_index(outcome);
         let index = self
             .inner
@@ -581,11 +577,12 @@ impl Metrics {
             .red_index(key.side, key.op, key.model, class);
         #[cfg(feature = "prometheus")]
         if let Some(sink) = &self.inner.prometheus {
-            sink.request(key.side, index, nanos(elapsed));
+            sink.request(key.side, index, nanos);
         }
         #[cfg(feature = "opentelemetry")]
         if let Some(sink) = &self.inner.otel {
-            sink.request(&self.inner.tables, key, class, index, elapsed.as_secs_f64());
+            let seconds = Duration::from_nanos(nanos).as_secs_f64();
+            sink.request(&self.inner.tables, key, class, index, seconds);
         }
         if let Outcome::Auth(failure) = outcome {
             each_sink!(self.inner, |sink| sink.auth_failure(key.side, *failure));
@@ -686,13 +683,26 @@ impl Metrics {
 pub(crate) struct GenAiRecord {
     /// `None` on success, else the outcome class index (`error_type`).
     pub(crate) error: Option<usize>,
-    /// The call's duration (in seconds for OpenTelemetry, in whole nanoseconds for the
-    /// Prometheus cells: each sink converts, so a sink not enabled costs no conversion).
-    pub(crate) elapsed: Duration,
-    /// Input, output, cached input, reasoning.
-    pub(crate) tokens: [Option<u64>; 4],
+    /// The call's duration in whole nanoseconds (OpenTelemetry converts it to seconds).
+    pub(crate) nanos: u64,
+    /// Input, output, cached input, reasoning: each a count if bit `i` of `present` is set
+    /// (no `Option`s to build and test one by one).
+    pub(crate) tokens: [u64; 4],
+    pub(crate) present: u8,
     /// Seconds to the first chunk (streams only).
     pub(crate) first_chunk: Option<f64>,
+}
+
+impl GenAiRecord {
+    /// The token counts present, with their index (input, output, cached input, reasoning).
+    #[inline]
+    pub(crate) fn tokens(&self) -> impl Iterator<Item = (usize, u64)> + '_ {
+        self.tokens
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.present & (1 << i) != 0)
+            .map(|(i, tokens)| (i, *tokens))
+    }
 }
 
 impl CircuitBreakerListener for Metrics {

@@ -15,7 +15,7 @@ use tower_service::Service;
 use super::instruments::{CallKey, GenAiRecord, Metrics, Side, outcome_index};
 use super::scan::{
     FieldCapture, MODEL_KEY, USAGE_KEY, ValueKind, find_field, find_model_value, find_usage,
-    parse_usage, string_contents,
+    parse_usage, starts_with_words, string_contents,
 };
 use crate::body::{BodyEnd, BodyEvent, BodyFormat, BodyObserver, ObservedBody};
 use crate::classify::{Classify, DeepSeekClassifier, Observation, Outcome, StreamFailure};
@@ -62,6 +62,33 @@ pub fn operation_from_path(_method: &http::Method, uri: &http::Uri) -> &'static 
 enum Operation {
     Fixed(usize),
     By(OperationFn),
+    /// [`operation_from_path`], which reads only the path: its answer is kept by path.
+    Path,
+}
+
+/// The address and length of a URI's path and query as stored (`Uri::path` would slice it).
+#[inline]
+fn path_id(uri: &http::Uri) -> Option<(usize, usize)> {
+    uri.path_and_query()
+        .map(|path| (path.as_str().as_ptr() as usize, path.as_str().len()))
+}
+
+/// The layer's classifier: the default one called directly (so it can be inlined: a head or
+/// an end judged in a few instructions), any other through its `Arc`.
+#[derive(Clone)]
+enum Classifier {
+    DeepSeek,
+    Custom(Arc<dyn Classify>),
+}
+
+impl Classify for Classifier {
+    #[inline]
+    fn classify(&self, observation: Observation<'_>) -> Outcome {
+        match self {
+            Classifier::DeepSeek => DeepSeekClassifier.classify(observation),
+            Classifier::Custom(classifier) => classifier.classify(observation),
+        }
+    }
 }
 
 /// What every call of one layer shares (one `Arc` clone per call).
@@ -69,11 +96,16 @@ struct Shared {
     metrics: Metrics,
     side: Side,
     operation: Operation,
-    classifier: Arc<dyn Classify>,
+    classifier: Classifier,
     /// The operation names an [`OperationFn`] returned, by address, with their label index:
     /// a name is `&'static`, so its address and length identify it for good, and a label's
     /// index never changes once given.
     operations: [OnceLock<(usize, usize, usize)>; 4],
+    /// Paths [`operation_from_path`] named, with their label index: the client clones one
+    /// prebuilt URI per endpoint, so its path's bytes stay at one address (the clone held
+    /// here keeps that address from being reused for another path). Keyed by the address and
+    /// length of the path and query as stored, which (unlike `Uri::path`) needs no slicing.
+    paths: [OnceLock<(usize, usize, usize, http::Uri)>; 4],
     /// Request models seen, with their label index: the client shares one allocation of its
     /// configured model name across requests, so its address identifies it (the clone held
     /// here keeps that address from being reused for another name).
@@ -97,6 +129,36 @@ impl Shared {
         self.metrics.operation_index(name)
     }
 
+    /// [`operation_from_path`]'s label index for `uri`, looked up by the path's address.
+    #[inline]
+    fn path_operation(&self, method: &http::Method, uri: &http::Uri) -> usize {
+        if let Some(id) = path_id(uri) {
+            for slot in &self.paths {
+                match slot.get() {
+                    Some(&(address, len, index, _)) if (address, len) == id => return index,
+                    Some(_) => continue,
+                    None => break,
+                }
+            }
+        }
+        self.path_operation_slow(method, uri)
+    }
+
+    /// A path not kept yet: named, and kept if there is room.
+    #[cold]
+    #[inline(never)]
+    fn path_operation_slow(&self, method: &http::Method, uri: &http::Uri) -> usize {
+        let index = self.operation_index(operation_from_path(method, uri));
+        if let Some(id) = path_id(uri)
+            && let Some(slot) = self.paths.iter().find(|slot| slot.get().is_none())
+        {
+            // Another thread may fill the slot first: this call's index is right either way.
+            let _ = slot.set((id.0, id.1, index, uri.clone()));
+        }
+        index
+    }
+
+    #[inline]
     fn model_index(&self, model: Option<&RequestModel>) -> usize {
         let Some(model) = model else {
             return self.metrics.model_index(None);
@@ -106,14 +168,22 @@ impl Shared {
             match slot.get() {
                 Some((known, index)) if std::ptr::eq(known.as_str(), name) => return *index,
                 Some(_) => continue,
-                None => {
-                    let index = self.metrics.model_index(Some(name));
-                    let _ = slot.set((model.clone(), index));
-                    return index;
-                }
+                None => break,
             }
         }
-        self.metrics.model_index(Some(name))
+        self.model_index_slow(model)
+    }
+
+    /// A request model not kept yet: looked up, and kept if there is room.
+    #[cold]
+    #[inline(never)]
+    fn model_index_slow(&self, model: &RequestModel) -> usize {
+        let index = self.metrics.model_index(Some(model.as_str()));
+        if let Some(slot) = self.models.iter().find(|slot| slot.get().is_none()) {
+            // Another thread may fill the slot first: this call's index is right either way.
+            let _ = slot.set((model.clone(), index));
+        }
+        index
     }
 }
 
@@ -180,7 +250,7 @@ impl fmt::Debug for MetricsLayer {
 impl MetricsLayer {
     /// The outbound layer: goes under the DeepSeek client, records request and GenAI metrics.
     pub fn client(metrics: &Metrics) -> MetricsLayer {
-        MetricsLayer::new(metrics, Side::Client, Operation::By(operation_from_path))
+        MetricsLayer::new(metrics, Side::Client, Operation::Path)
     }
 
     /// The inbound layer: goes in the server stack, records request metrics under the fixed
@@ -197,8 +267,9 @@ impl MetricsLayer {
                 metrics: metrics.clone(),
                 side,
                 operation,
-                classifier: Arc::new(DeepSeekClassifier),
+                classifier: Classifier::DeepSeek,
                 operations: Default::default(),
+                paths: Default::default(),
                 models: Default::default(),
             }),
         }
@@ -210,8 +281,9 @@ impl MetricsLayer {
             metrics: shared.metrics.clone(),
             side: shared.side,
             operation: shared.operation,
-            classifier: Arc::clone(&shared.classifier),
+            classifier: shared.classifier.clone(),
             operations: Default::default(),
+            paths: Default::default(),
             models: Default::default(),
         };
         change(&mut next);
@@ -233,7 +305,8 @@ impl MetricsLayer {
 
     /// Classifies outcomes with `classifier` instead of [`DeepSeekClassifier`].
     pub fn classifier(self, classifier: impl Classify) -> MetricsLayer {
-        self.with(|shared| shared.classifier = Arc::new(classifier))
+        let classifier = Classifier::Custom(Arc::new(classifier));
+        self.with(|shared| shared.classifier = classifier)
     }
 
     /// The side this layer measures (the client side also records the GenAI metrics).
@@ -297,6 +370,7 @@ where
         let op = match shared.operation {
             Operation::Fixed(index) => index,
             Operation::By(name) => shared.operation_index(name(request.method(), request.uri())),
+            Operation::Path => shared.path_operation(request.method(), request.uri()),
         };
         let model = shared.model_index(request.extensions().get::<RequestModel>());
         // Label indices are under `MAX_TABLE + 1`, so they always fit (a value that did not
@@ -361,26 +435,22 @@ impl Call {
 
     /// Records the finished call (the in-flight count ends when `self` drops).
     fn finish(mut self, outcome: Outcome, seen: Option<&Seen>) {
-        let elapsed = self.start.elapsed();
+        let nanos = Stamp::now().nanos_since(self.start);
         let metrics = &self.shared.metrics;
         let key = self.key();
-        metrics.request(key, &outcome, elapsed);
+        metrics.request(key, &outcome, nanos);
         self.recorded = true;
         if self.genai() {
             let response_model = seen.and_then(Seen::response_model).unwrap_or(key.model);
             let record = GenAiRecord {
                 error: (!outcome.is_success()).then(|| outcome_index(&outcome)),
-                elapsed,
-                tokens: seen.map_or([None; 4], |seen| {
-                    // A breakdown that is zero (no cache hit, no reasoning) is not recorded,
-                    // so its `_count` is the number of calls that had one.
-                    let [input, output, cached, reasoning] = seen.tokens();
-                    [
-                        input,
-                        output,
-                        cached.filter(|n| *n > 0),
-                        reasoning.filter(|n| *n > 0),
-                    ]
+                nanos,
+                tokens: seen.map_or([0; 4], |seen| seen.tokens),
+                // A breakdown that is zero (no cache hit, no reasoning) is not recorded, so
+                // its `_count` is the number of calls that had one.
+                present: seen.map_or(0, |seen| {
+                    let zero = |i: usize| u8::from(seen.tokens[i] == 0) << i;
+                    seen.tokens_present & !(zero(2) | zero(3))
                 }),
                 first_chunk: seen
                     .and_then(|seen| seen.first_chunk)
@@ -486,11 +556,6 @@ impl Seen {
     }
 
     #[inline]
-    fn tokens(&self) -> [Option<u64>; 4] {
-        std::array::from_fn(|i| (self.tokens_present & (1 << i) != 0).then_some(self.tokens[i]))
-    }
-
-    #[inline]
     fn set_tokens(&mut self, tokens: [Option<u64>; 4]) {
         self.tokens_present = 0;
         for (i, count) in tokens.into_iter().enumerate() {
@@ -540,6 +605,7 @@ impl fmt::Debug for MetricsObserver {
 }
 
 impl MetricsObserver {
+    #[inline]
     fn new(call: Call, format: BodyFormat, length: Option<u64>) -> MetricsObserver {
         let genai = call.genai();
         MetricsObserver {
@@ -571,9 +637,9 @@ impl MetricsObserver {
         }
     }
 
-    fn finish(&mut self, outcome: impl FnOnce(&dyn Classify) -> Outcome) {
+    fn finish(&mut self, outcome: impl FnOnce(&Classifier) -> Outcome) {
         if let Some(call) = self.call.take() {
-            let outcome = outcome(&*call.shared.classifier);
+            let outcome = outcome(&call.shared.classifier);
             call.finish(outcome, Some(&self.seen));
         }
     }
@@ -601,7 +667,7 @@ impl MetricsObserver {
             && call.model != 0
         {
             let name = call.shared.metrics.model_name(call.model()).as_bytes();
-            if value.get(name.len()) == Some(&b'"') && value.starts_with(name) {
+            if value.get(name.len()) == Some(&b'"') && starts_with_words(value, name) {
                 self.seen.set_response_model(call.model());
                 return true;
             }
@@ -688,15 +754,20 @@ impl MetricsObserver {
 }
 
 impl MetricsObserver {
-    #[inline(never)]
+    /// Inlined: a server call only counts the bytes; the GenAI reading is out of line.
+    #[inline(always)]
     fn chunk(&mut self, data: &[u8]) {
         let Some(call) = &self.call else {
             return;
         };
         self.remaining = self.remaining.saturating_sub(data.len() as u64);
-        if !call.genai() {
-            return;
+        if call.genai() {
+            self.genai_chunk(data);
         }
+    }
+
+    #[inline(never)]
+    fn genai_chunk(&mut self, data: &[u8]) {
         if self.sse {
             self.sse_chunk(data);
         } else {

@@ -3,6 +3,7 @@
 //! sets built once per label combination and cached.
 
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Gauge, Histogram, Meter, UpDownCounter};
@@ -257,14 +258,15 @@ impl OtelSink {
             Some(class) => Self::extend(base, KeyValue::new("error.type", OUTCOMES[class])),
         });
         self.genai_duration
-            .record(record.elapsed.as_secs_f64(), duration);
-        for (kind, tokens) in record.tokens.iter().enumerate() {
-            if let Some(tokens) = *tokens {
-                let attributes = set.tokens[kind].get_or_init(|| {
-                    Self::extend(base, KeyValue::new("gen_ai.token.type", TOKEN_TYPES[kind]))
-                });
-                self.genai_tokens.record(tokens, attributes);
-            }
+            .record(Duration::from_nanos(record.nanos).as_secs_f64(), duration);
+        for (kind, tokens) in record.tokens() {
+            let Some(attributes) = set.tokens.get(kind) else {
+                continue;
+            };
+            let attributes = attributes.get_or_init(|| {
+                Self::extend(base, KeyValue::new("gen_ai.token.type", TOKEN_TYPES[kind]))
+            });
+            self.genai_tokens.record(tokens, attributes);
         }
         if let Some(first) = record.first_chunk {
             self.genai_first_chunk.record(first, base);

@@ -11,7 +11,7 @@ use prometheus::{
 use super::cells::{CallCells, CallCollector, desc};
 use super::instruments::{
     CHUNK_BUCKETS, DURATION_BUCKETS, FAILOVER_REASONS, GenAiRecord, HEDGE_OUTCOMES, Metrics,
-    OUTCOMES, PROVIDER, SIDES, STATES, Side, Tables, WAIT_BUCKETS, auth_reason, nanos,
+    OUTCOMES, PROVIDER, SIDES, STATES, Side, Tables, WAIT_BUCKETS, auth_reason,
 };
 use super::labels::Grid;
 use crate::classify::AuthFailure;
@@ -338,8 +338,7 @@ impl PromSink {
         record: &GenAiRecord,
     ) {
         let class = record.error.unwrap_or(0);
-        self.cells
-            .genai(index, class, nanos(record.elapsed), &record.tokens);
+        self.cells.genai(index, class, record.nanos, record);
         if let Some(first) = record.first_chunk
             && let Some(series) = self.series(index)
         {

@@ -11,6 +11,8 @@ use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
 
+use crate::body::ByteSearch;
+
 /// The searchers for the two keys, built once (building one costs more than a short search).
 static MODEL_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(MODEL_KEY));
 static USAGE_FINDER: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(USAGE_KEY));
@@ -130,12 +132,17 @@ pub(crate) fn find_model(json: &[u8]) -> Option<&[u8]> {
 /// JSON text (near its start in a DeepSeek answer), if that value is a string: its `m` found
 /// a word at a time, cheaper than a search call at that distance. The caller can compare the
 /// name it expects there before looking for the closing quote ([`string_contents`]).
+#[inline]
 pub(crate) fn find_model_value(json: &[u8]) -> Option<&[u8]> {
     let mut from = 1;
     loop {
         let m = from + find_byte(json.get(from..)?, b'm')?;
-        if json[m - 1..].starts_with(MODEL_KEY) {
+        if key_at(json, m - 1) {
             let rest = &json[m - 1 + MODEL_KEY.len()..];
+            // Compact JSON: the colon and the value's quote right after the key.
+            if let Some(value) = rest.strip_prefix(b":\"") {
+                return Some(value);
+            }
             let mut i = skip_ws(rest, 0);
             if rest.get(i) != Some(&b':') {
                 // `"model"` as a value: the key may come later.
@@ -152,6 +159,42 @@ pub(crate) fn find_model_value(json: &[u8]) -> Option<&[u8]> {
     }
 }
 
+/// Whether `"model"` starts at `json[at]`: one word compare of its seven bytes when eight are
+/// there (the eighth, the colon in compact JSON, masked off), no compare call.
+#[inline(always)]
+fn key_at(json: &[u8], at: usize) -> bool {
+    const KEY: u64 = word(b"\"model\"\0") & 0x00ff_ffff_ffff_ffff;
+    match word_at(json, at) {
+        Some(word) => word & 0x00ff_ffff_ffff_ffff == KEY,
+        None => json
+            .get(at..)
+            .is_some_and(|rest| rest.starts_with(MODEL_KEY)),
+    }
+}
+
+/// Whether `bytes` start with `prefix`, compared a word at a time (the last word overlapping
+/// the one before it) rather than through a compare call: for names of a few dozen bytes.
+#[inline]
+pub(crate) fn starts_with_words(bytes: &[u8], prefix: &[u8]) -> bool {
+    let Some(bytes) = bytes.get(..prefix.len()) else {
+        return false;
+    };
+    if prefix.len() < 8 {
+        return bytes == prefix;
+    }
+    let mut at = 0;
+    loop {
+        let at_word = at.min(prefix.len() - 8);
+        if word_at(bytes, at_word) != word_at(prefix, at_word) {
+            return false;
+        }
+        at += 8;
+        if at >= prefix.len() {
+            return true;
+        }
+    }
+}
+
 /// The contents of the string whose opening quote came just before `value`, up to its closing
 /// quote; `None` if it has an escape (an escaped model name is not a label anyway) or does
 /// not end in `value`.
@@ -163,8 +206,24 @@ pub(crate) fn string_contents(value: &[u8]) -> Option<&[u8]> {
 }
 
 /// The first `byte` in `bytes`, eight bytes at a time.
+#[inline]
 fn find_byte(bytes: &[u8], byte: u8) -> Option<usize> {
-    find_either(bytes, byte, byte)
+    let mut chunks = bytes.chunks_exact(8);
+    let mut at = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let found = zero_byte(u64::from_le_bytes(word) ^ (ONES * u64::from(byte)));
+        if found != 0 {
+            return Some(at + (found.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b == byte)
+        .map(|offset| at + offset)
 }
 
 /// The value of `key` (written with its quotes, e.g. `"model"`) in one complete JSON text.
@@ -181,9 +240,17 @@ pub(crate) fn find_field<'a>(json: &'a [u8], key: &[u8], kind: ValueKind) -> Opt
 pub(crate) fn find_usage(json: &[u8]) -> Option<[Option<u64>; 4]> {
     // `usage` ends a DeepSeek answer: searching back from the end skips the content, however
     // long. Its keys have no `u`, so the first `u` back is usually the key's.
-    let key = memchr::memrchr_iter(b'u', json)
-        .find(|&u| u > 0 && json[u - 1..].starts_with(USAGE_KEY))
-        .map(|u| u - 1);
+    static U_SEARCH: LazyLock<ByteSearch> = LazyLock::new(|| ByteSearch::new(b'u'));
+    let search = &*U_SEARCH;
+    let mut end = json.len();
+    let mut key = None;
+    while let Some(u) = json.get(..end).and_then(|head| search.rfind(head)) {
+        if u > 0 && json[u - 1..].starts_with(USAGE_KEY) {
+            key = Some(u - 1);
+            break;
+        }
+        end = u;
+    }
     if let Some(key) = key {
         let rest = &json[key + USAGE_KEY.len()..];
         let mut i = skip_ws(rest, 0);
@@ -253,11 +320,24 @@ fn text_at(bytes: &[u8], at: usize, text: &'static [u8]) -> bool {
 /// if `read` (else 0, for a key only skipped), with `*at` moved past its digits.
 #[inline(always)]
 fn number_after(object: &[u8], at: &mut usize, text: &'static [u8], read: bool) -> Option<u64> {
-    if !text_at(object, *at, text) {
-        return None;
-    }
+    // Usually the text and eight bytes after it are there: one bounds check for both, and the
+    // digits' word read from the same slice. Near the end, the word is padded with zeros.
+    let number_word = match object.get(*at..at.wrapping_add(text.len() + 8)) {
+        Some(here) => {
+            if !text_at(here, 0, text) {
+                return None;
+            }
+            word_at(here, text.len())?
+        }
+        None => {
+            if !text_at(object, *at, text) {
+                return None;
+            }
+            padded_word_at(object, *at + text.len())
+        }
+    };
     let start = *at + text.len();
-    let (digits_word, digits) = swar_digits(padded_word_at(object, start))?;
+    let (digits_word, digits) = swar_digits(number_word)?;
     *at = start + digits;
     Some(if read {
         swar_value(digits_word, digits)
@@ -908,6 +988,16 @@ mod tests {
                     Some(parse_usage(&object[range])),
                     "{text}"
                 );
+            }
+        }
+        // Whatever follows the object (nothing, a few bytes, more than a word), each number is
+        // read the same: from the bytes in place, or near the end from a padded word.
+        for object in accepted {
+            let expected = read_usage_deepseek(object);
+            for extra in 0..12 {
+                let mut followed = object.to_vec();
+                followed.extend(std::iter::repeat_n(b'}', extra));
+                assert_eq!(read_usage_deepseek(&followed), expected, "{extra}");
             }
         }
         // Cut anywhere, the form is never misread: declined, or read by the next reader as

@@ -391,6 +391,54 @@ fn find_usage_and_find_model_match_the_forward_scan() {
     assert_eq!(find_model(json), Some(&b"deepseek-v4-pro"[..]));
 }
 
+/// The model's value is where a forward scan for the key finds it, whether the compact form
+/// (`"model":"`) is taken directly or spaces send it the long way, for values, nulls, a
+/// `"model"` that is a value, and texts cut anywhere.
+#[test]
+fn find_model_takes_the_compact_form_as_the_forward_scan_would() {
+    use super::scan::find_model;
+    // What the first `"model"` key followed by `:` and a string holds (no escapes).
+    fn reference(json: &[u8]) -> Option<&[u8]> {
+        let mut from = 0;
+        while let Some(at) = json
+            .get(from..)
+            .and_then(|rest| rest.windows(7).position(|w| w == b"\"model\""))
+        {
+            let rest = &json[from + at + 7..];
+            let rest = rest.trim_ascii_start();
+            let Some(rest) = rest.strip_prefix(b":") else {
+                from += at + 1;
+                continue;
+            };
+            let rest = rest.trim_ascii_start().strip_prefix(b"\"")?;
+            let end = rest.iter().position(|b| *b == b'"' || *b == b'\\')?;
+            return (rest[end] == b'"').then_some(&rest[..end]);
+        }
+        None
+    }
+    let texts: [&[u8]; 8] = [
+        br#"{"id":"a","object":"chat.completion","model":"deepseek-v4-flash","usage":{}}"#,
+        br#"{"id":"a","model" : "deepseek-v4-pro","x":1}"#,
+        br#"{"id":"a","model":"#,
+        br#"{"id":"a","model":null,"model":"b"}"#,
+        br#"{"a":"model","model":"m2"}"#,
+        br#"{"a":"model" ,"model":"m3"}"#,
+        br#"{"model":"esc"aped"}"#,
+        br#"{"model":	"tab"}"#,
+    ];
+    for text in texts {
+        for end in 0..=text.len() {
+            let cut = &text[..end];
+            assert_eq!(
+                find_model(cut),
+                reference(cut),
+                "{}",
+                String::from_utf8_lossy(cut)
+            );
+        }
+    }
+}
+
 /// The one-pass usage read agrees with the general scan on DeepSeek's shapes, OpenAI's, odd
 /// spacing, unknown keys, string values and escapes (the last two take the general path).
 #[test]
@@ -468,6 +516,72 @@ async fn the_response_model_is_the_request_model_only_when_the_names_are_equal()
     assert_eq!(input("deepseek-cha"), Some(1.0));
 }
 
+/// The client's operation is kept by the path's address: the same prebuilt URI cloned, fresh
+/// URIs with the same or other paths (more of them than there are kept paths), and a path
+/// whose allocation was freed and reused for another path are all named right.
+#[cfg(feature = "prometheus")]
+#[tokio::test]
+async fn the_operation_kept_by_path_address_is_always_the_paths() {
+    use tower::Service;
+    let metrics = Metrics::builder()
+        .prometheus(::prometheus::Registry::new())
+        .build()
+        .expect("metrics");
+    let mut service = ServiceBuilder::new()
+        .layer(MetricsLayer::client(&metrics))
+        .service_fn(|_request: Request<()>| async {
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{}"))))
+        });
+    let prebuilt: http::Uri = "https://api.deepseek.com/chat/completions"
+        .parse()
+        .expect("uri");
+    let mut expected = std::collections::HashMap::<&str, u32>::new();
+    let mut uris: Vec<(http::Uri, &str)> = Vec::new();
+    for _ in 0..3 {
+        uris.push((prebuilt.clone(), "chat"));
+    }
+    for round in 0..3 {
+        for (path, operation) in [
+            ("/v1/chat/completions", "chat"),
+            ("/models", "models"),
+            ("/other/thing", "other"),
+            ("/chat/completions/", "chat"),
+            ("/x/models", "models"),
+            ("/y", "other"),
+            // As long as a kept path, with another name.
+            ("/modelz", "other"),
+            ("/chat/completionz", "other"),
+        ] {
+            // A fresh allocation each time (its address may be one freed just before).
+            let text = format!("https://api.deepseek.com{path}?round={round}");
+            uris.push((text.parse().expect("uri"), operation));
+        }
+    }
+    for (uri, operation) in uris {
+        *expected.entry(operation).or_default() += 1;
+        let mut request = Request::new(());
+        *request.uri_mut() = uri;
+        let response = service
+            .ready()
+            .await
+            .expect("ready")
+            .call(request)
+            .await
+            .expect("response");
+        response.into_body().collect().await.expect("body");
+    }
+    for (operation, calls) in expected {
+        let key = format!(
+            r#"deepseek_requests_total{{model="unknown",operation="{operation}",outcome="success",side="client"}}"#
+        );
+        assert_eq!(
+            sample(&metrics, &key),
+            Some(f64::from(calls)),
+            "{operation}"
+        );
+    }
+}
+
 /// Records `calls` finished server calls and as many client calls (GenAI duration and
 /// tokens: 3 input, 2 output each) under `key`s of model `m`.
 #[cfg(feature = "prometheus")]
@@ -479,12 +593,13 @@ fn record_calls(metrics: &Metrics, calls: u64) {
         let key = CallKey { side, op, model };
         for _ in 0..calls {
             metrics.call_started(key);
-            let elapsed = Duration::from_millis(20);
-            metrics.request(key, &crate::classify::Outcome::Success, elapsed);
+            let nanos = 20_000_000;
+            metrics.request(key, &crate::classify::Outcome::Success, nanos);
             if side == Side::Client {
                 let record = GenAiRecord {
-                    elapsed,
-                    tokens: [Some(3), Some(2), None, None],
+                    nanos,
+                    tokens: [3, 2, 0, 0],
+                    present: 0b11,
                     ..GenAiRecord::default()
                 };
                 metrics.genai(key, model, &record);
@@ -606,7 +721,7 @@ fn a_call_started_and_ended_on_different_threads_leaves_nothing_in_flight() {
         scope.spawn(|| {
             for call in 0..10 {
                 if call < 7 {
-                    metrics.request(key, &crate::classify::Outcome::Success, Duration::ZERO);
+                    metrics.request(key, &crate::classify::Outcome::Success, 0);
                 }
                 metrics.call_ended(key, call < 7);
             }
