@@ -780,3 +780,38 @@ async fn the_id_is_current_in_the_synchronous_call_too() {
         .unwrap();
     assert_eq!(response.into_body().unwrap().as_str(), "abc-123");
 }
+
+/// A generated ID is written out once: the echo on the response and the outbound call's
+/// `x-trace-id` are the same bytes (one allocation shared), not two formatted copies.
+#[tokio::test]
+async fn a_generated_id_is_formatted_once_for_the_echo_and_the_outbound_call() {
+    let sent = Arc::new(Mutex::new(None::<HeaderValue>));
+    let seen = Arc::clone(&sent);
+    let outbound = ServiceBuilder::new()
+        .layer(PropagateTraceIdLayer::new())
+        .service_fn(move |request: Request<()>| {
+            *seen.lock().unwrap() = request.headers().get("x-trace-id").cloned();
+            async { Ok::<_, Infallible>(Response::new(())) }
+        });
+    let inbound =
+        ServiceBuilder::new()
+            .layer(TraceIdLayer::new())
+            .service_fn(move |_request: Request<()>| {
+                let outbound = outbound.clone();
+                async move { outbound.oneshot(Request::new(())).await }
+            });
+    let response = inbound.oneshot(Request::new(())).await.unwrap();
+    let echoed = response.headers()["x-trace-id"].clone();
+    let sent = sent
+        .lock()
+        .unwrap()
+        .clone()
+        .expect("the outbound call carried the ID");
+    assert_eq!(echoed, sent);
+    assert_eq!(echoed.len(), 36, "a fresh UUID");
+    assert_eq!(
+        echoed.as_bytes().as_ptr(),
+        sent.as_bytes().as_ptr(),
+        "one copy of the text, shared"
+    );
+}

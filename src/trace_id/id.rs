@@ -257,6 +257,18 @@ impl TraceId {
         }
     }
 
+    /// The same ID holding its text as a header value, made now: each later header value (the
+    /// echo, every outbound call's) is then that one shared, not a new copy formatted each time.
+    pub(crate) fn with_header_text(self) -> TraceId {
+        match self.text {
+            Text::Header(_) => self,
+            _ => TraceId {
+                text: Text::Header(self.to_header_value()),
+                ..self
+            },
+        }
+    }
+
     /// The ID as a header value, giving up the ID: a received one hands its value over as is.
     pub(crate) fn into_header_value(self) -> HeaderValue {
         match self.text {

@@ -437,6 +437,12 @@ where
     fn call(&mut self, mut request: Request<B>) -> Self::Future {
         let config = &*self.config;
         let (id, rejected) = config.resolve(request.headers_mut());
+        // A generated ID is written out once for the echo and every outbound call to share.
+        let id = if matches!(config.echo, Echo::Off) {
+            id
+        } else {
+            id.with_header_text()
+        };
         let span = config.span(&id);
         if rejected.any() {
             span.in_scope(|| config.report(rejected, &id));
