@@ -77,12 +77,12 @@ pin_project! {
         #[pin]
         inner: ObservedBody<B, FirstTokenSeen>,
         // Boxed so that the body is `Unpin` when the inner body is (a `ChatStream` over it
-        // can then be polled with `StreamExt::next`); one allocation per timed body.
+        // can then be polled with `StreamExt::next`); made when the body first has to wait,
+        // so a body that is already here (a JSON answer read with its head) never has one.
         timer: Option<Pin<Box<Sleep>>>,
-        // The bound in force and the phase it names (`None`: unbounded). The timer is moved
+        // The bound in force and the phase it names (`None`: unbounded). The timer is set
         // to it only when the body has to wait: moving a registered timer is a trip to
-        // tokio's timer wheel, and a body that is already here (a JSON answer read with its
-        // head) never waits.
+        // tokio's timer wheel, and a body that is already here never waits.
         due: Option<(Instant, TimeoutPhase)>,
         // A data frame passed after the first token: the idle bound restarts from the
         // moment the body next has to wait.
@@ -94,15 +94,9 @@ pin_project! {
 }
 
 impl<B: Body> TimeoutBody<B> {
-    /// Wraps `body` (scanned as `format`) of a call made at `started`. `timer` is the head
-    /// wait's timer, if any: moved to the body's first deadline instead of registering another.
-    pub(crate) fn new(
-        body: B,
-        format: BodyFormat,
-        timeouts: &Timeouts,
-        started: Instant,
-        timer: Option<Pin<Box<Sleep>>>,
-    ) -> Self {
+    /// Wraps `body` (scanned as `format`) of a call made at `started`. Its timer is made
+    /// when it first has to wait.
+    pub(crate) fn new(body: B, format: BodyFormat, timeouts: &Timeouts, started: Instant) -> Self {
         let watch = timeouts.first_token.is_some() || timeouts.idle.is_some();
         let first = earliest([
             timeouts
@@ -114,15 +108,21 @@ impl<B: Body> TimeoutBody<B> {
         ]);
         TimeoutBody {
             inner: ObservedBody::new(body, format, FirstTokenSeen { watch, seen: false }),
-            // The head's timer is kept (its allocation and registration) and moved to the
-            // body's first bound when the body first waits.
-            timer: first.and(timer),
+            timer: None,
             due: first,
             restart: false,
             timeouts: *timeouts,
             started,
             expired: false,
         }
+    }
+}
+
+#[cfg(test)]
+impl<B> TimeoutBody<B> {
+    /// Whether the body holds a timer now.
+    pub(crate) fn has_timer(&self) -> bool {
+        self.timer.is_some()
     }
 }
 

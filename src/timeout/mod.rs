@@ -264,10 +264,10 @@ where
         ResponseFuture {
             state: State::Waiting {
                 future: self.inner.call(request),
-                // Boxed here so that the body takes the same timer over for its first-token
-                // bound: one registration with tokio's timer wheel per call, not two (moving
-                // a registered deadline later is an atomic store, no wheel lock).
-                timer: head.map(|(at, _)| Box::pin(tokio::time::sleep_until(at))),
+                // Inline: a call whose answer comes whole with its head (a JSON answer) never
+                // needs a timer after it, so none is allocated; a body that has to wait (a
+                // stream) makes its own.
+                timer: head.map(|(at, _)| tokio::time::sleep_until(at)),
             },
             phase: head.map(|(_, phase)| phase),
             timeouts: self.timeouts,
@@ -293,7 +293,8 @@ pin_project! {
         Waiting {
             #[pin]
             future: F,
-            timer: Option<Pin<Box<Sleep>>>,
+            #[pin]
+            timer: Option<Sleep>,
         },
         Done,
     }
@@ -325,20 +326,19 @@ where
             )));
         };
         if let Poll::Ready(result) = future.poll(cx) {
-            let timer = timer.take();
             this.state.set(State::Done);
             return Poll::Ready(match result {
                 Ok(response) => {
                     let (parts, body) = response.into_parts();
                     let format = BodyFormat::from_headers(&parts.headers);
-                    let body = TimeoutBody::new(body, format, this.timeouts, *this.started, timer);
+                    let body = TimeoutBody::new(body, format, this.timeouts, *this.started);
                     Ok(Response::from_parts(parts, body))
                 }
                 Err(error) => Err(Error::from_boxed(error.into())),
             });
         }
-        if let Some(timer) = timer.as_mut()
-            && timer.as_mut().poll(cx).is_ready()
+        if let Some(timer) = timer.as_pin_mut()
+            && timer.poll(cx).is_ready()
         {
             // Dropping the state drops the inner future: the request is cancelled now, not
             // when the caller gets round to dropping this future.

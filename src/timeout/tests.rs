@@ -260,3 +260,42 @@ async fn a_body_that_never_waits_ends_and_one_that_waits_gets_its_first_token_bo
     assert_eq!(kind, Some(ErrorKind::Timeout(TimeoutPhase::FirstToken)));
     assert_eq!(called.elapsed(), Duration::from_secs(4));
 }
+
+/// A JSON answer that comes whole with its head never makes the body a timer (the head's
+/// own was inline in the call's future); a stream that has to wait makes one then, and its
+/// first-token bound still counts from the call.
+#[tokio::test(start_paused = true)]
+async fn a_body_makes_its_timer_only_when_it_has_to_wait() {
+    let layer = StreamTimeoutLayer::builder()
+        .headers(Duration::from_secs(5))
+        .first_token(Duration::from_secs(10))
+        .idle(Duration::from_secs(3))
+        .build()
+        .unwrap();
+    let json = tower::service_fn(|_req: Request<()>| async {
+        Ok::<_, Infallible>(Response::new(Full::new(Bytes::from_static(b"{\"a\":1}"))))
+    });
+    let response = layer.layer(json).oneshot(Request::new(())).await.unwrap();
+    let mut body = std::pin::pin!(response.into_body());
+    while let Some(frame) = body.frame().await {
+        frame.unwrap();
+        assert!(!body.has_timer(), "a body already here needs no timer");
+    }
+    assert!(!body.has_timer());
+
+    let stream = tower::service_fn(|_req: Request<()>| async {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        Ok::<_, Infallible>(sse(vec![(7_000, "data: {}\n\n")]))
+    });
+    let called = Instant::now();
+    let response = layer.layer(stream).oneshot(Request::new(())).await.unwrap();
+    let mut body = std::pin::pin!(response.into_body());
+    let waker = std::task::Waker::noop();
+    let mut cx = std::task::Context::from_waker(waker);
+    assert!(http_body::Body::poll_frame(body.as_mut(), &mut cx).is_pending());
+    assert!(body.has_timer(), "a waiting stream has its timer");
+    // The first token is due 10 s after the call, 6 s from now: the stream's 7 s is late.
+    let (kind, _) = read(body).await;
+    assert_eq!(kind, Some(ErrorKind::Timeout(TimeoutPhase::FirstToken)));
+    assert_eq!(called.elapsed(), Duration::from_secs(10));
+}
