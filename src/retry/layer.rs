@@ -245,8 +245,10 @@ pin_project! {
         // body cannot be replayed or there is only one attempt. Recycled when the call ends.
         template: Option<Replay<ReqB>>,
         // From the start only with a deadline or a per-attempt timeout; the first back-off
-        // makes one otherwise.
-        timer: Option<Pin<Box<Timer>>>,
+        // makes one otherwise. Inline: the future is pinned before the timer is armed, and an
+        // allocation a call costs more than the bytes it would save moving the future.
+        #[pin]
+        timer: Option<Timer>,
         held: Option<Pin<Box<Held<RB>>>>,
     }
 }
@@ -266,27 +268,27 @@ pin_project! {
 impl Timer {
     /// The timer of a new call with a deadline or a per-attempt timeout, armed for its first
     /// attempt.
-    fn start(config: &RetryConfig) -> Pin<Box<Timer>> {
+    fn start(config: &RetryConfig) -> Timer {
         let now = Instant::now();
         let deadline = config.deadline.map(|d| deadline_after(now, d));
         let (at, kind) = attempt_timer(config, now, deadline);
-        Box::pin(Timer {
+        Timer {
             sleep: at.map(tokio::time::sleep_until),
             kind,
             deadline,
             previous_delay: Duration::ZERO,
-        })
+        }
     }
 
     /// The timer of a call that had none (no deadline, no per-attempt timeout), made by its
     /// first retry.
-    fn idle() -> Pin<Box<Timer>> {
-        Box::pin(Timer {
+    fn idle() -> Timer {
+        Timer {
             sleep: None,
             kind: TimerKind::Attempt,
             deadline: None,
             previous_delay: Duration::ZERO,
-        })
+        }
     }
 
     /// Whether the armed timer fired, and the phase it names.
@@ -314,8 +316,8 @@ fn fresh_clone<S: Clone>(fresh: &Mutex<S>) -> S {
 }
 
 /// Whether the call's timer fired (a call without one never times out).
-fn timer_fired(timer: &mut Option<Pin<Box<Timer>>>, cx: &mut Context<'_>) -> Option<TimeoutPhase> {
-    timer.as_mut()?.as_mut().fired(cx)
+fn timer_fired(timer: Pin<&mut Option<Timer>>, cx: &mut Context<'_>) -> Option<TimeoutPhase> {
+    timer.as_pin_mut()?.fired(cx)
 }
 
 pin_project! {
@@ -492,7 +494,7 @@ where
                         failed = (outcome, None, Some(error));
                     }
                     Poll::Pending => {
-                        let Some(phase) = timer_fired(this.timer, cx) else {
+                        let Some(phase) = timer_fired(this.timer.as_mut(), cx) else {
                             return Poll::Pending;
                         };
                         failed = timed_out(this.state.as_mut(), this.held, config, phase);
@@ -516,7 +518,7 @@ where
                             failed = (outcome, None, None);
                         }
                         Poll::Pending => {
-                            let Some(phase) = timer_fired(this.timer, cx) else {
+                            let Some(phase) = timer_fired(this.timer.as_mut(), cx) else {
                                 return Poll::Pending;
                             };
                             failed = timed_out(this.state.as_mut(), this.held, config, phase);
@@ -524,7 +526,7 @@ where
                     }
                 }
                 StateProj::Backoff => {
-                    let Some(timer) = this.timer.as_mut() else {
+                    let Some(mut timer) = this.timer.as_mut().as_pin_mut() else {
                         return Poll::Ready(Err(internal("back-off without a timer")));
                     };
                     if let Some(sleep) = timer.as_mut().project().sleep.as_pin_mut()
@@ -560,7 +562,7 @@ where
                         return Poll::Ready(Err(Error::from_boxed(error.into())));
                     }
                     Poll::Pending => {
-                        let Some(phase) = timer_fired(this.timer, cx) else {
+                        let Some(phase) = timer_fired(this.timer.as_mut(), cx) else {
                             return Poll::Pending;
                         };
                         failed = timed_out(this.state.as_mut(), this.held, config, phase);
@@ -582,8 +584,14 @@ where
                 response.as_ref().map(Response::headers),
                 *this.attempt,
                 this.template.is_some(),
-                this.timer.as_ref().and_then(|t| t.deadline),
                 this.timer
+                    .as_ref()
+                    .get_ref()
+                    .as_ref()
+                    .and_then(|t| t.deadline),
+                this.timer
+                    .as_ref()
+                    .get_ref()
                     .as_ref()
                     .map_or(Duration::ZERO, |t| t.previous_delay),
             );
@@ -591,7 +599,12 @@ where
                 Next::Retry(delay) => {
                     drop((response, error));
                     *this.held = None;
-                    let timer = this.timer.get_or_insert_with(Timer::idle);
+                    if this.timer.is_none() {
+                        this.timer.set(Some(Timer::idle()));
+                    }
+                    let Some(mut timer) = this.timer.as_mut().as_pin_mut() else {
+                        return Poll::Ready(Err(internal("no timer for the back-off")));
+                    };
                     *timer.as_mut().project().previous_delay = delay;
                     if delay.is_zero() {
                         set_timer(timer.as_mut().project().sleep, None);
