@@ -70,16 +70,16 @@ impl<S> Spares<S> {
         }
     }
 
-    fn slot(&self) -> &Mutex<Option<S>> {
-        let lane = thread_lane() & (self.slots.len() - 1);
-        // `slots` has `lane_count()` entries, a power of two: the mask keeps `lane` in range.
-        &self.slots[lane].0
+    fn slot(&self) -> Option<&Mutex<Option<S>>> {
+        // `slots` has `lane_count()` entries, a power of two: the mask keeps the lane in range.
+        let mask = self.slots.len().wrapping_sub(1);
+        self.slots.get(thread_lane() & mask).map(|slot| &slot.0)
     }
 
     /// This lane's spare, if it has one and no other thread holds its slot.
     #[inline]
     pub(crate) fn take(&self) -> Option<S> {
-        match self.slot().try_lock() {
+        match self.slot()?.try_lock() {
             Ok(mut spare) => spare.take(),
             // A panic while the slot was held left at worst an empty slot or a whole spare
             // (only `Option::take` and a move run under the lock).
@@ -92,7 +92,10 @@ impl<S> Spares<S> {
     /// is held.
     #[inline]
     pub(crate) fn give_back(&self, service: S) {
-        let mut spare = match self.slot().try_lock() {
+        let Some(slot) = self.slot() else {
+            return;
+        };
+        let mut spare = match slot.try_lock() {
             Ok(spare) => spare,
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
             Err(TryLockError::WouldBlock) => return,
@@ -147,7 +150,7 @@ mod tests {
     fn a_held_slot_is_passed_over() {
         let spares = Spares::new();
         spares.give_back(1u32);
-        let held = spares.slot().lock().unwrap();
+        let held = spares.slot().unwrap().lock().unwrap();
         assert_eq!(spares.take(), None);
         spares.give_back(2);
         drop(held);

@@ -174,7 +174,7 @@ fn key_at(json: &[u8], at: usize) -> bool {
 
 /// Whether `bytes` start with `prefix`, compared a word at a time (the last word overlapping
 /// the one before it) rather than through a compare call: for names of a few dozen bytes.
-#[inline]
+#[inline(always)]
 pub(crate) fn starts_with_words(bytes: &[u8], prefix: &[u8]) -> bool {
     let Some(bytes) = bytes.get(..prefix.len()) else {
         return false;
@@ -295,25 +295,14 @@ fn read_usage(object: &[u8]) -> Option<[Option<u64>; 4]> {
     }
 }
 
-/// Whether `bytes[at..]` starts with `text` (at least 8 bytes), compared a word at a time
-/// (the last word overlapping the one before it): once inlined with `text` a constant, a
-/// load and a compare per word, no loop.
+/// Whether `bytes[at..]` starts with `text`, compared a word at a time
+/// ([`starts_with_words`]): once inlined with `text` a constant, a load and a compare per
+/// word, no loop.
 #[inline(always)]
 fn text_at(bytes: &[u8], at: usize, text: &'static [u8]) -> bool {
-    let Some(here) = bytes.get(at..at.wrapping_add(text.len())) else {
-        return false;
-    };
-    let mut offset = 0;
-    loop {
-        let offset_word = offset.min(text.len() - 8);
-        if word_at(here, offset_word) != word_at(text, offset_word) {
-            return false;
-        }
-        offset += 8;
-        if offset >= text.len() {
-            return true;
-        }
-    }
+    bytes
+        .get(at..)
+        .is_some_and(|here| starts_with_words(here, text))
 }
 
 /// After `text` at `*at`, the unsigned number of 1 to 7 digits that follows it: its value

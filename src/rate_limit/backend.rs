@@ -378,27 +378,6 @@ fn fitting_batch(burst: u32, wanted: u32, slots: usize) -> u32 {
     if batch < 2 { 1 } else { batch }
 }
 
-/// This thread's slot number, handed out once per thread in order (so threads spread over
-/// the slots).
-#[inline]
-fn thread_slot() -> usize {
-    use std::cell::Cell;
-    use std::sync::atomic::AtomicUsize;
-    static NEXT: AtomicUsize = AtomicUsize::new(0);
-    thread_local! {
-        static SLOT: Cell<usize> = const { Cell::new(usize::MAX) };
-    }
-    SLOT.with(|slot| {
-        let mine = slot.get();
-        if mine != usize::MAX {
-            return mine;
-        }
-        let mine = NEXT.fetch_add(1, Ordering::Relaxed) & (usize::MAX >> 1);
-        slot.set(mine);
-        mine
-    })
-}
-
 /// One decision: `check` for a single cell (governor's fast path), `check_n` otherwise.
 #[inline]
 fn decide_with(
@@ -452,7 +431,7 @@ impl RateLimitBackend<()> for DirectLimiter {
     #[inline]
     fn decide(&self, _key: &(), cost: NonZeroU32) -> Decide<Self::Future> {
         if cost.get() == 1 && self.inner.batch > 1 {
-            return Decide::Now(self.decide_one_in(thread_slot()));
+            return Decide::Now(self.decide_one_in(crate::lanes::thread_lane()));
         }
         let limiter = &self.inner.limiter;
         Decide::Now(decide_with(

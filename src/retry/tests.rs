@@ -1074,10 +1074,22 @@ async fn a_retry_after_a_success_on_the_same_thread_sends_its_own_request() {
     }
 }
 
-/// The scripted upstream, counting its clones.
+/// The scripted upstream, counting its clones, with a kilobyte of state as a deep stack of
+/// services has.
 struct CountClones {
     inner: Upstream,
     clones: Arc<std::sync::atomic::AtomicUsize>,
+    _state: [u8; 1024],
+}
+
+impl CountClones {
+    fn new(inner: Upstream) -> CountClones {
+        CountClones {
+            inner,
+            clones: Arc::default(),
+            _state: [0; 1024],
+        }
+    }
 }
 
 impl Clone for CountClones {
@@ -1087,6 +1099,7 @@ impl Clone for CountClones {
         CountClones {
             inner: self.inner.clone(),
             clones: Arc::clone(&self.clones),
+            _state: self._state,
         }
     }
 }
@@ -1111,10 +1124,7 @@ impl Service<Request<Full<Bytes>>> for CountClones {
 #[tokio::test(start_paused = true)]
 async fn only_a_retry_clones_the_inner_service() {
     let upstream = Upstream::new([Step::Json("{}"), Step::Status(503, NONE), Step::Json("{}")]);
-    let counted = CountClones {
-        inner: upstream.clone(),
-        clones: Arc::default(),
-    };
+    let counted = CountClones::new(upstream.clone());
     let clones = Arc::clone(&counted.clones);
     let layer = quick().build().unwrap();
     let mut service = layer.layer(counted);
@@ -1140,31 +1150,10 @@ async fn only_a_retry_clones_the_inner_service() {
     assert_eq!(clones.load(std::sync::atomic::Ordering::SeqCst), made + 1);
 }
 
-/// The scripted upstream with a kilobyte of state, as a deep stack of services is.
-#[derive(Clone)]
-struct Heavy {
-    inner: Upstream,
-    _state: [u8; 1024],
-}
-
-impl Service<Request<Full<Bytes>>> for Heavy {
-    type Response = Response<Body>;
-    type Error = io::Error;
-    type Future = BoxFuture<'static, Result<Response<Body>, io::Error>>;
-
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<io::Result<()>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: Request<Full<Bytes>>) -> Self::Future {
-        self.inner.call(request)
-    }
-}
-
 /// A call's future does not carry a copy of the service inline (only a retry makes one, in
 /// an allocation of its own): every layer around it moves that future whole.
 #[test]
 fn the_future_does_not_grow_with_the_service() {
-    let size = std::mem::size_of::<ResponseFuture<Heavy, Full<Bytes>, Body>>();
+    let size = std::mem::size_of::<ResponseFuture<CountClones, Full<Bytes>, Body>>();
     assert!(size < 512, "{size} bytes");
 }
