@@ -208,22 +208,8 @@ pub(crate) fn string_contents(value: &[u8]) -> Option<&[u8]> {
 /// The first `byte` in `bytes`, eight bytes at a time.
 #[inline]
 fn find_byte(bytes: &[u8], byte: u8) -> Option<usize> {
-    let mut chunks = bytes.chunks_exact(8);
-    let mut at = 0;
-    for chunk in &mut chunks {
-        let mut word = [0u8; 8];
-        word.copy_from_slice(chunk);
-        let found = zero_byte(u64::from_le_bytes(word) ^ (ONES * u64::from(byte)));
-        if found != 0 {
-            return Some(at + (found.trailing_zeros() / 8) as usize);
-        }
-        at += 8;
-    }
-    chunks
-        .remainder()
-        .iter()
-        .position(|&b| b == byte)
-        .map(|offset| at + offset)
+    // Inlined with `a == b`, the two compares fold into one.
+    find_either(bytes, byte, byte)
 }
 
 /// The value of `key` (written with its quotes, e.g. `"model"`) in one complete JSON text.
@@ -666,6 +652,7 @@ fn quote_or_backslash(bytes: &[u8]) -> Option<usize> {
 }
 
 /// The first `a` or `b` in `bytes`, eight bytes at a time (one word compare per eight bytes).
+#[inline(always)]
 fn find_either(bytes: &[u8], a: u8, b: u8) -> Option<usize> {
     let mut chunks = bytes.chunks_exact(8);
     let mut at = 0;
