@@ -1,61 +1,35 @@
 //! An instruction-count probe for the metrics layer's non-streaming call (issue 8), not a
-//! demo: drives `benches/metrics.rs`'s exact call (same body, request and runtime: `block_on`
-//! of `ready` + `call` + collecting the body, per call) N times through the bare `service_fn`,
-//! `MetricsLayer::client` or `MetricsLayer::server`, or (`floor`) only the body wrapped in the
-//! shared `ObservedBody` with an observer that records nothing. Two runs with different N under
-//! callgrind cancel the set-up:
+//! demo: drives `benches/metrics.rs`'s exact call (the same code, `benches/common/metrics_call.rs`:
+//! `block_on` of `ready` + `call` + collecting the body, per call) N times through the bare
+//! `service_fn`, `MetricsLayer::client` or `MetricsLayer::server`, the anchor (`anchor`: the
+//! bare call with prometheus 0.14's labelled counter, histogram and gauge looked up per call),
+//! or (`floor`) only the body wrapped in the shared `ObservedBody` with an observer that records
+//! nothing. Two runs with different N under callgrind cancel the set-up:
 //!
 //! ```sh
 //! cargo build --release --features prometheus --example metrics_probe
-//! for w in bare floor client server; do for n in 1000 11000; do
+//! for w in bare anchor floor client server; do for n in 1000 11000; do
 //!   valgrind --tool=callgrind --callgrind-out-file=/tmp/m.$w.$n \
 //!     target/release/examples/metrics_probe $w $n
 //! done; done
 //! ```
 //!
 //! (instructions at 11,000 minus those at 1,000, over 10,000, is the per-call cost.)
-//! `time [N]` prints the fastest of many rounds of N calls through each service, in turn.
-
-use std::convert::Infallible;
-use std::hint::black_box;
+//! `time [N]` prints the fastest of many rounds of N calls through each arm, in turn (the
+//! anchor among them, so its overhead and ours come from one run).
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
-use tower::{Service, ServiceBuilder, ServiceExt};
+use http_body_util::Full;
+use tower::{Service, ServiceBuilder};
 use tower_deepseek::body::{BodyEvent, BodyFormat, ObservedBody};
 use tower_deepseek::deepseek::RequestModel;
 use tower_deepseek::metrics::{Metrics, MetricsLayer};
 
-const BODY: &str = r#"{"id":"b1","object":"chat.completion","created":1,"model":"deepseek-v4-flash","choices":[{"index":0,"message":{"role":"assistant","content":"Hello from the bench."},"finish_reason":"stop"}],"usage":{"prompt_tokens":12,"completion_tokens":5,"total_tokens":17,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":12}}"#;
-const URI: &str = "https://api.deepseek.com/chat/completions";
+#[path = "../benches/common/metrics_call.rs"]
+mod metrics_call;
 
-fn ready_service(
-    _request: Request<()>,
-) -> std::future::Ready<Result<Response<Full<Bytes>>, Infallible>> {
-    std::future::ready(Ok(Response::new(Full::new(Bytes::from_static(
-        BODY.as_bytes(),
-    )))))
-}
-
-fn request(model: &RequestModel) -> Request<()> {
-    let mut request = Request::new(());
-    *request.uri_mut() = http::Uri::from_static(URI);
-    request.extensions_mut().insert(model.clone());
-    request
-}
-
-async fn drive<S, B>(service: &mut S, model: &RequestModel)
-where
-    S: Service<Request<()>, Response = Response<B>>,
-    S::Error: std::fmt::Debug,
-    B: http_body::Body,
-    B::Error: std::fmt::Debug,
-{
-    let ready = service.ready().await.expect("ready");
-    let response = ready.call(request(model)).await.expect("call");
-    black_box(response.into_body().collect().await.expect("body"));
-}
+use metrics_call::{Anchor, drive, ready_service, request, runtime};
 
 fn metrics() -> Metrics {
     Metrics::builder()
@@ -72,10 +46,7 @@ where
     B: http_body::Body,
     B::Error: std::fmt::Debug,
 {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let runtime = runtime();
     let model = RequestModel::new("deepseek-v4-flash");
     for _ in 0..calls {
         runtime.block_on(drive(&mut service, &model));
@@ -101,6 +72,17 @@ fn main() {
                 .service_fn(ready_service),
             calls,
         ),
+        "anchor" => {
+            let registry = prometheus::Registry::new();
+            let anchor = Anchor::new(&registry);
+            let runtime = runtime();
+            let model = RequestModel::new("deepseek-v4-flash");
+            let mut service = tower::service_fn(ready_service);
+            for _ in 0..calls {
+                runtime.block_on(anchor.drive(&mut service, &model));
+            }
+            assert!(anchor.recorded(), "the anchor recorded nothing");
+        }
         "floor" => run(
             ServiceBuilder::new()
                 .map_response(|response: Response<Full<Bytes>>| {
@@ -111,14 +93,14 @@ fn main() {
             calls,
         ),
         "time" => {
-            // Wall-clock, robust to a busy machine: rounds of `calls` calls through each service
-            // in turn, the fastest round of each kept (interference only ever adds time).
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
+            // Wall-clock, robust to a busy machine: rounds of `calls` calls through each arm in
+            // turn, the fastest round of each kept (interference only ever adds time).
+            let runtime = runtime();
             let model = RequestModel::new("deepseek-v4-flash");
+            let registry = prometheus::Registry::new();
+            let anchor = Anchor::new(&registry);
             let mut bare = tower::service_fn(ready_service);
+            let mut anchored = tower::service_fn(ready_service);
             let mut client = ServiceBuilder::new()
                 .layer(MetricsLayer::client(&metrics))
                 .service_fn(ready_service);
@@ -131,7 +113,8 @@ fn main() {
                     response.map(|body| ObservedBody::new(body, format, |_event: BodyEvent<'_>| {}))
                 })
                 .service_fn(ready_service);
-            let mut best = [f64::MAX; 4];
+            const ARMS: [&str; 5] = ["bare", "anchor", "client", "server", "floor"];
+            let mut best = [f64::MAX; ARMS.len()];
             // Short rounds, many of them: one that no other process interrupted is likelier.
             let rounds = (400_000 / calls.max(1)).max(200);
             for _ in 0..rounds {
@@ -140,8 +123,9 @@ fn main() {
                     for _ in 0..calls {
                         match index {
                             0 => runtime.block_on(drive(&mut bare, &model)),
-                            1 => runtime.block_on(drive(&mut client, &model)),
-                            2 => runtime.block_on(drive(&mut server, &model)),
+                            1 => runtime.block_on(anchor.drive(&mut anchored, &model)),
+                            2 => runtime.block_on(drive(&mut client, &model)),
+                            3 => runtime.block_on(drive(&mut server, &model)),
                             _ => runtime.block_on(drive(&mut floor, &model)),
                         }
                     }
@@ -149,15 +133,17 @@ fn main() {
                     *best = best.min(per_call);
                 }
             }
+            assert!(anchor.recorded(), "the anchor recorded nothing");
+            let arms: Vec<String> = ARMS
+                .iter()
+                .zip(best)
+                .skip(1)
+                .map(|(name, ns)| format!("{name} {ns:.1} (+{:.1})", ns - best[0]))
+                .collect();
             println!(
-                "fastest round, ns per call: bare {:.1}, client {:.1} (+{:.1}), server {:.1} (+{:.1}), floor {:.1} (+{:.1})",
+                "fastest round, ns per call: bare {:.1}, {}",
                 best[0],
-                best[1],
-                best[1] - best[0],
-                best[2],
-                best[2] - best[0],
-                best[3],
-                best[3] - best[0]
+                arms.join(", ")
             );
         }
         "sizes" => {
@@ -185,7 +171,7 @@ fn main() {
                 std::mem::size_of_val(&drive(&mut bare, &model))
             );
         }
-        other => panic!("unknown mode {other}: bare, client, server, time or sizes"),
+        other => panic!("unknown mode {other}: bare, anchor, client, server, floor, time or sizes"),
     }
     // The layer really recorded.
     if matches!(mode.as_str(), "client" | "server" | "time") {
