@@ -195,7 +195,8 @@ pub struct BodyEnd<'a> {
     /// A failure found by the scan: a malformed chunk, an over-long line, or (at the end) a
     /// stream without `[DONE]`.
     pub failure: Option<StreamFailure>,
-    /// How many chunks (SSE data events, or JSON data frames) passed.
+    /// How many chunks (SSE data events, or JSON data frames) passed, counted up to
+    /// `u32::MAX`.
     pub chunks: u64,
 }
 
@@ -340,27 +341,98 @@ tuple_observer!(A.0, B.1);
 tuple_observer!(A.0, B.1, C.2);
 tuple_observer!(A.0, B.1, C.2, D.3);
 
-/// What the scan knows so far.
-#[derive(Debug, Default)]
+/// The `finish_reason`s DeepSeek sends: a scan keeps one of these as its index, no allocation.
+const KNOWN_FINISH_REASONS: [&str; 5] = [
+    "stop",
+    "length",
+    "content_filter",
+    "tool_calls",
+    INSUFFICIENT,
+];
+
+/// What the scan knows so far. Kept to 16 bytes: it is in every observed body, and every layer
+/// above moves the response that holds it (five observed bodies deep through the gateway).
+#[derive(Debug)]
 struct ScanState {
-    first_frame: bool,
-    first_token: bool,
-    done: bool,
-    chunks: u64,
-    finish_reason: Option<Box<str>>,
+    /// A `finish_reason` not in [`KNOWN_FINISH_REASONS`] (rare), behind a thin pointer.
+    other_reason: Option<Box<Box<str>>>,
+    /// Chunks seen, saturating (a stream would need years to reach the end of a `u32`).
+    chunks: u32,
+    /// 1 + the index in [`KNOWN_FINISH_REASONS`] of the last known `finish_reason`; 0 if none
+    /// (or if the last one is `other_reason`).
+    known_reason: u8,
     failure: Option<StreamFailure>,
-    /// A terminal event has been delivered.
-    terminated: bool,
+    flags: u8,
+    format: BodyFormat,
 }
 
+/// The first data frame was seen.
+const FIRST_FRAME: u8 = 1;
+/// The first token was seen.
+const FIRST_TOKEN: u8 = 1 << 1;
+/// `data: [DONE]` was seen.
+const DONE: u8 = 1 << 2;
+/// A terminal event has been delivered.
+const TERMINATED: u8 = 1 << 3;
+
 impl ScanState {
-    fn end(&self, format: BodyFormat) -> BodyEnd<'_> {
-        BodyEnd {
+    fn new(format: BodyFormat) -> ScanState {
+        ScanState {
+            other_reason: None,
+            chunks: 0,
+            known_reason: 0,
+            failure: None,
+            flags: 0,
             format,
-            done: self.done,
-            finish_reason: self.finish_reason.as_deref(),
+        }
+    }
+
+    #[inline(always)]
+    fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    #[inline(always)]
+    fn set(&mut self, flag: u8) {
+        self.flags |= flag;
+    }
+
+    fn count_chunk(&mut self) {
+        self.chunks = self.chunks.saturating_add(1);
+    }
+
+    fn set_finish_reason(&mut self, reason: &str) {
+        match KNOWN_FINISH_REASONS
+            .iter()
+            .position(|known| *known == reason)
+        {
+            Some(index) => {
+                // Under 256 entries, so the index fits.
+                self.known_reason = index as u8 + 1;
+                self.other_reason = None;
+            }
+            None => {
+                self.known_reason = 0;
+                self.other_reason = Some(Box::new(reason.into()));
+            }
+        }
+    }
+
+    fn finish_reason(&self) -> Option<&str> {
+        match self.known_reason {
+            0 => self.other_reason.as_deref().map(|reason| &**reason),
+            known => KNOWN_FINISH_REASONS.get(usize::from(known) - 1).copied(),
+        }
+    }
+
+    #[inline]
+    fn end(&self) -> BodyEnd<'_> {
+        BodyEnd {
+            format: self.format,
+            done: self.has(DONE),
+            finish_reason: self.finish_reason(),
             failure: self.failure,
-            chunks: self.chunks,
+            chunks: u64::from(self.chunks),
         }
     }
 }
@@ -388,7 +460,6 @@ pin_project! {
         #[pin]
         inner: B,
         observer: O,
-        format: BodyFormat,
         // Boxed: only SSE bodies need one, and it keeps the wrapper small to move.
         decoder: Option<Box<SseDecoder>>,
         scan: ScanState,
@@ -397,9 +468,9 @@ pin_project! {
     impl<B, O: BodyObserver> PinnedDrop for ObservedBody<B, O> {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if !this.scan.terminated {
-                this.scan.terminated = true;
-                let end = this.scan.end(*this.format);
+            if !this.scan.has(TERMINATED) {
+                this.scan.set(TERMINATED);
+                let end = this.scan.end();
                 this.observer.observe(BodyEvent::Dropped(&end));
             }
         }
@@ -412,9 +483,8 @@ impl<B, O: BodyObserver> ObservedBody<B, O> {
         ObservedBody {
             inner,
             observer,
-            format,
             decoder: None,
-            scan: ScanState::default(),
+            scan: ScanState::new(format),
         }
     }
 
@@ -425,11 +495,10 @@ impl<B, O: BodyObserver> ObservedBody<B, O> {
         ObservedBody {
             inner,
             observer,
-            format: BodyFormat::Json,
             decoder: None,
             scan: ScanState {
-                terminated: true,
-                ..ScanState::default()
+                flags: TERMINATED,
+                ..ScanState::new(BodyFormat::Json)
             },
         }
     }
@@ -448,7 +517,7 @@ impl<B, O: BodyObserver> ObservedBody<B, O> {
 impl<B, O: BodyObserver> fmt::Debug for ObservedBody<B, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ObservedBody")
-            .field("format", &self.format)
+            .field("format", &self.scan.format)
             .field("scan", &self.scan)
             .finish_non_exhaustive()
     }
@@ -470,7 +539,7 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         let polled = ready!(this.inner.poll_frame(cx));
-        if this.scan.terminated {
+        if this.scan.has(TERMINATED) {
             return Poll::Ready(polled);
         }
         match &polled {
@@ -478,25 +547,25 @@ where
                 if let Some(data) = frame.data_ref()
                     && data.has_remaining()
                 {
-                    if !this.scan.first_frame {
-                        this.scan.first_frame = true;
+                    if !this.scan.has(FIRST_FRAME) {
+                        this.scan.set(FIRST_FRAME);
                         this.observer.observe(BodyEvent::FirstFrame);
                     }
                     if !this.observer.is_done() {
-                        scan_frame(*this.format, this.decoder, this.scan, this.observer, data);
+                        scan_frame(this.decoder, this.scan, this.observer, data);
                     }
                 }
             }
             Some(Err(error)) => {
-                this.scan.terminated = true;
+                this.scan.set(TERMINATED);
                 this.observer.observe(BodyEvent::Error(error));
             }
             None => {
-                if *this.format == BodyFormat::Sse && !this.observer.is_done() {
+                if this.scan.format == BodyFormat::Sse && !this.observer.is_done() {
                     finish_sse(this.decoder, this.scan, this.observer);
                 }
-                this.scan.terminated = true;
-                let end = this.scan.end(*this.format);
+                this.scan.set(TERMINATED);
+                let end = this.scan.end();
                 this.observer.observe(BodyEvent::End(&end));
             }
         }
@@ -531,26 +600,25 @@ fn frame_bytes<D: Buf + 'static>(data: &D) -> Bytes {
 }
 
 fn scan_frame<D: Buf + 'static, O: BodyObserver>(
-    format: BodyFormat,
     decoder: &mut Option<Box<SseDecoder>>,
     scan: &mut ScanState,
     observer: &mut O,
     data: &D,
 ) {
-    match format {
+    match scan.format {
         BodyFormat::Json => {
             let bytes = data.chunk();
-            if !scan.first_token && bytes.iter().any(|b| !b.is_ascii_whitespace()) {
-                scan.first_token = true;
+            if !scan.has(FIRST_TOKEN) && bytes.iter().any(|b| !b.is_ascii_whitespace()) {
+                scan.set(FIRST_TOKEN);
                 observer.observe(BodyEvent::FirstToken);
             }
-            scan.chunks += 1;
+            scan.count_chunk();
             observer.observe(BodyEvent::Chunk(bytes));
             // An observer done with the body at its first token (a timeout, a retry that
             // holds only to it) needs no search of the frame that holds it: as for the frames
             // after, its end then reports what it scanned.
             if !observer.is_done() && mentions_insufficient(bytes) {
-                scan.finish_reason = Some(INSUFFICIENT.into());
+                scan.set_finish_reason(INSUFFICIENT);
             }
         }
         BodyFormat::Sse => {
@@ -643,7 +711,7 @@ fn finish_sse<O: BodyObserver>(
     scan: &mut ScanState,
     observer: &mut O,
 ) {
-    if scan.failure.is_some() || scan.done {
+    if scan.failure.is_some() || scan.has(DONE) {
         return;
     }
     let decoder = decoder.get_or_insert_with(|| Box::new(SseDecoder::new()));
@@ -669,16 +737,16 @@ fn sse_event<O: BodyObserver>(event: SseEvent, scan: &mut ScanState, observer: &
         // An empty `data:` event carries nothing: treat it like a keep-alive.
         SseEvent::Data(data) if data.is_empty() => observer.observe(BodyEvent::KeepAlive),
         SseEvent::Data(data) => {
-            if !scan.first_token {
-                scan.first_token = true;
+            if !scan.has(FIRST_TOKEN) {
+                scan.set(FIRST_TOKEN);
                 observer.observe(BodyEvent::FirstToken);
             }
-            scan.chunks += 1;
+            scan.count_chunk();
             observer.observe(BodyEvent::Chunk(&data));
             match serde_json::from_slice::<LeanChunk<'_>>(&data) {
                 Ok(chunk) => {
                     if let Some(reason) = chunk.choices.0 {
-                        scan.finish_reason = Some(reason.into());
+                        scan.set_finish_reason(&reason);
                     }
                     if let Some(usage) = &chunk.usage {
                         observer.observe(BodyEvent::Usage(usage));
@@ -689,7 +757,7 @@ fn sse_event<O: BodyObserver>(event: SseEvent, scan: &mut ScanState, observer: &
                 }
             }
         }
-        SseEvent::Done => scan.done = true,
+        SseEvent::Done => scan.set(DONE),
     }
 }
 
@@ -1143,5 +1211,57 @@ mod tests {
         }
         assert_eq!((first, second), (1, 1));
         assert!(((), None::<()>).is_done());
+    }
+
+    /// The last `finish_reason` of a stream is the one its end reports, whether DeepSeek's own
+    /// (kept as a table index) or any other (kept whole), and a later one replaces an earlier
+    /// one of the other kind.
+    #[tokio::test]
+    async fn the_last_finish_reason_wins_known_or_not() {
+        let stream = |reasons: &[&str]| {
+            let mut text = String::new();
+            for reason in reasons {
+                text.push_str(&format!(
+                    "data: {{\"choices\":[{{\"delta\":{{}},\"finish_reason\":\"{reason}\"}}]}}\n\n"
+                ));
+            }
+            text.push_str("data: [DONE]\n\n");
+            Full::new(Bytes::from(text))
+        };
+        for reasons in [
+            &["stop"][..],
+            &["length", "insufficient_system_resource"],
+            &["stop", "a_new_reason"],
+            &["a_new_reason", "tool_calls"],
+            &["content_filter", "other_one", "yet_another"],
+        ] {
+            let mut last = None;
+            let body =
+                ObservedBody::new(stream(reasons), BodyFormat::Sse, |event: BodyEvent<'_>| {
+                    if let BodyEvent::End(end) = event {
+                        last = end.finish_reason.map(str::to_owned);
+                    }
+                });
+            body.collect().await.unwrap();
+            assert_eq!(last.as_deref(), reasons.last().copied(), "{reasons:?}");
+        }
+        // A JSON body's mention is the known reason, with no allocation to hold it.
+        let mut scan = ScanState::new(BodyFormat::Json);
+        scan.set_finish_reason(INSUFFICIENT);
+        assert!(scan.other_reason.is_none());
+        assert_eq!(scan.end().finish_reason, Some(INSUFFICIENT));
+    }
+
+    /// The scan state stays small: every observed body holds one, and every layer above moves
+    /// it with the response.
+    #[test]
+    fn the_scan_state_is_sixteen_bytes_and_counts_chunks_saturating() {
+        assert_eq!(std::mem::size_of::<ScanState>(), 16);
+        let mut scan = ScanState::new(BodyFormat::Sse);
+        scan.chunks = u32::MAX - 1;
+        scan.count_chunk();
+        scan.count_chunk();
+        assert_eq!(scan.end().chunks, u64::from(u32::MAX));
+        assert_eq!(scan.end().format, BodyFormat::Sse);
     }
 }

@@ -5,6 +5,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Buf;
 use http_body::{Body, Frame, SizeHint};
@@ -33,6 +34,23 @@ impl BodyObserver for FirstTokenSeen {
 
     fn is_done(&self) -> bool {
         !self.watch || self.seen
+    }
+}
+
+/// A bound in whole nanoseconds, `u64::MAX` for none: a third of an `Option<Duration>`.
+/// Bounds past 584 years are cut there ([`deadline`] caps every deadline far earlier).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Bound(u64);
+
+impl Bound {
+    fn of(duration: Option<Duration>) -> Bound {
+        Bound(duration.map_or(u64::MAX, |duration| {
+            u64::try_from(duration.as_nanos()).map_or(u64::MAX - 1, |nanos| nanos.min(u64::MAX - 1))
+        }))
+    }
+
+    fn get(self) -> Option<Duration> {
+        (self.0 != u64::MAX).then(|| Duration::from_nanos(self.0))
     }
 }
 
@@ -80,15 +98,20 @@ pin_project! {
         // can then be polled with `StreamExt::next`); made when the body first has to wait,
         // so a body that is already here (a JSON answer read with its head) never has one.
         timer: Option<Pin<Box<Sleep>>>,
-        // The bound in force and the phase it names (`None`: unbounded). The timer is set
-        // to it only when the body has to wait: moving a registered timer is a trip to
-        // tokio's timer wheel, and a body that is already here never waits.
-        due: Option<(Instant, TimeoutPhase)>,
+        // The bound in force (`None`: unbounded), and in `phase` the phase it names. The
+        // timer is set to it only when the body has to wait: moving a registered timer is a
+        // trip to tokio's timer wheel, and a body that is already here never waits.
+        due: Option<Instant>,
+        started: Instant,
+        // The bounds, compact: this body is the innermost of a stack's response, so every
+        // layer above moves its every byte.
+        first_token: Bound,
+        idle: Bound,
+        total: Bound,
+        phase: TimeoutPhase,
         // A data frame passed after the first token: the idle bound restarts from the
         // moment the body next has to wait.
         restart: bool,
-        timeouts: Timeouts,
-        started: Instant,
         expired: bool,
     }
 }
@@ -98,7 +121,7 @@ impl<B: Body> TimeoutBody<B> {
     /// when it first has to wait.
     pub(crate) fn new(body: B, format: BodyFormat, timeouts: &Timeouts, started: Instant) -> Self {
         let watch = timeouts.first_token.is_some() || timeouts.idle.is_some();
-        let first = earliest([
+        let due = earliest([
             timeouts
                 .first_token
                 .map(|d| (deadline(started, d), TimeoutPhase::FirstToken)),
@@ -109,10 +132,13 @@ impl<B: Body> TimeoutBody<B> {
         TimeoutBody {
             inner: ObservedBody::new(body, format, FirstTokenSeen { watch, seen: false }),
             timer: None,
-            due: first,
-            restart: false,
-            timeouts: *timeouts,
+            due: due.map(|(at, _)| at),
             started,
+            first_token: Bound::of(timeouts.first_token),
+            idle: Bound::of(timeouts.idle),
+            total: Bound::of(timeouts.total),
+            phase: due.map_or(TimeoutPhase::Total, |(_, phase)| phase),
+            restart: false,
             expired: false,
         }
     }
@@ -129,8 +155,10 @@ impl<B> TimeoutBody<B> {
 impl<B> fmt::Debug for TimeoutBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TimeoutBody")
-            .field("phase", &self.due.map(|(_, phase)| phase))
-            .field("timeouts", &self.timeouts)
+            .field("phase", &self.due.map(|_| self.phase))
+            .field("first_token", &self.first_token.get())
+            .field("idle", &self.idle.get())
+            .field("total", &self.total.get())
             .field("expired", &self.expired)
             .finish_non_exhaustive()
     }
@@ -157,7 +185,7 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 let has_data = frame.data_ref().is_some_and(|data| data.has_remaining());
                 let seen = this.inner.as_ref().get_ref().observer().seen;
-                if has_data && seen && (this.due.is_some() || this.timeouts.idle.is_some()) {
+                if has_data && seen && (this.due.is_some() || this.idle.get().is_some()) {
                     // From the first token on, each data frame restarts the idle bound.
                     *this.restart = true;
                 }
@@ -173,16 +201,20 @@ where
             Poll::Pending => {}
         }
         if std::mem::take(this.restart) {
-            *this.due = earliest([
-                this.timeouts
-                    .idle
+            let due = earliest([
+                this.idle
+                    .get()
                     .map(|d| (deadline(Instant::now(), d), TimeoutPhase::Idle)),
-                this.timeouts
-                    .total
+                this.total
+                    .get()
                     .map(|d| (deadline(*this.started, d), TimeoutPhase::Total)),
             ]);
+            *this.due = due.map(|(at, _)| at);
+            if let Some((_, phase)) = due {
+                *this.phase = phase;
+            }
         }
-        let Some((at, phase)) = *this.due else {
+        let Some(at) = *this.due else {
             *this.timer = None;
             return Poll::Pending;
         };
@@ -198,10 +230,11 @@ where
         if timer.as_mut().poll(cx).is_ready() {
             *this.expired = true;
             *this.timer = None;
+            let phase = *this.phase;
             let limit = match phase {
-                TimeoutPhase::FirstToken => this.timeouts.first_token,
-                TimeoutPhase::Idle => this.timeouts.idle,
-                _ => this.timeouts.total,
+                TimeoutPhase::FirstToken => this.first_token.get(),
+                TimeoutPhase::Idle => this.idle.get(),
+                _ => this.total.get(),
             };
             return Poll::Ready(Some(Err(timeout_error(phase, limit))));
         }
@@ -214,5 +247,27 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A bound keeps its nanoseconds; none stays none; one too long for a `u64` of
+    /// nanoseconds is cut to the longest there is rather than read as none.
+    #[test]
+    fn a_bound_keeps_its_nanoseconds_and_none_stays_none() {
+        assert_eq!(Bound::of(None).get(), None);
+        for duration in [
+            Duration::ZERO,
+            Duration::from_nanos(1),
+            Duration::from_millis(1_500),
+            Duration::from_secs(86_400 * 365),
+        ] {
+            assert_eq!(Bound::of(Some(duration)).get(), Some(duration));
+        }
+        let longest = Bound::of(Some(Duration::MAX)).get();
+        assert_eq!(longest, Some(Duration::from_nanos(u64::MAX - 1)));
     }
 }
