@@ -743,6 +743,14 @@ fn sse_event<O: BodyObserver>(event: SseEvent, scan: &mut ScanState, observer: &
             }
             scan.count_chunk();
             observer.observe(BodyEvent::Chunk(&data));
+            // DeepSeek's chunks take the one-pass scan; serde decides the rest (a `usage`, an
+            // odd shape, invalid JSON), with the same answers.
+            if let Some(reason) = crate::lean_chunk::last_finish_reason(&data) {
+                if let Some(reason) = reason {
+                    scan.set_finish_reason(reason);
+                }
+                return;
+            }
             match serde_json::from_slice::<LeanChunk<'_>>(&data) {
                 Ok(chunk) => {
                     if let Some(reason) = chunk.choices.0 {
@@ -1263,5 +1271,91 @@ mod tests {
         scan.count_chunk();
         assert_eq!(scan.end().chunks, u64::from(u32::MAX));
         assert_eq!(scan.end().format, BodyFormat::Sse);
+    }
+
+    /// serde's lean parse of a chunk: `Ok(last finish_reason)`, or `Err` for a malformed one.
+    fn serde_reason(chunk: &[u8]) -> Result<Option<String>, ()> {
+        serde_json::from_slice::<LeanChunk<'_>>(chunk)
+            .map(|lean| lean.choices.0.map(Cow::into_owned))
+            .map_err(|_| ())
+    }
+
+    /// The one-pass scan of a chunk (`crate::lean_chunk`) never disagrees with serde's parse:
+    /// wherever it answers, serde accepts the chunk and finds the same `finish_reason`. Checked
+    /// on DeepSeek-shaped chunks (which it must answer) and on every truncation, deletion,
+    /// replacement and insertion of a byte of them (where it may decline).
+    #[test]
+    fn the_one_pass_chunk_scan_agrees_with_serde_or_declines() {
+        let chunks: &[&str] = &[
+            r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"deepseek-v4-flash","system_fingerprint":"fp_1","choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"Say \"hi\"\n\\ / ok"},"logprobs":null,"finish_reason":null}],"usage":null}"#,
+            r#"{"id":"c1","choices":[{"index":0,"delta":{"content":"","reasoning_content":"think"},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[null,{"finish_reason":"length"},{"finish_reason":null},{"x":[1,-2.5e+3,0,true,false,null,{}],"finish_reason":"insufficient_system_resource"}]}"#,
+            r#" { "choices" : [ { "finish_reason" : "tool_calls" , "delta" : { "tool_calls" : [ { "id" : "t" } ] } } ] } "#,
+            r#"{"choices":null}"#,
+            r#"{"choices":[]}"#,
+            r#"{}"#,
+            r#"{"choices":[{"finish_reason":"a_new_reason"}],"extra":{"deep":[[[[["x"]]]]],"n":-0.5E-7}}"#,
+            r#"{"content":"unicode é 漢字 🙂","choices":[{"finish_reason":"stop"}]}"#,
+        ];
+        let interesting: &[u8] = &[
+            b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b'0', b'1', b'-', b'+', b'.', b'e',
+            b' ', b'n', b'u', b't', b'x', 0x00, b'\n', b'\t', 0x7f, 0xc3, 0xff,
+        ];
+        let mut answered = 0;
+        let mut check = |variant: &[u8]| {
+            if let Some(fast) = crate::lean_chunk::last_finish_reason(variant) {
+                answered += 1;
+                assert_eq!(
+                    serde_reason(variant),
+                    Ok(fast.map(str::to_owned)),
+                    "{:?}",
+                    String::from_utf8_lossy(variant)
+                );
+            }
+        };
+        for chunk in chunks {
+            let bytes = chunk.as_bytes();
+            // The chunks DeepSeek sends are answered here, not by serde.
+            let fast = crate::lean_chunk::last_finish_reason(bytes);
+            assert!(fast.is_some(), "declined {chunk}");
+            assert_eq!(serde_reason(bytes), Ok(fast.unwrap().map(str::to_owned)));
+            for end in 0..bytes.len() {
+                check(&bytes[..end]);
+            }
+            for at in 0..bytes.len() {
+                let mut deleted = bytes.to_vec();
+                deleted.remove(at);
+                check(&deleted);
+                for &byte in interesting {
+                    let mut replaced = bytes.to_vec();
+                    replaced[at] = byte;
+                    check(&replaced);
+                    let mut inserted = bytes.to_vec();
+                    inserted.insert(at, byte);
+                    check(&inserted);
+                }
+            }
+        }
+        // Not a vacuous pass: many variants were answered (and so compared) here.
+        assert!(answered > 1_000, "only {answered} variants answered");
+        // What it declines, serde decides: a usage, a repeated field, a `\u` escape, depth.
+        for declined in [
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
+            r#"{"choices":[],"choices":[]}"#,
+            r#"{"choices":[{"finish_reason":"stop","finish_reason":"length"}]}"#,
+            r#"{"choices":[{"finish_reason":"st\u006fp"}]}"#,
+            r#"{"choices":{"finish_reason":"stop"}}"#,
+            "{\"choices\":[]}\n",
+        ] {
+            assert_eq!(
+                crate::lean_chunk::last_finish_reason(declined.as_bytes()),
+                None,
+                "{declined}"
+            );
+        }
+        let deep = format!("{{\"a\":{}{}}}", "[".repeat(100), "]".repeat(100));
+        assert_eq!(crate::lean_chunk::last_finish_reason(deep.as_bytes()), None);
+        assert!(serde_reason(deep.as_bytes()).is_ok());
     }
 }

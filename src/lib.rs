@@ -82,6 +82,7 @@ pub mod error;
 pub mod failover;
 pub mod hedge;
 mod lanes;
+mod lean_chunk;
 pub mod metrics;
 #[cfg(feature = "mock")]
 pub mod mock;

@@ -93,7 +93,7 @@ mod layer;
 mod opentelemetry;
 #[cfg(feature = "prometheus")]
 mod prometheus;
-mod scan;
+pub(crate) mod scan;
 
 #[cfg(feature = "prometheus")]
 #[cfg_attr(docsrs, doc(cfg(feature = "prometheus")))]

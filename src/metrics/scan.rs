@@ -677,10 +677,31 @@ fn find_either(bytes: &[u8], a: u8, b: u8) -> Option<usize> {
 const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGH: u64 = 0x8080_8080_8080_8080;
 
+/// Whether every byte of `bytes` is printable ASCII (`0x20..=0x7f`): no control byte and
+/// nothing but ASCII, so valid UTF-8 with no byte JSON forbids in a string. Eight bytes at a
+/// time, with no early exit, so the loop runs many bytes an instruction.
+pub(crate) fn is_printable_ascii(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(8);
+    let mut flags = 0;
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let word = u64::from_le_bytes(word);
+        // A byte under 0x20 borrows into its high bit (exact while no byte is 0x80 or
+        // more, and any such byte is flagged by its own high bit anyway).
+        flags |= (word.wrapping_sub(ONES * 0x20) & !word) | word;
+    }
+    flags & HIGH == 0
+        && chunks
+            .remainder()
+            .iter()
+            .all(|byte| (0x20..0x80).contains(byte))
+}
+
 /// The high bit of each zero byte of `word` (and maybe of bytes above one: the lowest flagged
 /// byte is always a true zero, as a borrow only runs upwards).
 #[inline]
-fn zero_byte(word: u64) -> u64 {
+pub(crate) fn zero_byte(word: u64) -> u64 {
     word.wrapping_sub(ONES) & !word & HIGH
 }
 

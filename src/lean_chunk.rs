@@ -1,0 +1,351 @@
+//! The fast path of the observed body's per-chunk parse: a streamed chunk checked and read for
+//! its last `finish_reason` in one pass, without serde.
+//!
+//! Every observing layer of a stream reads every chunk: is it JSON (else the stream is
+//! malformed), which `finish_reason` ends it, does it carry `usage`. serde's lean parse
+//! (`body::LeanChunk`) skips what it does not keep, yet still spends about 17 instructions a
+//! byte on a DeepSeek chunk, mostly checking UTF-8 string by string and matching keys; with
+//! three observing layers on a gateway's stream that was most of the stack's cost per stream.
+//!
+//! [`last_finish_reason`] answers for the chunks DeepSeek sends and declines the rest: it
+//! returns `Some` only for input it has checked to be a JSON object that serde's lean parse
+//! accepts, and then its answer is serde's. For anything else (a `usage` that is not `null`,
+//! a `\u` escape, a repeated key, deep nesting, invalid JSON, any control byte) it returns
+//! `None` and the caller runs serde, which decides. A chunk it declines is never judged here,
+//! so it can only be slower than serde on such a chunk, never different.
+
+use crate::metrics::scan::{is_printable_ascii, zero_byte};
+
+/// Deepest nesting taken here (serde_json stops at 128).
+const MAX_DEPTH: u32 = 64;
+
+/// The last non-null `finish_reason` of `chunk`'s `choices` (`Some(None)`: none), when
+/// `chunk` is a JSON object this scan is sure of; `None` when serde must decide (see the
+/// module docs).
+pub(crate) fn last_finish_reason(chunk: &[u8]) -> Option<Option<&str>> {
+    // Control bytes are invalid in strings and rare outside them: any at all goes to serde.
+    // The rest must be valid UTF-8, as serde requires of the strings it reads; printable
+    // ASCII, the usual chunk, is both at once.
+    if !is_printable_ascii(chunk)
+        && (chunk.iter().any(|&byte| byte < 0x20) || std::str::from_utf8(chunk).is_err())
+    {
+        return None;
+    }
+    let mut scan = Scan {
+        bytes: chunk,
+        at: 0,
+    };
+    scan.skip_spaces();
+    let reason = scan.top_object()?;
+    scan.skip_spaces();
+    if scan.at != scan.bytes.len() {
+        return None;
+    }
+    match reason {
+        // Between two quotes of valid UTF-8, with no escape: valid UTF-8 alone.
+        Some(range) => Some(Some(std::str::from_utf8(chunk.get(range)?).ok()?)),
+        None => Some(None),
+    }
+}
+
+struct Scan<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Scan<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.bytes.get(self.at).copied()
+    }
+
+    fn skip_spaces(&mut self) {
+        // No control bytes are left (checked first), so a space is the only whitespace.
+        while self.peek() == Some(b' ') {
+            self.at += 1;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> Option<()> {
+        self.skip_spaces();
+        (self.peek() == Some(byte)).then(|| self.at += 1)
+    }
+
+    /// A string at `at` (its opening quote): the range of its contents, and whether it had a
+    /// (simple) escape. `None` on a `\u` escape or an unknown one, or no closing quote.
+    fn string(&mut self) -> Option<(std::ops::Range<usize>, bool)> {
+        self.skip_spaces();
+        if self.peek() != Some(b'"') {
+            return None;
+        }
+        let start = self.at + 1;
+        let mut at = start;
+        let mut escaped = false;
+        loop {
+            let found = self.quote_or_backslash(at)?;
+            if self.bytes[found] == b'"' {
+                self.at = found + 1;
+                return Some((start..found, escaped));
+            }
+            // A backslash: one of the simple escapes, or serde decides.
+            match self.bytes.get(found + 1)? {
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => {}
+                _ => return None,
+            }
+            escaped = true;
+            at = found + 2;
+        }
+    }
+
+    /// The first `"` or `\\` from `at`: a word of eight bytes at a time (most strings of a
+    /// chunk, its keys, end within one or two), then byte by byte.
+    #[inline(always)]
+    fn quote_or_backslash(&self, mut at: usize) -> Option<usize> {
+        const QUOTES: u64 = u64::from_le_bytes([b'"'; 8]);
+        const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
+        while let Some(bytes) = self.bytes.get(at..at + 8) {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(bytes);
+            let word = u64::from_le_bytes(word);
+            let found = zero_byte(word ^ QUOTES) | zero_byte(word ^ BACKSLASHES);
+            if found != 0 {
+                return Some(at + (found.trailing_zeros() / 8) as usize);
+            }
+            at += 8;
+        }
+        let rest = self.bytes.get(at..)?;
+        Some(
+            at + rest
+                .iter()
+                .position(|&byte| byte == b'"' || byte == b'\\')?,
+        )
+    }
+
+    /// A key (a string with no escape) and its colon.
+    fn key(&mut self) -> Option<std::ops::Range<usize>> {
+        let (range, escaped) = self.string()?;
+        if escaped {
+            return None;
+        }
+        self.eat(b':')?;
+        Some(range)
+    }
+
+    fn is(&self, range: &std::ops::Range<usize>, name: &[u8]) -> bool {
+        self.bytes.get(range.clone()) == Some(name)
+    }
+
+    /// Whether the next value is `null` (consumed if so).
+    fn null(&mut self) -> bool {
+        self.skip_spaces();
+        if self.bytes.get(self.at..self.at + 4) == Some(b"null") {
+            self.at += 4;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Steps over one object's members: `member` is called with each key and must consume its
+    /// value. `None` on anything not a well-formed object.
+    fn object(
+        &mut self,
+        mut member: impl FnMut(&mut Self, std::ops::Range<usize>) -> Option<()>,
+    ) -> Option<()> {
+        self.eat(b'{')?;
+        if self.eat(b'}').is_some() {
+            return Some(());
+        }
+        loop {
+            let key = self.key()?;
+            member(self, key)?;
+            self.skip_spaces();
+            match self.peek()? {
+                b',' => self.at += 1,
+                b'}' => {
+                    self.at += 1;
+                    return Some(());
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// The top-level object: `choices` read, `usage` only as `null`, each at most once (serde
+    /// refuses a repeated field), every other value checked and skipped.
+    fn top_object(&mut self) -> Option<Option<std::ops::Range<usize>>> {
+        let mut reason = None;
+        let (mut choices, mut usage) = (false, false);
+        self.object(|scan, key| {
+            if scan.is(&key, b"choices") {
+                if std::mem::replace(&mut choices, true) {
+                    return None;
+                }
+                reason = scan.choices()?;
+            } else if scan.is(&key, b"usage") {
+                if std::mem::replace(&mut usage, true) || !scan.null() {
+                    return None;
+                }
+            } else {
+                scan.value(1)?;
+            }
+            Some(())
+        })?;
+        Some(reason)
+    }
+
+    /// `choices`: `null`, or an array of `null`s and objects; the last non-null
+    /// `finish_reason` among them. An object in its place (which serde skips) is declined.
+    fn choices(&mut self) -> Option<Option<std::ops::Range<usize>>> {
+        if self.null() {
+            return Some(None);
+        }
+        self.eat(b'[')?;
+        let mut last = None;
+        if self.eat(b']').is_some() {
+            return Some(None);
+        }
+        loop {
+            if !self.null() {
+                if let Some(reason) = self.choice()? {
+                    last = Some(reason);
+                }
+            }
+            self.skip_spaces();
+            match self.peek()? {
+                b',' => self.at += 1,
+                b']' => {
+                    self.at += 1;
+                    return Some(last);
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// One choice object: its `finish_reason` (a string with no escape, or `null`), at most
+    /// once; every other value checked and skipped.
+    fn choice(&mut self) -> Option<Option<std::ops::Range<usize>>> {
+        let mut reason = None;
+        let mut seen = false;
+        self.object(|scan, key| {
+            if scan.is(&key, b"finish_reason") {
+                if std::mem::replace(&mut seen, true) {
+                    return None;
+                }
+                if !scan.null() {
+                    let (range, escaped) = scan.string()?;
+                    if escaped {
+                        return None;
+                    }
+                    reason = Some(range);
+                }
+            } else {
+                scan.value(3)?;
+            }
+            Some(())
+        })?;
+        Some(reason)
+    }
+
+    /// Checks and skips any JSON value, nested `depth` deep.
+    fn value(&mut self, depth: u32) -> Option<()> {
+        if depth > MAX_DEPTH {
+            return None;
+        }
+        self.skip_spaces();
+        match self.peek()? {
+            b'"' => self.string().map(|_| ()),
+            b'{' => self.object(|scan, _| scan.value(depth + 1)),
+            b'[' => {
+                self.at += 1;
+                if self.eat(b']').is_some() {
+                    return Some(());
+                }
+                loop {
+                    self.value(depth + 1)?;
+                    self.skip_spaces();
+                    match self.peek()? {
+                        b',' => self.at += 1,
+                        b']' => {
+                            self.at += 1;
+                            return Some(());
+                        }
+                        _ => return None,
+                    }
+                }
+            }
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.number(),
+        }
+    }
+
+    fn literal(&mut self, text: &[u8]) -> Option<()> {
+        if self.bytes.get(self.at..self.at + text.len()) == Some(text) {
+            self.at += text.len();
+            Some(())
+        } else {
+            None
+        }
+    }
+
+    /// A number by JSON's grammar: `-? (0 | [1-9][0-9]*) (. [0-9]+)? ([eE] [+-]? [0-9]+)?`.
+    fn number(&mut self) -> Option<()> {
+        let digits = |scan: &mut Self| {
+            let start = scan.at;
+            while scan.peek().is_some_and(|b| b.is_ascii_digit()) {
+                scan.at += 1;
+            }
+            scan.at > start
+        };
+        if self.peek() == Some(b'-') {
+            self.at += 1;
+        }
+        match self.peek()? {
+            b'0' => self.at += 1,
+            b'1'..=b'9' => {
+                digits(self);
+            }
+            _ => return None,
+        }
+        if self.peek() == Some(b'.') {
+            self.at += 1;
+            if !digits(self) {
+                return None;
+            }
+        }
+        if matches!(self.peek(), Some(b'e' | b'E')) {
+            self.at += 1;
+            if matches!(self.peek(), Some(b'+' | b'-')) {
+                self.at += 1;
+            }
+            if !digits(self) {
+                return None;
+            }
+        }
+        Some(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The word-at-a-time check agrees with a byte-by-byte one for every byte value at every
+    /// place of every length up to two words and a bit (the remainder included).
+    #[test]
+    fn the_printable_ascii_check_matches_a_byte_loop() {
+        for len in 0..=19 {
+            for at in 0..len {
+                for byte in 0..=u8::MAX {
+                    let mut bytes = vec![b'a'; len];
+                    bytes[at] = byte;
+                    let expected = bytes.iter().all(|b| (0x20..0x80).contains(b));
+                    assert_eq!(is_printable_ascii(&bytes), expected, "{bytes:?}");
+                }
+            }
+        }
+        assert!(is_printable_ascii(b""));
+    }
+}
