@@ -13,16 +13,75 @@
 //! a `\u` escape, a repeated key, deep nesting, invalid JSON, any control byte) it returns
 //! `None` and the caller runs serde, which decides. A chunk it declines is never judged here,
 //! so it can only be slower than serde on such a chunk, never different.
+//!
+//! One parse, not three: the layers observing one response read each chunk one after the
+//! other on the thread that polls the body, so the scan remembers this thread's last chunk and
+//! its answer, and a second reading of the same bytes is a compare.
+
+use std::cell::RefCell;
+use std::ops::Range;
 
 use crate::metrics::scan::{is_printable_ascii, zero_byte};
 
 /// Deepest nesting taken here (serde_json stops at 128).
 const MAX_DEPTH: u32 = 64;
 
+/// Chunks longer than this are scanned each time rather than remembered.
+const MAX_REMEMBERED: usize = 4096;
+
+/// This thread's last chunk scanned and what the scan found: the observing layers of one
+/// response each read the same chunk, one after the other on the thread polling the body, so
+/// the second and third reading are a compare, not a scan. Equal bytes give equal answers,
+/// so a hit is right whoever scanned first.
+struct Remembered {
+    chunk: Vec<u8>,
+    /// `None`: declined; `Some(None)`: no reason; `Some(Some(range))`: the reason's bytes.
+    answer: Option<Option<Range<usize>>>,
+}
+
+thread_local! {
+    static LAST: RefCell<Remembered> = const {
+        RefCell::new(Remembered { chunk: Vec::new(), answer: None })
+    };
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Scans run on this thread (tests count them).
+    pub(crate) static SCANS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
 /// The last non-null `finish_reason` of `chunk`'s `choices` (`Some(None)`: none), when
 /// `chunk` is a JSON object this scan is sure of; `None` when serde must decide (see the
-/// module docs).
+/// module docs). The same chunk read again on this thread is answered from memory.
 pub(crate) fn last_finish_reason(chunk: &[u8]) -> Option<Option<&str>> {
+    let answer = if chunk.len() <= MAX_REMEMBERED {
+        LAST.try_with(|last| {
+            let Ok(mut last) = last.try_borrow_mut() else {
+                return scan(chunk);
+            };
+            if last.chunk.as_slice() != chunk {
+                last.chunk.clear();
+                last.chunk.extend_from_slice(chunk);
+                last.answer = scan(chunk);
+            }
+            last.answer.clone()
+        })
+        .unwrap_or_else(|_| scan(chunk))
+    } else {
+        scan(chunk)
+    };
+    match answer? {
+        // Between two quotes of valid UTF-8, with no escape: valid UTF-8 alone.
+        Some(range) => Some(Some(std::str::from_utf8(chunk.get(range)?).ok()?)),
+        None => Some(None),
+    }
+}
+
+/// The scan behind [`last_finish_reason`]: the reason as a range of `chunk`.
+fn scan(chunk: &[u8]) -> Option<Option<Range<usize>>> {
+    #[cfg(test)]
+    SCANS.with(|scans| scans.set(scans.get() + 1));
     // Control bytes are invalid in strings and rare outside them: any at all goes to serde.
     // The rest must be valid UTF-8, as serde requires of the strings it reads; printable
     // ASCII, the usual chunk, is both at once.
@@ -41,11 +100,7 @@ pub(crate) fn last_finish_reason(chunk: &[u8]) -> Option<Option<&str>> {
     if scan.at != scan.bytes.len() {
         return None;
     }
-    match reason {
-        // Between two quotes of valid UTF-8, with no escape: valid UTF-8 alone.
-        Some(range) => Some(Some(std::str::from_utf8(chunk.get(range)?).ok()?)),
-        None => Some(None),
-    }
+    Some(reason)
 }
 
 struct Scan<'a> {
@@ -72,7 +127,7 @@ impl Scan<'_> {
 
     /// A string at `at` (its opening quote): the range of its contents, and whether it had a
     /// (simple) escape. `None` on a `\u` escape or an unknown one, or no closing quote.
-    fn string(&mut self) -> Option<(std::ops::Range<usize>, bool)> {
+    fn string(&mut self) -> Option<(Range<usize>, bool)> {
         self.skip_spaces();
         if self.peek() != Some(b'"') {
             return None;
@@ -121,7 +176,7 @@ impl Scan<'_> {
     }
 
     /// A key (a string with no escape) and its colon.
-    fn key(&mut self) -> Option<std::ops::Range<usize>> {
+    fn key(&mut self) -> Option<Range<usize>> {
         let (range, escaped) = self.string()?;
         if escaped {
             return None;
@@ -130,7 +185,7 @@ impl Scan<'_> {
         Some(range)
     }
 
-    fn is(&self, range: &std::ops::Range<usize>, name: &[u8]) -> bool {
+    fn is(&self, range: &Range<usize>, name: &[u8]) -> bool {
         self.bytes.get(range.clone()) == Some(name)
     }
 
@@ -149,7 +204,7 @@ impl Scan<'_> {
     /// value. `None` on anything not a well-formed object.
     fn object(
         &mut self,
-        mut member: impl FnMut(&mut Self, std::ops::Range<usize>) -> Option<()>,
+        mut member: impl FnMut(&mut Self, Range<usize>) -> Option<()>,
     ) -> Option<()> {
         self.eat(b'{')?;
         if self.eat(b'}').is_some() {
@@ -172,7 +227,7 @@ impl Scan<'_> {
 
     /// The top-level object: `choices` read, `usage` only as `null`, each at most once (serde
     /// refuses a repeated field), every other value checked and skipped.
-    fn top_object(&mut self) -> Option<Option<std::ops::Range<usize>>> {
+    fn top_object(&mut self) -> Option<Option<Range<usize>>> {
         let mut reason = None;
         let (mut choices, mut usage) = (false, false);
         self.object(|scan, key| {
@@ -195,7 +250,7 @@ impl Scan<'_> {
 
     /// `choices`: `null`, or an array of `null`s and objects; the last non-null
     /// `finish_reason` among them. An object in its place (which serde skips) is declined.
-    fn choices(&mut self) -> Option<Option<std::ops::Range<usize>>> {
+    fn choices(&mut self) -> Option<Option<Range<usize>>> {
         if self.null() {
             return Some(None);
         }
@@ -224,7 +279,7 @@ impl Scan<'_> {
 
     /// One choice object: its `finish_reason` (a string with no escape, or `null`), at most
     /// once; every other value checked and skipped.
-    fn choice(&mut self) -> Option<Option<std::ops::Range<usize>>> {
+    fn choice(&mut self) -> Option<Option<Range<usize>>> {
         let mut reason = None;
         let mut seen = false;
         self.object(|scan, key| {
@@ -347,5 +402,35 @@ mod tests {
             }
         }
         assert!(is_printable_ascii(b""));
+    }
+
+    /// A chunk read again on the same thread is answered without a second scan, rightly; a
+    /// chunk that differs in one byte is scanned again, as is one too long to remember.
+    #[test]
+    fn a_chunk_read_again_is_answered_from_memory() {
+        let scans = || SCANS.with(std::cell::Cell::get);
+        let stop = br#"{"choices":[{"finish_reason":"stop"}]}"#;
+        let length = br#"{"choices":[{"finish_reason":"length"}]}"#;
+        let before = scans();
+        for _ in 0..3 {
+            assert_eq!(last_finish_reason(stop), Some(Some("stop")));
+        }
+        assert_eq!(scans(), before + 1);
+        assert_eq!(last_finish_reason(length), Some(Some("length")));
+        assert_eq!(last_finish_reason(length), Some(Some("length")));
+        assert_eq!(scans(), before + 2);
+        // Same length, one byte different: scanned, not mistaken for the last one.
+        let other = br#"{"choices":[{"finish_reason":"lenGth"}]}"#;
+        assert_eq!(last_finish_reason(other), Some(Some("lenGth")));
+        assert_eq!(scans(), before + 3);
+        // Declined answers are remembered as declined.
+        let declined = br#"{"usage":{"prompt_tokens":1}}"#;
+        assert_eq!(last_finish_reason(declined), None);
+        assert_eq!(last_finish_reason(declined), None);
+        assert_eq!(scans(), before + 4);
+        let long = format!(r#"{{"pad":"{}","choices":[]}}"#, "x".repeat(MAX_REMEMBERED));
+        assert_eq!(last_finish_reason(long.as_bytes()), Some(None));
+        assert_eq!(last_finish_reason(long.as_bytes()), Some(None));
+        assert_eq!(scans(), before + 6);
     }
 }
