@@ -28,7 +28,9 @@
 //!   and `usage` (every other field is skipped, not built); `usage` is reported as
 //!   [`BodyEvent::Usage`]. A chunk that is not JSON marks the stream
 //!   [`StreamFailure::Malformed`]; a body that ends without `data: [DONE]` is
-//!   [`StreamFailure::Truncated`].
+//!   [`StreamFailure::Truncated`]. DeepSeek's usual chunks (no `usage`) take a one-pass scan
+//!   that gives serde's answer or leaves the chunk to serde, and the same chunk read again on
+//!   the same thread (by the next observing layer of the same response) is not scanned again.
 //! - **JSON** (anything else, e.g. a non-streaming completion): each data frame is a
 //!   [`BodyEvent::Chunk`]; the first non-whitespace byte is the first token (DeepSeek sends
 //!   blank lines while a request waits, like keep-alives); the end is the body's end. The body
