@@ -260,10 +260,10 @@ impl Scan<'_> {
             return Some(None);
         }
         loop {
-            if !self.null() {
-                if let Some(reason) = self.choice()? {
-                    last = Some(reason);
-                }
+            if !self.null()
+                && let Some(reason) = self.choice()?
+            {
+                last = Some(reason);
             }
             self.skip_spaces();
             match self.peek()? {
