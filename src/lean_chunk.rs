@@ -193,11 +193,34 @@ impl Scan<'_> {
     /// Whether the next value is `null` (consumed if so).
     fn null(&mut self) -> bool {
         self.skip_spaces();
-        if self.bytes.get(self.at..self.at + 4) == Some(b"null") {
-            self.at += 4;
-            true
-        } else {
-            false
+        self.literal(b"null").is_some()
+    }
+
+    /// After an element: `true` past a comma (another follows), `false` past `close` (the
+    /// last one); `None` on anything else.
+    fn more(&mut self, close: u8) -> Option<bool> {
+        self.skip_spaces();
+        let more = match self.peek()? {
+            b',' => true,
+            byte if byte == close => false,
+            _ => return None,
+        };
+        self.at += 1;
+        Some(more)
+    }
+
+    /// Steps over one array's elements: `element` must consume each. `None` on anything not a
+    /// well-formed array.
+    fn array(&mut self, mut element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.eat(b'[')?;
+        if self.eat(b']').is_some() {
+            return Some(());
+        }
+        loop {
+            element(self)?;
+            if !self.more(b']')? {
+                return Some(());
+            }
         }
     }
 
@@ -214,14 +237,8 @@ impl Scan<'_> {
         loop {
             let key = self.key()?;
             member(self, key)?;
-            self.skip_spaces();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b'}' => {
-                    self.at += 1;
-                    return Some(());
-                }
-                _ => return None,
+            if !self.more(b'}')? {
+                return Some(());
             }
         }
     }
@@ -255,27 +272,16 @@ impl Scan<'_> {
         if self.null() {
             return Some(None);
         }
-        self.eat(b'[')?;
         let mut last = None;
-        if self.eat(b']').is_some() {
-            return Some(None);
-        }
-        loop {
-            if !self.null()
-                && let Some(reason) = self.choice()?
+        self.array(|scan| {
+            if !scan.null()
+                && let Some(reason) = scan.choice()?
             {
                 last = Some(reason);
             }
-            self.skip_spaces();
-            match self.peek()? {
-                b',' => self.at += 1,
-                b']' => {
-                    self.at += 1;
-                    return Some(last);
-                }
-                _ => return None,
-            }
-        }
+            Some(())
+        })?;
+        Some(last)
     }
 
     /// One choice object: its `finish_reason` (a string with no escape, or `null`), at most
@@ -312,24 +318,7 @@ impl Scan<'_> {
         match self.peek()? {
             b'"' => self.string().map(|_| ()),
             b'{' => self.object(|scan, _| scan.value(depth + 1)),
-            b'[' => {
-                self.at += 1;
-                if self.eat(b']').is_some() {
-                    return Some(());
-                }
-                loop {
-                    self.value(depth + 1)?;
-                    self.skip_spaces();
-                    match self.peek()? {
-                        b',' => self.at += 1,
-                        b']' => {
-                            self.at += 1;
-                            return Some(());
-                        }
-                        _ => return None,
-                    }
-                }
-            }
+            b'[' => self.array(|scan| scan.value(depth + 1)),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),
