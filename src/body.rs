@@ -745,11 +745,14 @@ fn sse_event<O: BodyObserver>(event: SseEvent, scan: &mut ScanState, observer: &
             }
             scan.count_chunk();
             observer.observe(BodyEvent::Chunk(&data));
-            // DeepSeek's chunks take the one-pass scan; serde decides the rest (a `usage`, an
-            // odd shape, invalid JSON), with the same answers.
-            if let Some(reason) = crate::lean_chunk::last_finish_reason(&data) {
-                if let Some(reason) = reason {
+            // DeepSeek's chunks take the one-pass scan; serde decides the rest (a `usage` with
+            // undocumented fields, an odd shape, invalid JSON), with the same answers.
+            if let Some(read) = crate::lean_chunk::read(&data) {
+                if let Some(reason) = read.finish_reason {
                     scan.set_finish_reason(reason);
+                }
+                if let Some(usage) = &read.usage {
+                    observer.observe(BodyEvent::Usage(usage));
                 }
                 return;
             }
@@ -1275,17 +1278,29 @@ mod tests {
         assert_eq!(scan.end().format, BodyFormat::Sse);
     }
 
-    /// serde's lean parse of a chunk: `Ok(last finish_reason)`, or `Err` for a malformed one.
-    fn serde_reason(chunk: &[u8]) -> Result<Option<String>, ()> {
+    /// serde's lean parse of a chunk: `Ok((last finish_reason, usage))`, or `Err` for a
+    /// malformed one.
+    fn serde_read(chunk: &[u8]) -> Result<(Option<String>, Option<Usage>), ()> {
         serde_json::from_slice::<LeanChunk<'_>>(chunk)
-            .map(|lean| lean.choices.0.map(Cow::into_owned))
+            .map(|lean| (lean.choices.0.map(Cow::into_owned), lean.usage))
             .map_err(|_| ())
     }
 
+    /// The one-pass scan's answer in the same shape.
+    fn fast_read(chunk: &[u8]) -> Option<(Option<String>, Option<Usage>)> {
+        crate::lean_chunk::read(chunk).map(|read| {
+            (
+                read.finish_reason.map(str::to_owned),
+                read.usage.map(|u| *u),
+            )
+        })
+    }
+
     /// The one-pass scan of a chunk (`crate::lean_chunk`) never disagrees with serde's parse:
-    /// wherever it answers, serde accepts the chunk and finds the same `finish_reason`. Checked
-    /// on DeepSeek-shaped chunks (which it must answer) and on every truncation, deletion,
-    /// replacement and insertion of a byte of them (where it may decline).
+    /// wherever it answers, serde accepts the chunk and finds the same `finish_reason` and the
+    /// same `usage`. Checked on DeepSeek-shaped chunks (which it must answer) and on every
+    /// truncation, deletion, replacement and insertion of a byte of them (where it may
+    /// decline).
     #[test]
     fn the_one_pass_chunk_scan_agrees_with_serde_or_declines() {
         let chunks: &[&str] = &[
@@ -1299,18 +1314,24 @@ mod tests {
             r#"{}"#,
             r#"{"choices":[{"finish_reason":"a_new_reason"}],"extra":{"deep":[[[[["x"]]]]],"n":-0.5E-7}}"#,
             r#"{"content":"unicode é 漢字 🙂","choices":[{"finish_reason":"stop"}]}"#,
+            r#"{"id":"c1","object":"chat.completion.chunk","created":1,"model":"deepseek-v4-flash","choices":[],"usage":{"prompt_tokens":16,"completion_tokens":90,"total_tokens":106,"prompt_cache_hit_tokens":0,"prompt_cache_miss_tokens":16,"completion_tokens_details":{"reasoning_tokens":25}}}"#,
+            r#"{"choices":[{"finish_reason":"length"}],"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":0,"prompt_cache_hit_tokens":null,"completion_tokens_details":null}}"#,
+            r#"{"usage":{ "completion_tokens_details" : { } , "total_tokens" : 1234567890 , "prompt_cache_miss_tokens" : 9 }}"#,
+            r#"{"usage":{},"choices":[]}"#,
         ];
         let interesting: &[u8] = &[
             b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b'0', b'1', b'-', b'+', b'.', b'e',
             b' ', b'n', b'u', b't', b'x', 0x00, b'\n', b'\t', 0x7f, 0xc3, 0xff,
         ];
         let mut answered = 0;
+        let mut with_usage = 0;
         let mut check = |variant: &[u8]| {
-            if let Some(fast) = crate::lean_chunk::last_finish_reason(variant) {
+            if let Some(fast) = fast_read(variant) {
                 answered += 1;
+                with_usage += usize::from(fast.1.is_some());
                 assert_eq!(
-                    serde_reason(variant),
-                    Ok(fast.map(str::to_owned)),
+                    serde_read(variant),
+                    Ok(fast),
                     "{:?}",
                     String::from_utf8_lossy(variant)
                 );
@@ -1319,9 +1340,9 @@ mod tests {
         for chunk in chunks {
             let bytes = chunk.as_bytes();
             // The chunks DeepSeek sends are answered here, not by serde.
-            let fast = crate::lean_chunk::last_finish_reason(bytes);
+            let fast = fast_read(bytes);
             assert!(fast.is_some(), "declined {chunk}");
-            assert_eq!(serde_reason(bytes), Ok(fast.unwrap().map(str::to_owned)));
+            assert_eq!(serde_read(bytes), Ok(fast.unwrap()));
             for end in 0..bytes.len() {
                 check(&bytes[..end]);
             }
@@ -1339,25 +1360,34 @@ mod tests {
                 }
             }
         }
-        // Not a vacuous pass: many variants were answered (and so compared) here.
+        // Not a vacuous pass: many variants were answered (and so compared) here, usages too.
         assert!(answered > 1_000, "only {answered} variants answered");
-        // What it declines, serde decides: a usage, a repeated field, a `\u` escape, depth.
+        assert!(
+            with_usage > 500,
+            "only {with_usage} variants with a usage answered"
+        );
+        // What it declines, serde decides: an undocumented usage field (serde keeps it in
+        // `extra`), a count serde might refuse, a repeated field, a `\u` escape, depth.
         for declined in [
-            r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":1,"prompt_tokens_details":{"cached_tokens":0}}}"#,
+            r#"{"usage":{"completion_tokens_details":{"reasoning_tokens":1,"audio_tokens":0}}}"#,
+            r#"{"usage":{"prompt_tokens":-1}}"#,
+            r#"{"usage":{"prompt_tokens":1.0}}"#,
+            r#"{"usage":{"prompt_tokens":1e3}}"#,
+            r#"{"usage":{"prompt_tokens":null}}"#,
+            r#"{"usage":{"prompt_tokens":18446744073709551616}}"#,
+            r#"{"usage":{"prompt_tokens":1,"prompt_tokens":2}}"#,
+            r#"{"usage":[]}"#,
             r#"{"choices":[],"choices":[]}"#,
             r#"{"choices":[{"finish_reason":"stop","finish_reason":"length"}]}"#,
             r#"{"choices":[{"finish_reason":"st\u006fp"}]}"#,
             r#"{"choices":{"finish_reason":"stop"}}"#,
             "{\"choices\":[]}\n",
         ] {
-            assert_eq!(
-                crate::lean_chunk::last_finish_reason(declined.as_bytes()),
-                None,
-                "{declined}"
-            );
+            assert!(fast_read(declined.as_bytes()).is_none(), "{declined}");
         }
         let deep = format!("{{\"a\":{}{}}}", "[".repeat(100), "]".repeat(100));
-        assert_eq!(crate::lean_chunk::last_finish_reason(deep.as_bytes()), None);
-        assert!(serde_reason(deep.as_bytes()).is_ok());
+        assert!(fast_read(deep.as_bytes()).is_none());
+        assert!(serde_read(deep.as_bytes()).is_ok());
     }
 }

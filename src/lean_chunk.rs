@@ -1,19 +1,21 @@
 //! The fast path of the observed body's per-chunk parse: a streamed chunk checked and read for
-//! its last `finish_reason` in one walk over it, without serde.
+//! its last `finish_reason` and its `usage` in one walk over it, without serde.
 //!
 //! Every observing layer of a stream reads every chunk: is it JSON (else the stream is
 //! malformed), which `finish_reason` ends it, does it carry `usage`. serde's lean parse
 //! (`body::LeanChunk`) skips what it does not keep, yet still spends about 5,200 instructions
 //! on a 240-byte DeepSeek chunk, mostly checking UTF-8 string by string and matching keys
-//! (this scan: about 2,800); with three observing layers on a gateway's stream that was most
-//! of the stack's cost per stream.
+//! (this scan: about 2,800), and about 8,000 on the final chunk with `usage` (built through
+//! `#[serde(flatten)]`, which buffers the object first); with three observing layers on a
+//! gateway's stream that was most of the stack's cost per stream.
 //!
-//! [`last_finish_reason`] answers for the chunks DeepSeek sends and declines the rest: it
-//! returns `Some` only for input it has checked to be a JSON object that serde's lean parse
-//! accepts, and then its answer is serde's. For anything else (a `usage` that is not `null`,
-//! a `\u` escape, a repeated key, deep nesting, invalid JSON, any control byte) it returns
-//! `None` and the caller runs serde, which decides. A chunk it declines is never judged here,
-//! so it can only be slower than serde on such a chunk, never different.
+//! [`read`] answers for the chunks DeepSeek sends and declines the rest: it returns `Some`
+//! only for input it has checked to be a JSON object that serde's lean parse accepts, and then
+//! its answer is serde's. For anything else (a `usage` with a field DeepSeek does not document,
+//! which serde keeps in [`Usage::extra`], or a count that is not a plain whole number, a `\u`
+//! escape, a repeated key, deep nesting, invalid JSON, any control byte) it returns `None` and
+//! the caller runs serde, which decides. A chunk it declines is never judged here, so it can
+//! only be slower than serde on such a chunk, never different.
 //!
 //! One parse, not three: the layers observing one response read each chunk one after the
 //! other on the thread that polls the body, so the scan remembers this thread's last chunk and
@@ -22,6 +24,7 @@
 use std::cell::RefCell;
 use std::ops::Range;
 
+use crate::deepseek::types::{CompletionTokensDetails, Usage};
 use crate::metrics::scan::{is_printable_ascii, zero_byte};
 
 /// Deepest nesting taken here (serde_json stops at 128).
@@ -36,8 +39,25 @@ const MAX_REMEMBERED: usize = 4096;
 /// so a hit is right whoever scanned first.
 struct Remembered {
     chunk: Vec<u8>,
-    /// `None`: declined; `Some(None)`: no reason; `Some(Some(range))`: the reason's bytes.
-    answer: Option<Option<Range<usize>>>,
+    /// `None`: declined.
+    answer: Option<Found>,
+}
+
+/// What a scan found in a chunk it answers for.
+#[derive(Clone)]
+struct Found {
+    /// The last non-null `finish_reason`'s bytes, if any.
+    reason: Option<Range<usize>>,
+    /// The chunk's `usage`, unless absent or `null`. Boxed: every chunk's answer is copied
+    /// out of the memory, and only the last of a stream has one.
+    usage: Option<Box<Usage>>,
+}
+
+/// A chunk as serde's lean parse reads it: its last non-null `finish_reason` among its
+/// `choices` and its `usage`.
+pub(crate) struct ChunkRead<'a> {
+    pub(crate) finish_reason: Option<&'a str>,
+    pub(crate) usage: Option<Box<Usage>>,
 }
 
 thread_local! {
@@ -52,11 +72,11 @@ thread_local! {
     pub(crate) static SCANS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
-/// The last non-null `finish_reason` of `chunk`'s `choices` (`Some(None)`: none), when
-/// `chunk` is a JSON object this scan is sure of; `None` when serde must decide (see the
-/// module docs). The same chunk read again on this thread is answered from memory.
-pub(crate) fn last_finish_reason(chunk: &[u8]) -> Option<Option<&str>> {
-    let answer = if chunk.len() <= MAX_REMEMBERED {
+/// `chunk`'s last non-null `finish_reason` and its `usage`, when `chunk` is a JSON object this
+/// scan is sure of; `None` when serde must decide (see the module docs). The same chunk read
+/// again on this thread is answered from memory.
+pub(crate) fn read(chunk: &[u8]) -> Option<ChunkRead<'_>> {
+    let found = if chunk.len() <= MAX_REMEMBERED {
         LAST.try_with(|last| {
             let Ok(mut last) = last.try_borrow_mut() else {
                 return scan(chunk);
@@ -71,16 +91,20 @@ pub(crate) fn last_finish_reason(chunk: &[u8]) -> Option<Option<&str>> {
         .unwrap_or_else(|_| scan(chunk))
     } else {
         scan(chunk)
-    };
-    match answer? {
+    }?;
+    let finish_reason = match found.reason {
         // Between two quotes of valid UTF-8, with no escape: valid UTF-8 alone.
-        Some(range) => Some(Some(std::str::from_utf8(chunk.get(range)?).ok()?)),
-        None => Some(None),
-    }
+        Some(range) => Some(std::str::from_utf8(chunk.get(range)?).ok()?),
+        None => None,
+    };
+    Some(ChunkRead {
+        finish_reason,
+        usage: found.usage,
+    })
 }
 
-/// The scan behind [`last_finish_reason`]: the reason as a range of `chunk`.
-fn scan(chunk: &[u8]) -> Option<Option<Range<usize>>> {
+/// The scan behind [`read`]: the reason as a range of `chunk`.
+fn scan(chunk: &[u8]) -> Option<Found> {
     #[cfg(test)]
     SCANS.with(|scans| scans.set(scans.get() + 1));
     // Control bytes are invalid in strings and rare outside them: any at all goes to serde.
@@ -96,17 +120,24 @@ fn scan(chunk: &[u8]) -> Option<Option<Range<usize>>> {
         at: 0,
     };
     scan.skip_spaces();
-    let reason = scan.top_object()?;
+    let found = scan.top_object()?;
     scan.skip_spaces();
     if scan.at != scan.bytes.len() {
         return None;
     }
-    Some(reason)
+    Some(found)
 }
 
 struct Scan<'a> {
     bytes: &'a [u8],
     at: usize,
+}
+
+/// Where a `usage` field's value goes, by its type in [`Usage`].
+enum Field<'u> {
+    Count(&'u mut u64),
+    Optional(&'u mut Option<u64>),
+    Details(&'u mut Option<CompletionTokensDetails>),
 }
 
 impl Scan<'_> {
@@ -243,27 +274,116 @@ impl Scan<'_> {
         }
     }
 
-    /// The top-level object: `choices` read, `usage` only as `null`, each at most once (serde
-    /// refuses a repeated field), every other value checked and skipped.
-    fn top_object(&mut self) -> Option<Option<Range<usize>>> {
-        let mut reason = None;
+    /// The top-level object: `choices` and `usage` read, each at most once (serde refuses a
+    /// repeated field), every other value checked and skipped.
+    fn top_object(&mut self) -> Option<Found> {
+        let mut found = Found {
+            reason: None,
+            usage: None,
+        };
         let (mut choices, mut usage) = (false, false);
         self.object(|scan, key| {
             if scan.is(&key, b"choices") {
                 if std::mem::replace(&mut choices, true) {
                     return None;
                 }
-                reason = scan.choices()?;
+                found.reason = scan.choices()?;
             } else if scan.is(&key, b"usage") {
-                if std::mem::replace(&mut usage, true) || !scan.null() {
+                if std::mem::replace(&mut usage, true) {
                     return None;
+                }
+                if !scan.null() {
+                    found.usage = Some(Box::new(scan.usage()?));
                 }
             } else {
                 scan.value(1)?;
             }
             Some(())
         })?;
-        Some(reason)
+        Some(found)
+    }
+
+    /// A `usage` object with only the fields DeepSeek documents, each at most once, as serde
+    /// builds [`Usage`] from it (absent counts are zero or `None`). Any other field (serde keeps
+    /// it in `extra`) or a value serde might refuse is declined.
+    fn usage(&mut self) -> Option<Usage> {
+        let mut usage = Usage::default();
+        let mut seen = 0u8;
+        self.object(|scan, key| {
+            let (bit, field) = match scan.bytes.get(key)? {
+                b"prompt_tokens" => (1, Field::Count(&mut usage.prompt_tokens)),
+                b"completion_tokens" => (2, Field::Count(&mut usage.completion_tokens)),
+                b"total_tokens" => (4, Field::Count(&mut usage.total_tokens)),
+                b"prompt_cache_hit_tokens" => {
+                    (8, Field::Optional(&mut usage.prompt_cache_hit_tokens))
+                }
+                b"prompt_cache_miss_tokens" => {
+                    (16, Field::Optional(&mut usage.prompt_cache_miss_tokens))
+                }
+                b"completion_tokens_details" => {
+                    (32, Field::Details(&mut usage.completion_tokens_details))
+                }
+                _ => return None,
+            };
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+            match field {
+                Field::Count(slot) => *slot = scan.count()?,
+                Field::Optional(slot) => *slot = scan.optional_count()?,
+                Field::Details(slot) => {
+                    if !scan.null() {
+                        *slot = Some(scan.details()?);
+                    }
+                }
+            }
+            Some(())
+        })?;
+        Some(usage)
+    }
+
+    /// `completion_tokens_details` with only `reasoning_tokens`, at most once.
+    fn details(&mut self) -> Option<CompletionTokensDetails> {
+        let mut details = CompletionTokensDetails::default();
+        let mut seen = false;
+        self.object(|scan, key| {
+            if !scan.is(&key, b"reasoning_tokens") || std::mem::replace(&mut seen, true) {
+                return None;
+            }
+            details.reasoning_tokens = scan.optional_count()?;
+            Some(())
+        })?;
+        Some(details)
+    }
+
+    /// `null` (`None`) or a count.
+    fn optional_count(&mut self) -> Option<Option<u64>> {
+        if self.null() {
+            return Some(None);
+        }
+        self.count().map(Some)
+    }
+
+    /// A whole number that fits a `u64`, written plainly (`0` or digits from a non-zero one):
+    /// what serde reads as a `u64` without doubt. A sign, a fraction, an exponent or an
+    /// overflow is declined.
+    fn count(&mut self) -> Option<u64> {
+        self.skip_spaces();
+        let first = self.peek().filter(u8::is_ascii_digit)?;
+        self.at += 1;
+        let mut count = u64::from(first - b'0');
+        if count == 0 {
+            // A leading zero ends the number; the caller's separator check refuses `01`.
+            return (!matches!(self.peek(), Some(b'.' | b'e' | b'E'))).then_some(0);
+        }
+        while let Some(digit) = self.peek().filter(u8::is_ascii_digit) {
+            count = count
+                .checked_mul(10)?
+                .checked_add(u64::from(digit - b'0'))?;
+            self.at += 1;
+        }
+        (!matches!(self.peek(), Some(b'.' | b'e' | b'E'))).then_some(count)
     }
 
     /// `choices`: `null`, or an array of `null`s and objects; the last non-null
@@ -394,6 +514,10 @@ mod tests {
         assert!(is_printable_ascii(b""));
     }
 
+    fn last_finish_reason(chunk: &[u8]) -> Option<Option<&str>> {
+        read(chunk).map(|read| read.finish_reason)
+    }
+
     /// A chunk read again on the same thread is answered without a second scan, rightly; a
     /// chunk that differs in one byte is scanned again, as is one too long to remember.
     #[test]
@@ -414,13 +538,23 @@ mod tests {
         assert_eq!(last_finish_reason(other), Some(Some("lenGth")));
         assert_eq!(scans(), before + 3);
         // Declined answers are remembered as declined.
-        let declined = br#"{"usage":{"prompt_tokens":1}}"#;
+        let declined = br#"{"usage":{"prompt_tokens":1,"prompt_tokens_details":{}}}"#;
         assert_eq!(last_finish_reason(declined), None);
         assert_eq!(last_finish_reason(declined), None);
         assert_eq!(scans(), before + 4);
+        // A usage is remembered with its chunk: the second reader gets the same counts.
+        let final_chunk = br#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10}}"#;
+        for _ in 0..2 {
+            let usage = read(final_chunk).and_then(|read| read.usage);
+            assert_eq!(
+                usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+                Some((7, 3))
+            );
+        }
+        assert_eq!(scans(), before + 5);
         let long = format!(r#"{{"pad":"{}","choices":[]}}"#, "x".repeat(MAX_REMEMBERED));
         assert_eq!(last_finish_reason(long.as_bytes()), Some(None));
         assert_eq!(last_finish_reason(long.as_bytes()), Some(None));
-        assert_eq!(scans(), before + 6);
+        assert_eq!(scans(), before + 7);
     }
 }

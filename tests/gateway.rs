@@ -156,6 +156,24 @@ async fn mock_mode_serves_chat_streams_and_models() {
     assert_eq!(status, 200);
     assert_eq!(content_type, "text/event-stream");
     assert!(body.ends_with("data: [DONE]\n\n"), "{body}");
+    // Each chunk is forwarded as DeepSeek (here the mock) sent it, not serialized again: the
+    // mock writes compact JSON with its keys sorted, which a chunk re-encoded from the typed
+    // `ChatChunk` (`id` first, `choices` later) would not be.
+    let chunks: Vec<&str> = body
+        .split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .filter(|data| *data != "[DONE]")
+        .collect();
+    assert!(chunks.len() > 2, "{body}");
+    for chunk in chunks {
+        let value: serde_json::Value = serde_json::from_str(chunk).expect("a JSON chunk");
+        assert_eq!(
+            serde_json::to_string(&value).unwrap(),
+            chunk,
+            "forwarded unchanged"
+        );
+        assert!(chunk.starts_with(r#"{"choices":"#), "{chunk}");
+    }
     gateway.stop().await;
 }
 

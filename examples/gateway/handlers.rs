@@ -16,7 +16,8 @@ use axum::http::{HeaderName, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt;
 use tower::Service;
-use tower_deepseek::deepseek::{ChatChunk, ChatRequest, DeepSeekClient, RequestBody};
+use tower_deepseek::deepseek::sse::ChatStream;
+use tower_deepseek::deepseek::{ChatRequest, DeepSeekClient, RequestBody};
 use tower_deepseek::failover::{ServedBy, UPSTREAM_HEADER};
 use tower_deepseek::{BoxError, Error, ErrorKind};
 
@@ -80,16 +81,23 @@ where
     response
 }
 
-/// Re-frames typed chunks as SSE. A failure mid-stream becomes a final `data: {"error":..}`
-/// event without `[DONE]`, so the client sees an error rather than a short answer.
-pub(crate) fn sse_response<S>(stream: S) -> Response
+/// Forwards the checked chunks as SSE: each chunk's `data` as DeepSeek sent it (the typed
+/// stream has parsed it, so a malformed chunk never reaches the caller), not serialized again.
+/// A failure mid-stream becomes a final `data: {"error":..}` event without `[DONE]`, so the
+/// client sees an error rather than a short answer.
+pub(crate) fn sse_response<B>(stream: ChatStream<B>) -> Response
 where
-    S: futures_util::Stream<Item = Result<ChatChunk, Error>> + Send + 'static,
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
 {
     let events = futures_util::stream::unfold(Some(Box::pin(stream)), |state| async move {
         let mut stream = state?;
         let event = match stream.next().await {
-            Some(Ok(chunk)) => return Some((Ok::<_, Infallible>(sse_event(&chunk)), Some(stream))),
+            Some(Ok(_checked)) => {
+                let event = sse_data(stream.last_data());
+                return Some((Ok::<_, Infallible>(event), Some(stream)));
+            }
             Some(Err(error)) => {
                 tracing::warn!(%error, "upstream stream failed");
                 sse_event(&error.to_openai_json())
@@ -106,6 +114,15 @@ where
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// One SSE event carrying `data` as it is.
+fn sse_data(data: &[u8]) -> Bytes {
+    let mut event = Vec::with_capacity(data.len() + 8);
+    event.extend_from_slice(b"data: ");
+    event.extend_from_slice(data);
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
 }
 
 pub(crate) fn sse_event(value: &impl serde::Serialize) -> Bytes {

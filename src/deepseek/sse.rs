@@ -446,6 +446,7 @@ pin_project! {
         keep_alives: u64,
         finish_reason: Option<FinishReason>,
         usage: Option<Usage>,
+        last_data: Bytes,
         body_ended: bool,
         finished: bool,
     }
@@ -465,6 +466,7 @@ impl<B> ChatStream<B> {
             keep_alives: 0,
             finish_reason: None,
             usage: None,
+            last_data: Bytes::new(),
             body_ended: false,
             finished: false,
         }
@@ -485,6 +487,31 @@ impl<B> ChatStream<B> {
     pub fn finish_reason(&self) -> Option<&FinishReason> {
         self.finish_reason.as_ref()
     }
+
+    /// The `data` of the chunk last yielded, exactly as the server sent it (empty before the
+    /// first chunk). A proxy forwards these bytes instead of serializing the typed chunk
+    /// again: the caller gets the upstream's chunk unchanged (its field order, any field this
+    /// crate does not know), and no second encoding is paid per chunk.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use futures_util::StreamExt;
+    /// use http_body_util::Full;
+    /// use tower_deepseek::deepseek::sse::ChatStream;
+    ///
+    /// # tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(async {
+    /// let body = Full::new(Bytes::from_static(
+    ///     b"data: {\"id\":\"1\",\"choices\":[],\"new_field\":true}\n\ndata: [DONE]\n\n",
+    /// ));
+    /// let mut stream = ChatStream::new(body);
+    /// assert!(stream.last_data().is_empty());
+    /// stream.next().await.unwrap().unwrap();
+    /// assert_eq!(&stream.last_data()[..], br#"{"id":"1","choices":[],"new_field":true}"#);
+    /// # });
+    /// ```
+    pub fn last_data(&self) -> &Bytes {
+        &self.last_data
+    }
 }
 
 impl<B> fmt::Debug for ChatStream<B> {
@@ -494,6 +521,7 @@ impl<B> fmt::Debug for ChatStream<B> {
             .field("keep_alives", &self.keep_alives)
             .field("finish_reason", &self.finish_reason)
             .field("usage", &self.usage)
+            .field("last_data_len", &self.last_data.len())
             .field("body_ended", &self.body_ended)
             .field("finished", &self.finished)
             .finish_non_exhaustive()
@@ -563,6 +591,7 @@ where
                         if let Some(usage) = &chunk.usage {
                             *this.usage = Some(usage.clone());
                         }
+                        *this.last_data = payload;
                         return Poll::Ready(Some(Ok(chunk)));
                     }
                     Err(error) => {
@@ -644,6 +673,35 @@ mod tests {
     use futures_util::StreamExt;
     use http_body::Frame;
     use std::error::Error as _;
+
+    /// `last_data` is each yielded chunk's own bytes, split across frames or not, with its
+    /// whitespace and unknown fields; a keep-alive or a malformed event does not replace it.
+    #[tokio::test]
+    async fn last_data_is_the_yielded_chunk_as_sent() {
+        let first = br#"{ "id":"1", "choices":[], "x":[1,2] }"#;
+        let second =
+            br#"{"id":"2","choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"stop"}]}"#;
+        let mut wire = b"data: ".to_vec();
+        wire.extend_from_slice(first);
+        wire.extend_from_slice(b"\n\n: keep-alive\n\ndata: ");
+        wire.extend_from_slice(second);
+        wire.extend_from_slice(b"\r\n\r\ndata: {not json}\n\n");
+        // Cut into three-byte frames: a chunk's bytes come from several.
+        let frames: Vec<Result<Frame<Bytes>, std::convert::Infallible>> = wire
+            .chunks(3)
+            .map(|piece| Ok(Frame::data(Bytes::copy_from_slice(piece))))
+            .collect();
+        let mut stream = ChatStream::new(http_body_util::StreamBody::new(
+            futures_util::stream::iter(frames),
+        ));
+        stream.next().await.expect("first").expect("a chunk");
+        assert_eq!(&stream.last_data()[..], first);
+        stream.next().await.expect("second").expect("a chunk");
+        assert_eq!(&stream.last_data()[..], second);
+        assert_eq!(stream.keep_alives(), 1);
+        assert!(stream.next().await.expect("an error").is_err());
+        assert_eq!(&stream.last_data()[..], second);
+    }
 
     /// A body whose end is already there when `[DONE]` is read: the stream reads it, so the
     /// layers observing the body see its end before the caller drops the stream.
