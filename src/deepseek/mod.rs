@@ -1,6 +1,7 @@
 //! The DeepSeek chat API: request and response types, the SSE decoder and the typed client.
 
 pub mod client;
+mod frame_memory;
 pub mod sse;
 pub mod types;
 

@@ -28,6 +28,7 @@ use std::task::{Context, Poll, ready};
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use pin_project_lite::pin_project;
 
+use super::frame_memory::{self, Shape, ShapeKind, Shapes};
 use crate::classify::{StreamFailure, classify_end};
 use crate::deepseek::types::{ChatChunk, FinishReason, Usage};
 use crate::error::{ApiError, Error, ErrorKind};
@@ -71,6 +72,25 @@ enum DecoderState {
 
 /// The data of the event being assembled. One line is kept as a slice of its frame; only a
 /// second line forces a copy (to join them).
+/// The decoder's use of the thread's last decoded frame (see `frame_memory`).
+#[derive(Debug, Default)]
+enum Memory {
+    #[default]
+    Idle,
+    /// Handing out a remembered frame's events: `next` is the next one.
+    Replaying {
+        frame: Bytes,
+        shapes: Shapes,
+        next: u8,
+    },
+    /// Decoding a frame pushed with nothing buffered, noting its events to remember them.
+    Recording {
+        frame: Bytes,
+        at_start: bool,
+        shapes: Shapes,
+    },
+}
+
 #[derive(Debug, Default)]
 enum PendingData {
     #[default]
@@ -134,6 +154,7 @@ pub struct SseDecoder {
     at_start: bool,
     max_line_len: usize,
     state: DecoderState,
+    memory: Memory,
 }
 
 impl SseDecoder {
@@ -153,14 +174,47 @@ impl SseDecoder {
             at_start: true,
             max_line_len: max,
             state: DecoderState::Open,
+            memory: Memory::Idle,
         }
     }
 
     /// Appends one body frame. Frames may be cut anywhere, even inside a CRLF or a UTF-8
     /// character. Frames pushed after the stream is done, or after an error, are dropped.
+    ///
+    /// A frame equal to the last one decoded on this thread, pushed with nothing buffered, is
+    /// not decoded again: its events are handed out from memory, the same events (slices of
+    /// this frame) a decoding would give.
     pub fn push(&mut self, chunk: Bytes) {
         if chunk.is_empty() || self.state != DecoderState::Open {
             return;
+        }
+        match mem::take(&mut self.memory) {
+            Memory::Replaying {
+                frame,
+                shapes,
+                next,
+            } => self.resume(frame, shapes, next),
+            // Another frame before this one's end: not a frame to remember.
+            Memory::Recording { .. } => {}
+            Memory::Idle => {
+                if self.is_clean() && chunk.len() <= frame_memory::MAX_FRAME {
+                    if let Some(shapes) =
+                        frame_memory::recall(&chunk, self.at_start, self.max_line_len)
+                    {
+                        self.memory = Memory::Replaying {
+                            frame: chunk,
+                            shapes,
+                            next: 0,
+                        };
+                        return;
+                    }
+                    self.memory = Memory::Recording {
+                        frame: chunk.clone(),
+                        at_start: self.at_start,
+                        shapes: Shapes::new(),
+                    };
+                }
+            }
         }
         if self.current.is_empty() && self.queued.is_empty() {
             self.current = chunk;
@@ -179,12 +233,143 @@ impl SseDecoder {
                 return Err(Error::new(ErrorKind::Stream(*failure), message.clone()));
             }
         }
-        while let Some(line) = self.next_line()? {
-            if let Some(event) = self.process_line(line)? {
-                return Ok(Some(event));
+        if let Memory::Replaying {
+            frame,
+            shapes,
+            next,
+        } = &mut self.memory
+        {
+            let Some(shape) = shapes.get(*next) else {
+                // Used up: the decoder is where decoding the frame would have left it.
+                self.memory = Memory::Idle;
+                self.at_start = false;
+                return Ok(None);
+            };
+            *next += 1;
+            self.at_start = false;
+            let event = match shape.kind {
+                ShapeKind::Data => {
+                    SseEvent::Data(frame.slice(shape.start as usize..shape.end as usize))
+                }
+                ShapeKind::KeepAlive => SseEvent::KeepAlive,
+                ShapeKind::Done => {
+                    self.memory = Memory::Idle;
+                    self.mark_done()
+                }
+            };
+            return Ok(Some(event));
+        }
+        loop {
+            let line = match self.next_line() {
+                Ok(Some(line)) => line,
+                Ok(None) => break,
+                Err(error) => {
+                    self.memory = Memory::Idle;
+                    return Err(error);
+                }
+            };
+            match self.process_line(line) {
+                Ok(Some(event)) => {
+                    self.note(&event);
+                    return Ok(Some(event));
+                }
+                Ok(None) => {}
+                Err(error) => {
+                    self.memory = Memory::Idle;
+                    return Err(error);
+                }
             }
         }
+        self.commit();
         Ok(None)
+    }
+
+    /// Nothing buffered: the next frame starts a line and an event.
+    fn is_clean(&self) -> bool {
+        self.current.is_empty()
+            && self.queued.is_empty()
+            && self.partial.is_empty()
+            && matches!(self.data, PendingData::Empty)
+            && !self.skip_leading_lf
+    }
+
+    /// A frame arrived while a remembered one was being handed out: decode the rest of that
+    /// one as usual, from where its last event was handed out (nothing else is buffered
+    /// there, which is why only such frames are remembered).
+    fn resume(&mut self, frame: Bytes, shapes: Shapes, next: u8) {
+        let consumed = match next.checked_sub(1).and_then(|last| shapes.get(last)) {
+            Some(shape) => {
+                self.at_start = false;
+                shape.consumed as usize
+            }
+            None => 0,
+        };
+        self.current = frame.slice(consumed.min(frame.len())..);
+    }
+
+    /// Notes the event just decoded for the frame being recorded; gives up on frames that
+    /// cannot be replayed exactly (an event amid another's data lines, joined data, too many
+    /// events).
+    fn note(&mut self, event: &SseEvent) {
+        let Memory::Recording { frame, shapes, .. } = &mut self.memory else {
+            return;
+        };
+        // Nothing else is pushed while recording, so `current` is the rest of `frame`.
+        let consumed = frame.len() - self.current.len().min(frame.len());
+        let shape = match event {
+            SseEvent::Data(data) => frame_memory::range_in(frame, data).map(|(start, end)| Shape {
+                kind: ShapeKind::Data,
+                start,
+                end,
+                consumed: 0,
+            }),
+            SseEvent::KeepAlive => matches!(self.data, PendingData::Empty).then_some(Shape {
+                kind: ShapeKind::KeepAlive,
+                start: 0,
+                end: 0,
+                consumed: 0,
+            }),
+            SseEvent::Done => Some(Shape {
+                kind: ShapeKind::Done,
+                start: 0,
+                end: 0,
+                consumed: 0,
+            }),
+        };
+        let kept = shape.and_then(|shape| {
+            let consumed = u32::try_from(consumed).ok()?;
+            shapes.push(Shape { consumed, ..shape }).then_some(())
+        });
+        if kept.is_none() {
+            self.memory = Memory::Idle;
+        } else if *event == SseEvent::Done || self.is_clean() {
+            // Complete already: nothing after `[DONE]` is read, or the event ended the frame
+            // (a DeepSeek frame is one event), so the next decoder of this frame, which may
+            // run before this one is asked again, finds it remembered.
+            self.remember();
+        }
+    }
+
+    /// The frame being recorded is decoded to its end: remembered if nothing is left over.
+    fn commit(&mut self) {
+        if matches!(self.memory, Memory::Recording { .. }) {
+            if self.is_clean() {
+                self.remember();
+            } else {
+                self.memory = Memory::Idle;
+            }
+        }
+    }
+
+    fn remember(&mut self) {
+        if let Memory::Recording {
+            frame,
+            at_start,
+            shapes,
+        } = mem::take(&mut self.memory)
+        {
+            frame_memory::remember(&frame, at_start, self.max_line_len, shapes);
+        }
     }
 
     /// Tells the decoder the body has ended. Call it until it answers `Ok(None)` or an error.
@@ -673,6 +858,200 @@ mod tests {
     use futures_util::StreamExt;
     use http_body::Frame;
     use std::error::Error as _;
+
+    /// How a test feeds frames to a decoder.
+    #[derive(Clone, Copy, Debug)]
+    enum Feeding {
+        /// Every event after each push.
+        Drained,
+        /// All frames first, then every event.
+        Together,
+        /// So many events after each push (the next frame arrives amid a frame's events).
+        Some(usize),
+    }
+
+    /// The events and errors `decoders` decoders give for `frames`, the first fed each frame
+    /// drained, the others as `feeding` says, then `finish`'s. The decoders take each frame in
+    /// turn, as the layers over one body do, so every decoder after the first can recall it; with `forget`, the thread's frame memory
+    /// is forgotten before every push, so nothing is recalled.
+    fn decode_frames(
+        frames: &[Bytes],
+        feeding: Feeding,
+        decoders: usize,
+        forget: bool,
+    ) -> Vec<Vec<String>> {
+        let mut all: Vec<(SseDecoder, Vec<String>)> = (0..decoders)
+            .map(|_| (SseDecoder::new(), Vec::new()))
+            .collect();
+        let step = |(decoder, seen): &mut (SseDecoder, Vec<String>), finishing: bool| {
+            let next = if finishing {
+                decoder.finish()
+            } else {
+                decoder.next_event()
+            };
+            let more = matches!(next, Ok(Some(_)));
+            // Where a decoder asks for more bytes depends on the feeding; what it gives does not.
+            if !matches!(next, Ok(None)) {
+                seen.push(format!("{:?}", next.map_err(|e| e.to_string())));
+            }
+            more
+        };
+        for frame in frames {
+            for (index, one) in all.iter_mut().enumerate() {
+                if forget {
+                    frame_memory::forget();
+                }
+                one.0.push(frame.clone());
+                // The first decoder reads each frame to its end (and so remembers it), the
+                // others as `feeding` says.
+                let feeding = if index == 0 {
+                    Feeding::Drained
+                } else {
+                    feeding
+                };
+                match feeding {
+                    Feeding::Drained => while step(one, false) {},
+                    Feeding::Together => {}
+                    Feeding::Some(events) => {
+                        for _ in 0..events {
+                            if !step(one, false) {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for one in &mut all {
+            while step(one, false) {}
+            while step(one, true) {}
+        }
+        all.into_iter().map(|(_, seen)| seen).collect()
+    }
+
+    /// A frame handed out from the thread's memory gives exactly what decoding it gives: for
+    /// streams cut into frames every way (one or two cuts), fed every way (drained after each
+    /// frame, all frames at once, the next frame amid a frame's events), decoded a second and
+    /// third time from memory, against a decoding with the memory
+    /// forgotten before every frame. And it is used: DeepSeek-shaped frames decoded again are
+    /// all recalled.
+    #[test]
+    fn frames_recalled_from_memory_decode_as_before() {
+        let streams: &[&[u8]] = &[
+            b"data: {\"a\":1}\n\ndata: {\"b\":2}\n\ndata: [DONE]\n\n",
+            b": keep-alive\n\ndata: x\r\n\r\ndata: y\rdata: z\r\rdata: [DONE]\r\r",
+            b"\xEF\xBB\xBFdata: bom\n\nid: 7\nevent: e\ndata\n\ndata:\n\n",
+            b"data: one\ndata: two\n\n: amid\ndata: three\n: inside\n\ndata: [DONE]\n\ntrailing",
+            b"data: no end",
+            b"data: a\n\ndata: b\n\ndata: c\n\ndata: d\n\ndata: e\n\n",
+        ];
+        let (mut cases, mut recalled) = (0, 0);
+        for stream in streams {
+            let mut cuts: Vec<Vec<usize>> = vec![vec![]];
+            for a in 1..stream.len() {
+                cuts.push(vec![a]);
+                for b in a + 1..stream.len() {
+                    cuts.push(vec![a, b]);
+                }
+            }
+            for cut in cuts {
+                let mut frames = Vec::new();
+                let mut from = 0;
+                for &at in cut.iter().chain([stream.len()].iter()) {
+                    frames.push(Bytes::copy_from_slice(&stream[from..at]));
+                    from = at;
+                }
+                for feeding in [
+                    Feeding::Drained,
+                    Feeding::Together,
+                    Feeding::Some(1),
+                    Feeding::Some(2),
+                ] {
+                    let expected = decode_frames(&frames, feeding, 1, true).remove(0);
+                    let before = frame_memory::RECALLS.with(std::cell::Cell::get);
+                    for seen in decode_frames(&frames, feeding, 3, false) {
+                        assert_eq!(
+                            seen,
+                            expected,
+                            "{:?} cut at {cut:?}, {feeding:?}",
+                            String::from_utf8_lossy(stream)
+                        );
+                    }
+                    recalled += frame_memory::RECALLS.with(std::cell::Cell::get) - before;
+                    cases += 1;
+                }
+            }
+        }
+        // Not vacuous: many frames were handed out from memory and compared.
+        assert!(cases > 1_000, "{cases}");
+        assert!(recalled > 2_000, "only {recalled} frames recalled");
+
+        // A DeepSeek stream, a frame an event: decoded again, every frame is recalled.
+        let frames: Vec<Bytes> = [
+            &b"data: {\"choices\":[{\"delta\":{\"content\":\"Hi\"}}]}\n\n"[..],
+            b": keep-alive\n\n",
+            b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n",
+            b"data: [DONE]\n\n",
+        ]
+        .into_iter()
+        .map(Bytes::from_static)
+        .collect();
+        let recalls = || frame_memory::RECALLS.with(std::cell::Cell::get);
+        let mut first = SseDecoder::new();
+        let mut second = SseDecoder::new();
+        let before = recalls();
+        // As the layers of a gateway read it: each decoder takes the frame's events in turn.
+        let take = |decoder: &mut SseDecoder, frame: &Bytes| {
+            decoder.push(frame.clone());
+            std::iter::from_fn(|| decoder.next_event().unwrap()).collect::<Vec<_>>()
+        };
+        for frame in &frames {
+            let decoded = take(&mut first, frame);
+            assert_eq!(decoded.len(), 1);
+            assert_eq!(take(&mut second, frame), decoded);
+        }
+        assert_eq!(recalls() - before, frames.len());
+        assert!(first.is_done() && second.is_done());
+        // A recalled event is a slice of the frame pushed, not of the remembered one.
+        let frame = Bytes::copy_from_slice(&frames[0]);
+        let mut third = SseDecoder::new();
+        third.push(frames[0].clone());
+        let mut fourth = SseDecoder::new();
+        fourth.push(frame.clone());
+        let (Some(SseEvent::Data(_)), Some(SseEvent::Data(data))) =
+            (third.next_event().unwrap(), fourth.next_event().unwrap())
+        else {
+            panic!("data events");
+        };
+        assert!(frame.as_ptr_range().contains(&data.as_ptr()));
+
+        // The settings that change a frame's events are part of what is remembered: a byte
+        // order mark is skipped only at the stream's start, and a line over the cap is an error.
+        let bom = Bytes::from_static(b"\xEF\xBB\xBFdata: x\n\n");
+        let mut later = SseDecoder::new();
+        later.push(Bytes::from_static(b": first\n\n"));
+        assert_eq!(later.next_event().unwrap(), Some(SseEvent::KeepAlive));
+        assert_eq!(later.next_event().unwrap(), None);
+        later.push(bom.clone());
+        assert_eq!(
+            later.next_event().unwrap(),
+            None,
+            "a field named with the mark"
+        );
+        let mut starting = SseDecoder::new();
+        starting.push(bom);
+        assert_eq!(
+            starting.next_event().unwrap(),
+            Some(SseEvent::Data(Bytes::from_static(b"x")))
+        );
+        let long = Bytes::from_static(b"data: 0123456789\n\n");
+        let mut roomy = SseDecoder::new();
+        roomy.push(long.clone());
+        assert!(matches!(roomy.next_event(), Ok(Some(SseEvent::Data(_)))));
+        let mut capped = SseDecoder::with_max_line_len(8);
+        capped.push(long);
+        assert!(capped.next_event().is_err());
+    }
 
     /// `last_data` is each yielded chunk's own bytes, split across frames or not, with its
     /// whitespace and unknown fields; a keep-alive or a malformed event does not replace it.
