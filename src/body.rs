@@ -344,7 +344,7 @@ tuple_observer!(A.0, B.1, C.2);
 tuple_observer!(A.0, B.1, C.2, D.3);
 
 /// The `finish_reason`s DeepSeek sends: a scan keeps one of these as its index, no allocation.
-const KNOWN_FINISH_REASONS: [&str; 5] = [
+pub(crate) const KNOWN_FINISH_REASONS: [&str; 5] = [
     "stop",
     "length",
     "content_filter",
@@ -463,7 +463,7 @@ pin_project! {
         inner: B,
         observer: O,
         // Boxed: only SSE bodies need one, and it keeps the wrapper small to move.
-        decoder: Option<Box<SseDecoder>>,
+        decoder: Option<Box<SseReading>>,
         scan: ScanState,
     }
 
@@ -471,6 +471,7 @@ pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if !this.scan.has(TERMINATED) {
+                read_pending(this.decoder, this.scan, this.observer);
                 this.scan.set(TERMINATED);
                 let end = this.scan.end();
                 this.observer.observe(BodyEvent::Dropped(&end));
@@ -540,6 +541,11 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
+        // The reader asks for more, so it is done with the last chunk: read it now (see
+        // `SseReading`).
+        if !this.scan.has(TERMINATED) {
+            read_pending(this.decoder, this.scan, this.observer);
+        }
         let polled = ready!(this.inner.poll_frame(cx));
         if this.scan.has(TERMINATED) {
             return Poll::Ready(polled);
@@ -566,6 +572,7 @@ where
                 if this.scan.format == BodyFormat::Sse && !this.observer.is_done() {
                     finish_sse(this.decoder, this.scan, this.observer);
                 }
+                read_pending(this.decoder, this.scan, this.observer);
                 this.scan.set(TERMINATED);
                 let end = this.scan.end();
                 this.observer.observe(BodyEvent::End(&end));
@@ -602,7 +609,7 @@ fn frame_bytes<D: Buf + 'static>(data: &D) -> Bytes {
 }
 
 fn scan_frame<D: Buf + 'static, O: BodyObserver>(
-    decoder: &mut Option<Box<SseDecoder>>,
+    decoder: &mut Option<Box<SseReading>>,
     scan: &mut ScanState,
     observer: &mut O,
     data: &D,
@@ -624,13 +631,17 @@ fn scan_frame<D: Buf + 'static, O: BodyObserver>(
             }
         }
         BodyFormat::Sse => {
-            let decoder = decoder.get_or_insert_with(|| Box::new(SseDecoder::new()));
-            decoder.push(frame_bytes(data));
+            let reading = decoder.get_or_insert_with(SseReading::new);
+            reading.decoder.push(frame_bytes(data));
             loop {
-                match decoder.next_event() {
-                    Ok(Some(event)) => sse_event(event, scan, observer),
+                match reading.decoder.next_event() {
+                    Ok(Some(event)) => sse_event(event, &mut reading.pending, scan, observer),
                     Ok(None) => break,
                     Err(error) => {
+                        // The chunks before the error come first, as they were sent.
+                        if let Some(earlier) = reading.pending.take() {
+                            read_chunk(&earlier, scan, observer);
+                        }
                         let failure = match error.kind() {
                             crate::ErrorKind::Stream(failure) => failure,
                             _ => StreamFailure::Malformed,
@@ -709,19 +720,22 @@ impl ByteSearch {
 }
 
 fn finish_sse<O: BodyObserver>(
-    decoder: &mut Option<Box<SseDecoder>>,
+    decoder: &mut Option<Box<SseReading>>,
     scan: &mut ScanState,
     observer: &mut O,
 ) {
     if scan.failure.is_some() || scan.has(DONE) {
         return;
     }
-    let decoder = decoder.get_or_insert_with(|| Box::new(SseDecoder::new()));
+    let reading = decoder.get_or_insert_with(SseReading::new);
     loop {
-        match decoder.finish() {
-            Ok(Some(event)) => sse_event(event, scan, observer),
+        match reading.decoder.finish() {
+            Ok(Some(event)) => sse_event(event, &mut reading.pending, scan, observer),
             Ok(None) => break,
             Err(error) => {
+                if let Some(earlier) = reading.pending.take() {
+                    read_chunk(&earlier, scan, observer);
+                }
                 let failure = match error.kind() {
                     crate::ErrorKind::Stream(failure) => failure,
                     _ => StreamFailure::Truncated,
@@ -733,7 +747,44 @@ fn finish_sse<O: BodyObserver>(
     }
 }
 
-fn sse_event<O: BodyObserver>(event: SseEvent, scan: &mut ScanState, observer: &mut O) {
+/// An SSE body's decoder, and the chunk whose reading waits for the body's reader to ask for
+/// the next frame (or for the body's end): by then a typed client reading this body
+/// ([`ChatStream`](crate::deepseek::ChatStream)) has parsed the chunk and left what it found
+/// in `lean_chunk`'s memory, and every layer observing the body reads it from there. What a
+/// chunk says (its `finish_reason`, its `usage`, whether it is JSON) matters at the body's
+/// end, which always reads a waiting chunk first; the moments (first token, each chunk) are
+/// reported as the frame passes.
+struct SseReading {
+    decoder: SseDecoder,
+    pending: Option<Bytes>,
+}
+
+impl SseReading {
+    fn new() -> Box<SseReading> {
+        Box::new(SseReading {
+            decoder: SseDecoder::new(),
+            pending: None,
+        })
+    }
+}
+
+/// Reads the chunk waiting in `decoder`, if any.
+fn read_pending<O: BodyObserver>(
+    decoder: &mut Option<Box<SseReading>>,
+    scan: &mut ScanState,
+    observer: &mut O,
+) {
+    if let Some(data) = decoder.as_mut().and_then(|reading| reading.pending.take()) {
+        read_chunk(&data, scan, observer);
+    }
+}
+
+fn sse_event<O: BodyObserver>(
+    event: SseEvent,
+    pending: &mut Option<Bytes>,
+    scan: &mut ScanState,
+    observer: &mut O,
+) {
     match event {
         SseEvent::KeepAlive => observer.observe(BodyEvent::KeepAlive),
         // An empty `data:` event carries nothing: treat it like a keep-alive.
@@ -743,34 +794,43 @@ fn sse_event<O: BodyObserver>(event: SseEvent, scan: &mut ScanState, observer: &
                 scan.set(FIRST_TOKEN);
                 observer.observe(BodyEvent::FirstToken);
             }
+            // In order: what the chunk before this one says comes first.
+            if let Some(earlier) = pending.take() {
+                read_chunk(&earlier, scan, observer);
+            }
             scan.count_chunk();
             observer.observe(BodyEvent::Chunk(&data));
-            // DeepSeek's chunks take the one-pass scan; serde decides the rest (a `usage` with
-            // undocumented fields, an odd shape, invalid JSON), with the same answers.
-            if let Some(read) = crate::lean_chunk::read(&data) {
-                if let Some(reason) = read.finish_reason {
-                    scan.set_finish_reason(reason);
-                }
-                if let Some(usage) = &read.usage {
-                    observer.observe(BodyEvent::Usage(usage));
-                }
-                return;
-            }
-            match serde_json::from_slice::<LeanChunk<'_>>(&data) {
-                Ok(chunk) => {
-                    if let Some(reason) = chunk.choices.0 {
-                        scan.set_finish_reason(&reason);
-                    }
-                    if let Some(usage) = &chunk.usage {
-                        observer.observe(BodyEvent::Usage(usage));
-                    }
-                }
-                Err(_) => {
-                    scan.failure.get_or_insert(StreamFailure::Malformed);
-                }
-            }
+            *pending = Some(data);
         }
         SseEvent::Done => scan.set(DONE),
+    }
+}
+
+/// What a chunk says: its `finish_reason`, its `usage`, and whether it is JSON at all.
+fn read_chunk<O: BodyObserver>(data: &[u8], scan: &mut ScanState, observer: &mut O) {
+    // DeepSeek's chunks take the one-pass scan (or its memory); serde decides the rest (a
+    // `usage` with undocumented fields, an odd shape, invalid JSON), with the same answers.
+    if let Some(read) = crate::lean_chunk::read(data) {
+        if let Some(reason) = read.finish_reason {
+            scan.set_finish_reason(reason);
+        }
+        if let Some(usage) = &read.usage {
+            observer.observe(BodyEvent::Usage(usage));
+        }
+        return;
+    }
+    match serde_json::from_slice::<LeanChunk<'_>>(data) {
+        Ok(chunk) => {
+            if let Some(reason) = chunk.choices.0 {
+                scan.set_finish_reason(&reason);
+            }
+            if let Some(usage) = &chunk.usage {
+                observer.observe(BodyEvent::Usage(usage));
+            }
+        }
+        Err(_) => {
+            scan.failure.get_or_insert(StreamFailure::Malformed);
+        }
     }
 }
 
@@ -1168,6 +1228,80 @@ mod tests {
         );
     }
 
+    /// A chunk is read when the body's reader asks for the next frame, yet what it says keeps
+    /// its place: its usage comes before the next chunk and before any end, a malformed chunk
+    /// is the stream's failure even when the body then ends without `[DONE]` or breaks an SSE
+    /// rule, and a body dropped after the usage chunk has reported it.
+    #[test]
+    fn a_chunk_read_late_keeps_its_place_among_the_events() {
+        const USAGE: &[u8] =
+            b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1,\"total_tokens\":3}}\n\n";
+        let seen = events_of(
+            BodyFormat::Sse,
+            &[
+                b"data: {\"choices\":[{\"finish_reason\":\"stop\"}]}\n\n",
+                USAGE,
+                b"data: {\"choices\":[]}\n\ndata: [DONE]\n\n",
+            ],
+        );
+        let at = |name: &str| seen.iter().position(|event| event.starts_with(name));
+        assert_eq!(
+            at("usage 3").map(|i| i + 1),
+            seen.iter().rposition(|e| e.starts_with("Chunk"))
+        );
+        assert_eq!(seen.last().unwrap(), "end success", "{seen:?}");
+
+        let mut ends = Vec::new();
+        let mut too_long = b"data: {oops\n\ndata: ".to_vec();
+        too_long.resize(
+            too_long.len() + crate::deepseek::DEFAULT_MAX_LINE_LEN + 1,
+            b'x',
+        );
+        let bodies = [
+            Bytes::from_static(b"data: {oops\n\n"),
+            Bytes::from_static(b"data: {oops\n\ndata: {\"choices\":[]}\n\n\xEF"),
+            Bytes::from(too_long),
+        ];
+        for frame in bodies {
+            let body = Full::new(frame);
+            let observed = ObservedBody::new(body, BodyFormat::Sse, |event: BodyEvent<'_>| {
+                if let BodyEvent::End(end) = event {
+                    ends.push(end.failure);
+                }
+            });
+            futures_executor(observed);
+        }
+        assert_eq!(ends, [Some(StreamFailure::Malformed); 3]);
+
+        // Dropped after the usage chunk, before `[DONE]`: the usage was reported first.
+        let mut seen = Vec::new();
+        let frames: Vec<Result<Frame<Bytes>, std::io::Error>> =
+            vec![Ok(Frame::data(Bytes::from_static(USAGE)))];
+        let mut observed = Box::pin(ObservedBody::new(
+            StreamBody::new(futures_util::StreamExt::chain(
+                futures_util::stream::iter(frames),
+                futures_util::stream::pending(),
+            )),
+            BodyFormat::Sse,
+            |event: BodyEvent<'_>| {
+                seen.push(match event {
+                    BodyEvent::Usage(usage) => format!("usage {}", usage.total_tokens),
+                    BodyEvent::Dropped(_) => "dropped".to_owned(),
+                    _ => String::new(),
+                })
+            },
+        ));
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(matches!(
+            observed.as_mut().poll_frame(&mut cx),
+            Poll::Ready(Some(Ok(_)))
+        ));
+        drop(observed);
+        seen.retain(|event| !event.is_empty());
+        assert_eq!(seen, ["usage 3", "dropped"]);
+    }
+
     #[test]
     fn body_errors_and_early_drops_are_terminal_events() {
         let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
@@ -1325,6 +1459,7 @@ mod tests {
         ];
         let mut answered = 0;
         let mut with_usage = 0;
+        let mut parsed_by_client = 0;
         let mut check = |variant: &[u8]| {
             if let Some(fast) = fast_read(variant) {
                 answered += 1;
@@ -1335,6 +1470,28 @@ mod tests {
                     "{:?}",
                     String::from_utf8_lossy(variant)
                 );
+            }
+            // What the typed client remembers of a chunk it parsed is what serde's lean parse
+            // finds in it, and what the layers then read from memory.
+            if let Ok(chunk) = serde_json::from_slice::<crate::deepseek::ChatChunk>(variant) {
+                parsed_by_client += 1;
+                let reason = chunk
+                    .choices
+                    .iter()
+                    .rev()
+                    .find_map(|choice| choice.finish_reason.as_ref())
+                    .map(|reason| reason.as_str().to_owned());
+                let client = (reason, chunk.usage.clone());
+                assert_eq!(
+                    serde_read(variant),
+                    Ok(client.clone()),
+                    "{:?}",
+                    String::from_utf8_lossy(variant)
+                );
+                crate::lean_chunk::remember(variant, client.0.as_deref(), client.1.as_ref());
+                if let Some(fast) = fast_read(variant) {
+                    assert_eq!(fast, client, "{:?}", String::from_utf8_lossy(variant));
+                }
             }
         };
         for chunk in chunks {
@@ -1365,6 +1522,10 @@ mod tests {
         assert!(
             with_usage > 500,
             "only {with_usage} variants with a usage answered"
+        );
+        assert!(
+            parsed_by_client > 1_000,
+            "only {parsed_by_client} variants parsed as chunks"
         );
         // What it declines, serde decides: an undocumented usage field (serde keeps it in
         // `extra`), a count serde might refuse, a repeated field, a `\u` escape, depth.

@@ -46,11 +46,21 @@ struct Remembered {
 /// What a scan found in a chunk it answers for.
 #[derive(Clone)]
 struct Found {
-    /// The last non-null `finish_reason`'s bytes, if any.
-    reason: Option<Range<usize>>,
+    /// The last non-null `finish_reason`, if any.
+    reason: Reason,
     /// The chunk's `usage`, unless absent or `null`. Boxed: every chunk's answer is copied
     /// out of the memory, and only the last of a stream has one.
     usage: Option<Box<Usage>>,
+}
+
+/// Where a chunk's last non-null `finish_reason` is.
+#[derive(Clone)]
+enum Reason {
+    None,
+    /// The reason's bytes in the chunk (a scan found it).
+    At(Range<usize>),
+    /// One of DeepSeek's reasons (the typed client parsed the chunk and said which).
+    Known(&'static str),
 }
 
 /// A chunk as serde's lean parse reads it: its last non-null `finish_reason` among its
@@ -94,13 +104,48 @@ pub(crate) fn read(chunk: &[u8]) -> Option<ChunkRead<'_>> {
     }?;
     let finish_reason = match found.reason {
         // Between two quotes of valid UTF-8, with no escape: valid UTF-8 alone.
-        Some(range) => Some(std::str::from_utf8(chunk.get(range)?).ok()?),
-        None => None,
+        Reason::At(range) => Some(std::str::from_utf8(chunk.get(range)?).ok()?),
+        Reason::Known(reason) => Some(reason),
+        Reason::None => None,
     };
     Some(ChunkRead {
         finish_reason,
         usage: found.usage,
     })
+}
+
+/// Remembers what the typed client's full parse of `chunk` (a [`ChatChunk`] parsed without
+/// error) found: its last non-null `finish_reason` and its `usage`. serde's lean parse accepts
+/// every chunk the full parse accepts and finds the same two (checked by the body tests), so
+/// the layers that read this chunk after the client (an observed body reads a chunk when its
+/// reader asks for the next one) get it from memory. A reason DeepSeek does not document is
+/// not remembered: the scan finds it.
+///
+/// [`ChatChunk`]: crate::deepseek::ChatChunk
+pub(crate) fn remember(chunk: &[u8], finish_reason: Option<&str>, usage: Option<&Usage>) {
+    if chunk.len() > MAX_REMEMBERED {
+        return;
+    }
+    let reason = match finish_reason {
+        None => Reason::None,
+        Some(reason) => match crate::body::KNOWN_FINISH_REASONS
+            .iter()
+            .find(|known| **known == reason)
+        {
+            Some(known) => Reason::Known(known),
+            None => return,
+        },
+    };
+    let _ = LAST.try_with(|last| {
+        if let Ok(mut last) = last.try_borrow_mut() {
+            last.chunk.clear();
+            last.chunk.extend_from_slice(chunk);
+            last.answer = Some(Found {
+                reason,
+                usage: usage.cloned().map(Box::new),
+            });
+        }
+    });
 }
 
 /// The scan behind [`read`]: the reason as a range of `chunk`.
@@ -289,7 +334,7 @@ impl Scan<'_> {
     /// repeated field), every other value checked and skipped.
     fn top_object(&mut self) -> Option<Found> {
         let mut found = Found {
-            reason: None,
+            reason: Reason::None,
             usage: None,
         };
         let (mut choices, mut usage) = (false, false);
@@ -298,7 +343,10 @@ impl Scan<'_> {
                 if std::mem::replace(&mut choices, true) {
                     return None;
                 }
-                found.reason = scan.choices()?;
+                found.reason = match scan.choices()? {
+                    Some(range) => Reason::At(range),
+                    None => Reason::None,
+                };
             } else if scan.is(&key, b"usage") {
                 if std::mem::replace(&mut usage, true) {
                     return None;

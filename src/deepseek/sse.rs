@@ -765,12 +765,19 @@ where
                 }
                 Ok(Some(SseEvent::Data(payload))) => match parse_chunk(&payload) {
                     Ok(chunk) => {
-                        if let Some(reason) = chunk
+                        let reason = chunk
                             .choices
                             .iter()
                             .rev()
-                            .find_map(|choice| choice.finish_reason.as_ref())
-                        {
+                            .find_map(|choice| choice.finish_reason.as_ref());
+                        // The layers under this stream read the chunk when it asks for the
+                        // next one: what this parse found spares them a scan of their own.
+                        crate::lean_chunk::remember(
+                            &payload,
+                            reason.map(FinishReason::as_str),
+                            chunk.usage.as_ref(),
+                        );
+                        if let Some(reason) = reason {
                             *this.finish_reason = Some(reason.clone());
                         }
                         if let Some(usage) = &chunk.usage {
