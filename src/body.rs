@@ -762,7 +762,8 @@ struct SseReading {
 impl SseReading {
     fn new() -> Box<SseReading> {
         Box::new(SseReading {
-            decoder: SseDecoder::new(),
+            // The first layer to see a frame leaves it for the others.
+            decoder: SseDecoder::new().recording(),
             pending: None,
         })
     }

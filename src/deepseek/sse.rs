@@ -155,6 +155,9 @@ pub struct SseDecoder {
     max_line_len: usize,
     state: DecoderState,
     memory: Memory,
+    /// Whether this decoder leaves the frames it decodes in the thread's memory (the observed
+    /// bodies' decoders, which see a frame first); every decoder recalls.
+    records: bool,
 }
 
 impl SseDecoder {
@@ -175,7 +178,16 @@ impl SseDecoder {
             max_line_len: max,
             state: DecoderState::Open,
             memory: Memory::Idle,
+            records: false,
         }
+    }
+
+    /// This decoder, leaving each frame it decodes in the thread's memory for the decoders
+    /// that read the same frame after it. Only worth its cost (a copy of each frame) where
+    /// another decoder follows: the layers' observed bodies, under a typed client.
+    pub(crate) fn recording(mut self) -> SseDecoder {
+        self.records = true;
+        self
     }
 
     /// Appends one body frame. Frames may be cut anywhere, even inside a CRLF or a UTF-8
@@ -196,18 +208,17 @@ impl SseDecoder {
             } => self.resume(frame, shapes, next),
             // Another frame before this one's end: not a frame to remember.
             Memory::Recording { .. } => {}
-            Memory::Idle => {
-                if self.is_clean() && chunk.len() <= frame_memory::MAX_FRAME {
-                    if let Some(shapes) =
-                        frame_memory::recall(&chunk, self.at_start, self.max_line_len)
-                    {
-                        self.memory = Memory::Replaying {
-                            frame: chunk,
-                            shapes,
-                            next: 0,
-                        };
-                        return;
-                    }
+            Memory::Idle if self.is_clean() && chunk.len() <= frame_memory::MAX_FRAME => {
+                if let Some(shapes) = frame_memory::recall(&chunk, self.at_start, self.max_line_len)
+                {
+                    self.memory = Memory::Replaying {
+                        frame: chunk,
+                        shapes,
+                        next: 0,
+                    };
+                    return;
+                }
+                if self.records {
                     self.memory = Memory::Recording {
                         frame: chunk.clone(),
                         at_start: self.at_start,
@@ -215,6 +226,7 @@ impl SseDecoder {
                     };
                 }
             }
+            Memory::Idle => {}
         }
         if self.current.is_empty() && self.queued.is_empty() {
             self.current = chunk;
@@ -888,7 +900,7 @@ mod tests {
         forget: bool,
     ) -> Vec<Vec<String>> {
         let mut all: Vec<(SseDecoder, Vec<String>)> = (0..decoders)
-            .map(|_| (SseDecoder::new(), Vec::new()))
+            .map(|_| (SseDecoder::new().recording(), Vec::new()))
             .collect();
         let step = |(decoder, seen): &mut (SseDecoder, Vec<String>), finishing: bool| {
             let next = if finishing {
@@ -1004,7 +1016,7 @@ mod tests {
         .map(Bytes::from_static)
         .collect();
         let recalls = || frame_memory::RECALLS.with(std::cell::Cell::get);
-        let mut first = SseDecoder::new();
+        let mut first = SseDecoder::new().recording();
         let mut second = SseDecoder::new();
         let before = recalls();
         // As the layers of a gateway read it: each decoder takes the frame's events in turn.
@@ -1019,9 +1031,17 @@ mod tests {
         }
         assert_eq!(recalls() - before, frames.len());
         assert!(first.is_done() && second.is_done());
+        // A decoder not made `recording` leaves nothing behind (it only recalls).
+        let unique = Bytes::from_static(b"data: {\"plain\":true}\n\n");
+        let before = recalls();
+        for _ in 0..2 {
+            let mut plain = SseDecoder::new();
+            assert_eq!(take(&mut plain, &unique).len(), 1);
+        }
+        assert_eq!(recalls(), before);
         // A recalled event is a slice of the frame pushed, not of the remembered one.
         let frame = Bytes::copy_from_slice(&frames[0]);
-        let mut third = SseDecoder::new();
+        let mut third = SseDecoder::new().recording();
         third.push(frames[0].clone());
         let mut fourth = SseDecoder::new();
         fourth.push(frame.clone());
@@ -1035,7 +1055,7 @@ mod tests {
         // The settings that change a frame's events are part of what is remembered: a byte
         // order mark is skipped only at the stream's start, and a line over the cap is an error.
         let bom = Bytes::from_static(b"\xEF\xBB\xBFdata: x\n\n");
-        let mut later = SseDecoder::new();
+        let mut later = SseDecoder::new().recording();
         later.push(Bytes::from_static(b": first\n\n"));
         assert_eq!(later.next_event().unwrap(), Some(SseEvent::KeepAlive));
         assert_eq!(later.next_event().unwrap(), None);
@@ -1052,7 +1072,7 @@ mod tests {
             Some(SseEvent::Data(Bytes::from_static(b"x")))
         );
         let long = Bytes::from_static(b"data: 0123456789\n\n");
-        let mut roomy = SseDecoder::new();
+        let mut roomy = SseDecoder::new().recording();
         roomy.push(long.clone());
         assert!(matches!(roomy.next_event(), Ok(Some(SseEvent::Data(_)))));
         let mut capped = SseDecoder::with_max_line_len(8);
