@@ -28,9 +28,12 @@
 //!   and `usage` (every other field is skipped, not built); `usage` is reported as
 //!   [`BodyEvent::Usage`]. A chunk that is not JSON marks the stream
 //!   [`StreamFailure::Malformed`]; a body that ends without `data: [DONE]` is
-//!   [`StreamFailure::Truncated`]. DeepSeek's usual chunks (no `usage`) take a one-pass scan
-//!   that gives serde's answer or leaves the chunk to serde, and the same chunk read again on
-//!   the same thread (by the next observing layer of the same response) is not scanned again.
+//!   [`StreamFailure::Truncated`]. DeepSeek's chunks take a one-pass scan that gives serde's
+//!   answer or leaves the chunk to serde. A chunk is read when the body's reader asks for the
+//!   next frame (or at the end, an error or a drop, always before the terminal event), so
+//!   when that reader is a [`ChatStream`], which leaves what its own parse found, no layer
+//!   scans it at all; and the same chunk or frame read again on the same thread (by the next
+//!   observing layer of the same response) is neither decoded nor scanned again.
 //! - **JSON** (anything else, e.g. a non-streaming completion): each data frame is a
 //!   [`BodyEvent::Chunk`]; the first non-whitespace byte is the first token (DeepSeek sends
 //!   blank lines while a request waits, like keep-alives); the end is the body's end. The body
@@ -542,10 +545,8 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         let this = self.project();
         // The reader asks for more, so it is done with the last chunk: read it now (see
-        // `SseReading`).
-        if !this.scan.has(TERMINATED) {
-            read_pending(this.decoder, this.scan, this.observer);
-        }
+        // `SseReading`; a terminated body has none waiting).
+        read_pending(this.decoder, this.scan, this.observer);
         let polled = ready!(this.inner.poll_frame(cx));
         if this.scan.has(TERMINATED) {
             return Poll::Ready(polled);
@@ -769,13 +770,24 @@ impl SseReading {
     }
 }
 
-/// Reads the chunk waiting in `decoder`, if any.
+/// Reads the chunk waiting in `decoder`, if any. Inlined: on every poll of every observed
+/// body, and a JSON body (no decoder) pays one test for it.
+#[inline(always)]
 fn read_pending<O: BodyObserver>(
     decoder: &mut Option<Box<SseReading>>,
     scan: &mut ScanState,
     observer: &mut O,
 ) {
-    if let Some(data) = decoder.as_mut().and_then(|reading| reading.pending.take()) {
+    if let Some(reading) = decoder
+        && reading.pending.is_some()
+    {
+        read_waiting(reading, scan, observer);
+    }
+}
+
+#[inline(never)]
+fn read_waiting<O: BodyObserver>(reading: &mut SseReading, scan: &mut ScanState, observer: &mut O) {
+    if let Some(data) = reading.pending.take() {
         read_chunk(&data, scan, observer);
     }
 }
