@@ -73,9 +73,10 @@ impl Shapes {
     }
 
     pub(super) fn get(&self, index: u8) -> Option<Shape> {
-        self.items[..usize::from(self.len)]
-            .get(usize::from(index))
-            .copied()
+        if index >= self.len {
+            return None;
+        }
+        self.items.get(usize::from(index)).copied()
     }
 }
 

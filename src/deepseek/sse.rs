@@ -260,6 +260,8 @@ impl SseDecoder {
             *next += 1;
             self.at_start = false;
             let event = match shape.kind {
+                // In range: `recall` matched these bytes exactly, and the ranges were taken
+                // within an equal frame (`range_in`).
                 ShapeKind::Data => {
                     SseEvent::Data(frame.slice(shape.start as usize..shape.end as usize))
                 }
