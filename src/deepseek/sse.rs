@@ -70,8 +70,6 @@ enum DecoderState {
     Failed(StreamFailure, Cow<'static, str>),
 }
 
-/// The data of the event being assembled. One line is kept as a slice of its frame; only a
-/// second line forces a copy (to join them).
 /// The decoder's use of the thread's last decoded frame (see `frame_memory`).
 #[derive(Debug, Default)]
 enum Memory {
@@ -91,6 +89,8 @@ enum Memory {
     },
 }
 
+/// The data of the event being assembled. One line is kept as a slice of its frame; only a
+/// second line forces a copy (to join them).
 #[derive(Debug, Default)]
 enum PendingData {
     #[default]
