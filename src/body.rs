@@ -639,10 +639,7 @@ fn scan_frame<D: Buf + 'static, O: BodyObserver>(
                     Ok(Some(event)) => sse_event(event, &mut reading.pending, scan, observer),
                     Ok(None) => break,
                     Err(error) => {
-                        // The chunks before the error come first, as they were sent.
-                        if let Some(earlier) = reading.pending.take() {
-                            read_chunk(&earlier, scan, observer);
-                        }
+                        read_waiting(&mut reading.pending, scan, observer);
                         let failure = match error.kind() {
                             crate::ErrorKind::Stream(failure) => failure,
                             _ => StreamFailure::Malformed,
@@ -734,9 +731,7 @@ fn finish_sse<O: BodyObserver>(
             Ok(Some(event)) => sse_event(event, &mut reading.pending, scan, observer),
             Ok(None) => break,
             Err(error) => {
-                if let Some(earlier) = reading.pending.take() {
-                    read_chunk(&earlier, scan, observer);
-                }
+                read_waiting(&mut reading.pending, scan, observer);
                 let failure = match error.kind() {
                     crate::ErrorKind::Stream(failure) => failure,
                     _ => StreamFailure::Truncated,
@@ -781,13 +776,19 @@ fn read_pending<O: BodyObserver>(
     if let Some(reading) = decoder
         && reading.pending.is_some()
     {
-        read_waiting(reading, scan, observer);
+        read_waiting(&mut reading.pending, scan, observer);
     }
 }
 
+/// Reads the waiting chunk, if any: before the next chunk, a decoder error or the end, so
+/// what the chunks say comes in the order they were sent.
 #[inline(never)]
-fn read_waiting<O: BodyObserver>(reading: &mut SseReading, scan: &mut ScanState, observer: &mut O) {
-    if let Some(data) = reading.pending.take() {
+fn read_waiting<O: BodyObserver>(
+    pending: &mut Option<Bytes>,
+    scan: &mut ScanState,
+    observer: &mut O,
+) {
+    if let Some(data) = pending.take() {
         read_chunk(&data, scan, observer);
     }
 }
@@ -807,10 +808,7 @@ fn sse_event<O: BodyObserver>(
                 scan.set(FIRST_TOKEN);
                 observer.observe(BodyEvent::FirstToken);
             }
-            // In order: what the chunk before this one says comes first.
-            if let Some(earlier) = pending.take() {
-                read_chunk(&earlier, scan, observer);
-            }
+            read_waiting(pending, scan, observer);
             scan.count_chunk();
             observer.observe(BodyEvent::Chunk(&data));
             *pending = Some(data);
